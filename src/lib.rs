@@ -1,0 +1,3 @@
+//! flare: continuous-batching inference engine for Llama-family models on candle.
+
+pub mod request;
