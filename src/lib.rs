@@ -1,3 +1,6 @@
 //! flare: continuous-batching inference engine for Llama-family models on candle.
 
+pub mod kv;
+pub mod layers;
+pub mod models;
 pub mod request;

@@ -1,0 +1,281 @@
+//! Attention over a paged KV cache for a ragged batch (no padding between sequences).
+//!
+//! Each sequence contributes `query_len` new tokens at positions
+//! `context_len - query_len .. context_len` and attends causally to all `context_len`
+//! tokens, which live in the cache at the slots its block table names. The CPU kernel here
+//! is the reference that CUDA kernels are checked against.
+
+use std::sync::Arc;
+
+use candle_core::{
+    backend::BackendStorage, CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor,
+};
+use half::{bf16, f16};
+
+/// One sequence's part of a step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeqAttn {
+    /// Row of this sequence's first new token in the flattened batch.
+    pub query_start: usize,
+    pub query_len: usize,
+    /// Tokens in context after this step: cached ones plus the new ones.
+    pub context_len: usize,
+    pub block_table: Vec<u32>,
+}
+
+/// Per-step metadata shared by every layer.
+#[derive(Debug, Clone)]
+pub struct AttnMetadata {
+    pub seqs: Arc<Vec<SeqAttn>>,
+    pub block_size: usize,
+    /// `(first token row, first slot, length)`: new tokens whose slots are consecutive.
+    slot_runs: Vec<(usize, usize, usize)>,
+    /// Position of every new token, `[num_tokens]` u32.
+    pub positions: Tensor,
+    pub num_tokens: usize,
+}
+
+impl AttnMetadata {
+    pub fn new(seqs: Vec<SeqAttn>, block_size: usize, device: &Device) -> Result<Self> {
+        let num_tokens: usize = seqs.iter().map(|s| s.query_len).sum();
+        let mut positions = Vec::with_capacity(num_tokens);
+        let mut slot_runs: Vec<(usize, usize, usize)> = Vec::new();
+        let mut expected_row = 0;
+        for s in &seqs {
+            if s.query_start != expected_row || s.query_len > s.context_len {
+                candle_core::bail!("inconsistent sequence layout in batch: {s:?}");
+            }
+            expected_row += s.query_len;
+            if s.block_table.len() * block_size < s.context_len {
+                candle_core::bail!(
+                    "block table of {} blocks cannot hold {} tokens",
+                    s.block_table.len(),
+                    s.context_len
+                );
+            }
+            let first_pos = s.context_len - s.query_len;
+            for i in 0..s.query_len {
+                let pos = first_pos + i;
+                positions.push(pos as u32);
+                let slot = s.block_table[pos / block_size] as usize * block_size + pos % block_size;
+                let row = s.query_start + i;
+                match slot_runs.last_mut() {
+                    Some((r0, s0, n)) if *r0 + *n == row && *s0 + *n == slot => *n += 1,
+                    _ => slot_runs.push((row, slot, 1)),
+                }
+            }
+        }
+        Ok(Self {
+            positions: Tensor::from_vec(positions, num_tokens, device)?,
+            seqs: Arc::new(seqs),
+            block_size,
+            slot_runs,
+            num_tokens,
+        })
+    }
+
+    /// Writes new keys and values (`[num_tokens, kv_heads, head_dim]`) into their slots.
+    pub fn write_kv(&self, k: &Tensor, v: &Tensor, k_cache: &Tensor, v_cache: &Tensor) -> Result<()> {
+        for &(row, slot, n) in &self.slot_runs {
+            k_cache.slice_set(&k.narrow(0, row, n)?.contiguous()?, 0, slot)?;
+            v_cache.slice_set(&v.narrow(0, row, n)?.contiguous()?, 0, slot)?;
+        }
+        Ok(())
+    }
+}
+
+/// `q: [num_tokens, heads, head_dim]` against the caches `[slots, kv_heads, head_dim]`;
+/// returns `[num_tokens, heads, head_dim]` in q's dtype.
+pub fn paged_attention(
+    q: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    meta: &AttnMetadata,
+    scale: f32,
+    sliding_window: Option<usize>,
+) -> Result<Tensor> {
+    let op = PagedAttention { meta: meta.clone(), scale, sliding_window };
+    if q.device().is_cpu() {
+        q.contiguous()?.apply_op3_no_bwd(k_cache, v_cache, &op)
+    } else {
+        paged_attention_tensor_ops(q, k_cache, v_cache, meta, scale, sliding_window)
+    }
+}
+
+struct PagedAttention {
+    meta: AttnMetadata,
+    scale: f32,
+    sliding_window: Option<usize>,
+}
+
+trait Element: Copy + Send + Sync {
+    fn to_f32(self) -> f32;
+    fn from_f32(x: f32) -> Self;
+}
+impl Element for f32 {
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+}
+impl Element for bf16 {
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+    fn from_f32(x: f32) -> Self {
+        bf16::from_f32(x)
+    }
+}
+impl Element for f16 {
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    fn from_f32(x: f32) -> Self {
+        f16::from_f32(x)
+    }
+}
+
+impl PagedAttention {
+    fn run<T: Element>(&self, q: &[T], qd: (usize, usize, usize), k: &[T], v: &[T], kv_heads: usize) -> Vec<T> {
+        let (num_tokens, heads, d) = qd;
+        let group = heads / kv_heads;
+        let bs = self.meta.block_size;
+        let mut out = vec![T::from_f32(0.0); num_tokens * heads * d];
+        let mut scores: Vec<f32> = Vec::new();
+        let mut acc = vec![0f32; d];
+        let mut qf = vec![0f32; d];
+        let slot_row = |table: &[u32], pos: usize| table[pos / bs] as usize * bs + pos % bs;
+        for s in self.meta.seqs.iter() {
+            let first_pos = s.context_len - s.query_len;
+            for i in 0..s.query_len {
+                let pos = first_pos + i;
+                let lo = match self.sliding_window {
+                    Some(w) if pos + 1 > w => pos + 1 - w,
+                    _ => 0,
+                };
+                let row = s.query_start + i;
+                for h in 0..heads {
+                    let kvh = h / group;
+                    let qo = (row * heads + h) * d;
+                    for (x, y) in qf.iter_mut().zip(&q[qo..qo + d]) {
+                        *x = y.to_f32() * self.scale;
+                    }
+                    scores.clear();
+                    let mut max = f32::NEG_INFINITY;
+                    for p in lo..=pos {
+                        let ko = (slot_row(&s.block_table, p) * kv_heads + kvh) * d;
+                        let dot: f32 = qf.iter().zip(&k[ko..ko + d]).map(|(a, b)| a * b.to_f32()).sum();
+                        max = max.max(dot);
+                        scores.push(dot);
+                    }
+                    let mut sum = 0f32;
+                    for x in scores.iter_mut() {
+                        *x = (*x - max).exp();
+                        sum += *x;
+                    }
+                    acc.iter_mut().for_each(|a| *a = 0.0);
+                    for (j, p) in (lo..=pos).enumerate() {
+                        let vo = (slot_row(&s.block_table, p) * kv_heads + kvh) * d;
+                        let w = scores[j] / sum;
+                        for (a, b) in acc.iter_mut().zip(&v[vo..vo + d]) {
+                            *a += w * b.to_f32();
+                        }
+                    }
+                    for (o, a) in out[qo..qo + d].iter_mut().zip(&acc) {
+                        *o = T::from_f32(*a);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+impl CustomOp3 for PagedAttention {
+    fn name(&self) -> &'static str {
+        "paged-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        q: &CpuStorage,
+        lq: &Layout,
+        k: &CpuStorage,
+        lk: &Layout,
+        v: &CpuStorage,
+        lv: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (t, h, d) = lq.shape().dims3()?;
+        let (_, kvh, kd) = lk.shape().dims3()?;
+        if kd != d || h % kvh != 0 || lk.shape() != lv.shape() {
+            candle_core::bail!("paged attention: q {:?} vs cache {:?}", lq.shape(), lk.shape());
+        }
+        let (Some((q0, q1)), Some((k0, k1)), Some((v0, v1))) =
+            (lq.contiguous_offsets(), lk.contiguous_offsets(), lv.contiguous_offsets())
+        else {
+            candle_core::bail!("paged attention needs contiguous inputs");
+        };
+        let dims = (t, h, d);
+        let out = match (q, k, v) {
+            (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
+                CpuStorage::F32(self.run(&q[q0..q1], dims, &k[k0..k1], &v[v0..v1], kvh))
+            }
+            (CpuStorage::BF16(q), CpuStorage::BF16(k), CpuStorage::BF16(v)) => {
+                CpuStorage::BF16(self.run(&q[q0..q1], dims, &k[k0..k1], &v[v0..v1], kvh))
+            }
+            (CpuStorage::F16(q), CpuStorage::F16(k), CpuStorage::F16(v)) => {
+                CpuStorage::F16(self.run(&q[q0..q1], dims, &k[k0..k1], &v[v0..v1], kvh))
+            }
+            _ => candle_core::bail!("paged attention: unsupported dtype {:?}", q.dtype()),
+        };
+        Ok((out, Shape::from((t, h, d))))
+    }
+}
+
+/// The same computation with stock tensor ops (gather + matmul + softmax): runs on every
+/// device, and is a second, independent implementation for the tests.
+pub fn paged_attention_tensor_ops(
+    q: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    meta: &AttnMetadata,
+    scale: f32,
+    sliding_window: Option<usize>,
+) -> Result<Tensor> {
+    let (_, heads, d) = q.dims3()?;
+    let kv_heads = k_cache.dim(1)?;
+    let group = heads / kv_heads;
+    let bs = meta.block_size;
+    let mut outs = Vec::with_capacity(meta.seqs.len());
+    for s in meta.seqs.iter() {
+        let (n, ctx) = (s.query_len, s.context_len);
+        let slots: Vec<u32> =
+            (0..ctx).map(|p| s.block_table[p / bs] * bs as u32 + (p % bs) as u32).collect();
+        let idx = Tensor::from_vec(slots, ctx, q.device())?;
+        // [kv_heads, ctx, d]
+        let k = k_cache.index_select(&idx, 0)?.transpose(0, 1)?.to_dtype(DType::F32)?.contiguous()?;
+        let v = v_cache.index_select(&idx, 0)?.transpose(0, 1)?.to_dtype(DType::F32)?.contiguous()?;
+        // [kv_heads, group * n, d]: query heads of one kv head are adjacent.
+        let qs = q.narrow(0, s.query_start, n)?.transpose(0, 1)?.to_dtype(DType::F32)?;
+        let qs = (qs.contiguous()?.reshape((kv_heads, group * n, d))? * scale as f64)?;
+        let scores = qs.matmul(&k.t()?)?.reshape((kv_heads, group, n, ctx))?;
+        let first = ctx - n;
+        let mask: Vec<f32> = (0..n)
+            .flat_map(|i| {
+                let pos = first + i;
+                (0..ctx).map(move |j| {
+                    let too_old = sliding_window.is_some_and(|w| j + w <= pos);
+                    if j > pos || too_old { f32::NEG_INFINITY } else { 0.0 }
+                })
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (n, ctx), q.device())?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?)?;
+        let o = probs.reshape((kv_heads, group * n, ctx))?.matmul(&v)?;
+        let o = o.reshape((heads, n, d))?.transpose(0, 1)?.to_dtype(q.dtype())?;
+        outs.push(o);
+    }
+    Tensor::cat(&outs, 0)
+}

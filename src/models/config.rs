@@ -1,0 +1,272 @@
+//! Llama-family model configuration, read from an HF `config.json` or from GGUF metadata.
+
+use std::collections::HashMap;
+
+use anyhow::{bail, Context, Result};
+use candle_core::quantized::gguf_file;
+use serde::Deserialize;
+
+/// How rotary frequencies are scaled for long contexts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Positions divided by `factor`.
+    Linear { factor: f64 },
+    /// Llama 3.1: low frequencies divided by `factor`, high ones kept, smooth in between.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: usize,
+    },
+}
+
+/// Everything the Llama forward needs; one struct for Llama 2/3, Mistral, Qwen2 and SmolLM.
+#[derive(Debug, Clone)]
+pub struct LlamaConfig {
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: RopeScaling,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// q/k/v projections carry a bias (Qwen2, Llama with `attention_bias`).
+    pub qkv_bias: bool,
+    /// o_proj carries a bias (Llama `attention_bias`).
+    pub o_bias: bool,
+    pub mlp_bias: bool,
+    /// Attend only to the last `sliding_window` positions (Mistral v0.1).
+    pub sliding_window: Option<usize>,
+    /// GGUF (llama.cpp) stores q/k rows permuted for interleaved (GPT-J style) rotary.
+    pub rope_interleaved: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+struct HfConfig {
+    #[serde(default)]
+    model_type: Option<String>,
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    #[serde(default)]
+    num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    head_dim: Option<usize>,
+    #[serde(default = "default_eps")]
+    rms_norm_eps: f64,
+    #[serde(default)]
+    rope_theta: Option<f64>,
+    #[serde(default)]
+    rope_scaling: Option<HashMap<String, serde_json::Value>>,
+    /// transformers >= 5 folds rope_theta and rope_scaling into this.
+    #[serde(default)]
+    rope_parameters: Option<HashMap<String, serde_json::Value>>,
+    #[serde(default = "default_max_pos")]
+    max_position_embeddings: usize,
+    #[serde(default)]
+    tie_word_embeddings: Option<bool>,
+    #[serde(default)]
+    attention_bias: Option<bool>,
+    #[serde(default)]
+    mlp_bias: Option<bool>,
+    #[serde(default)]
+    sliding_window: Option<usize>,
+    #[serde(default)]
+    use_sliding_window: Option<bool>,
+    #[serde(default)]
+    bos_token_id: Option<serde_json::Value>,
+    #[serde(default)]
+    eos_token_id: Option<serde_json::Value>,
+}
+
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_max_pos() -> usize {
+    4096
+}
+
+/// `eos_token_id` is an int or a list of ints in HF configs.
+pub(crate) fn token_ids(v: &Option<serde_json::Value>) -> Vec<u32> {
+    match v {
+        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(serde_json::Value::Array(a)) => {
+            a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn get_f64(m: &HashMap<String, serde_json::Value>, key: &str) -> Option<f64> {
+    m.get(key).and_then(|v| v.as_f64())
+}
+
+fn parse_rope_scaling(m: &HashMap<String, serde_json::Value>) -> Result<RopeScaling> {
+    let kind = m
+        .get("rope_type")
+        .or_else(|| m.get("type"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("default");
+    let factor = || get_f64(m, "factor").context("rope scaling without `factor`");
+    Ok(match kind {
+        "default" => RopeScaling::None,
+        "linear" => RopeScaling::Linear { factor: factor()? },
+        "llama3" => RopeScaling::Llama3 {
+            factor: factor()?,
+            low_freq_factor: get_f64(m, "low_freq_factor").unwrap_or(1.0),
+            high_freq_factor: get_f64(m, "high_freq_factor").unwrap_or(4.0),
+            original_max_position_embeddings: get_f64(m, "original_max_position_embeddings")
+                .unwrap_or(8192.0) as usize,
+        },
+        other => bail!("unsupported rope scaling type `{other}` (supported: default, linear, llama3)"),
+    })
+}
+
+impl LlamaConfig {
+    pub fn from_hf_json(text: &str) -> Result<Self> {
+        let c: HfConfig = serde_json::from_str(text).context("parsing config.json")?;
+        let model_type = c.model_type.unwrap_or_else(|| "llama".to_string());
+        match model_type.as_str() {
+            "llama" | "mistral" | "qwen2" => {}
+            other => bail!("unsupported model_type `{other}` (supported: llama, mistral, qwen2)"),
+        }
+        let rope_params = c.rope_parameters.as_ref();
+        let rope_theta = c
+            .rope_theta
+            .or_else(|| rope_params.and_then(|m| get_f64(m, "rope_theta")))
+            .unwrap_or(10_000.0);
+        let rope_scaling = match (&c.rope_scaling, rope_params) {
+            (Some(m), _) | (None, Some(m)) => parse_rope_scaling(m)?,
+            (None, None) => RopeScaling::None,
+        };
+        let attention_bias = c.attention_bias.unwrap_or(false);
+        let is_qwen2 = model_type == "qwen2";
+        let sliding_window = match model_type.as_str() {
+            "mistral" => c.sliding_window,
+            "qwen2" if c.use_sliding_window == Some(true) => c.sliding_window,
+            _ => None,
+        };
+        Ok(Self {
+            vocab_size: c.vocab_size,
+            hidden_size: c.hidden_size,
+            intermediate_size: c.intermediate_size,
+            num_hidden_layers: c.num_hidden_layers,
+            num_attention_heads: c.num_attention_heads,
+            num_key_value_heads: c.num_key_value_heads.unwrap_or(c.num_attention_heads),
+            head_dim: c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads),
+            rms_norm_eps: c.rms_norm_eps,
+            rope_theta,
+            rope_scaling,
+            max_position_embeddings: c.max_position_embeddings,
+            tie_word_embeddings: c.tie_word_embeddings.unwrap_or(false),
+            qkv_bias: attention_bias || is_qwen2,
+            o_bias: attention_bias,
+            mlp_bias: c.mlp_bias.unwrap_or(false),
+            sliding_window,
+            rope_interleaved: false,
+            bos_token_id: token_ids(&c.bos_token_id).first().copied(),
+            eos_token_ids: token_ids(&c.eos_token_id),
+            model_type,
+        })
+    }
+
+    /// Reads `<arch>.*` keys of a GGUF file (llama.cpp's names).
+    pub fn from_gguf(content: &gguf_file::Content) -> Result<Self> {
+        let md = &content.metadata;
+        let arch = md
+            .get("general.architecture")
+            .context("GGUF without general.architecture")?
+            .to_string()?
+            .clone();
+        if arch != "llama" && arch != "qwen2" {
+            bail!("unsupported GGUF architecture `{arch}` (supported: llama, qwen2)");
+        }
+        let get = |k: &str| md.get(&format!("{arch}.{k}")).with_context(|| format!("GGUF misses {arch}.{k}"));
+        let u = |k: &str| -> Result<usize> { Ok(get(k)?.to_u32()? as usize) };
+        let heads = u("attention.head_count")?;
+        let hidden = u("embedding_length")?;
+        let kv_heads = u("attention.head_count_kv").unwrap_or(heads);
+        let head_dim = u("rope.dimension_count").unwrap_or(hidden / heads);
+        let vocab_size = match md.get(&format!("{arch}.vocab_size")) {
+            Some(v) => v.to_u32()? as usize,
+            None => md.get("tokenizer.ggml.tokens").context("GGUF without vocabulary")?.to_vec()?.len(),
+        };
+        let rope_scaling = match md.get(&format!("{arch}.rope.scaling.type")).map(|v| v.to_string()) {
+            Some(Ok(t)) if t == "linear" => RopeScaling::Linear { factor: get("rope.scaling.factor")?.to_f32()? as f64 },
+            _ => RopeScaling::None,
+        };
+        let has_output = content.tensor_infos.contains_key("output.weight");
+        let tok = |k: &str| md.get(k).and_then(|v| v.to_u32().ok());
+        Ok(Self {
+            model_type: arch.clone(),
+            vocab_size,
+            hidden_size: hidden,
+            intermediate_size: u("feed_forward_length")?,
+            num_hidden_layers: u("block_count")?,
+            num_attention_heads: heads,
+            num_key_value_heads: kv_heads,
+            head_dim,
+            rms_norm_eps: get("attention.layer_norm_rms_epsilon")?.to_f32()? as f64,
+            rope_theta: get("rope.freq_base").and_then(|v| Ok(v.to_f32()? as f64)).unwrap_or(10_000.0),
+            rope_scaling,
+            max_position_embeddings: u("context_length").unwrap_or(4096),
+            tie_word_embeddings: !has_output,
+            qkv_bias: content.tensor_infos.contains_key("blk.0.attn_q.bias"),
+            o_bias: content.tensor_infos.contains_key("blk.0.attn_output.bias"),
+            mlp_bias: false,
+            sliding_window: None,
+            // llama.cpp permutes q/k of the `llama` arch only; qwen2 keeps HF's layout (NEOX rope).
+            rope_interleaved: arch == "llama",
+            bos_token_id: tok("tokenizer.ggml.bos_token_id"),
+            eos_token_ids: tok("tokenizer.ggml.eos_token_id").into_iter().collect(),
+        })
+    }
+
+    pub fn num_queries_per_kv(&self) -> usize {
+        self.num_attention_heads / self.num_key_value_heads
+    }
+
+    /// Bytes of K and V one token takes across all layers, for a cache dtype size.
+    pub fn kv_bytes_per_token(&self, dtype_size: usize) -> usize {
+        2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim * dtype_size
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_llama3_rope_from_transformers5_rope_parameters() {
+        let json = r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,
+            "num_hidden_layers":1,"num_attention_heads":2,"num_key_value_heads":1,
+            "rope_parameters":{"rope_type":"llama3","rope_theta":500000.0,"factor":8.0,
+            "low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":64},
+            "eos_token_id":[1,2]}"#;
+        let c = LlamaConfig::from_hf_json(json).unwrap();
+        assert_eq!(c.rope_theta, 500000.0);
+        assert_eq!(c.eos_token_ids, vec![1, 2]);
+        assert_eq!(c.head_dim, 4);
+        assert!(matches!(c.rope_scaling, RopeScaling::Llama3 { original_max_position_embeddings: 64, .. }));
+    }
+
+    #[test]
+    fn qwen2_has_qkv_bias_and_rejects_unknown_types() {
+        let base = r#"{"vocab_size":10,"hidden_size":8,"intermediate_size":16,
+            "num_hidden_layers":1,"num_attention_heads":2,"model_type":"#;
+        let c = LlamaConfig::from_hf_json(&format!("{base}\"qwen2\"}}")).unwrap();
+        assert!(c.qkv_bias && !c.o_bias);
+        assert!(LlamaConfig::from_hf_json(&format!("{base}\"gpt2\"}}")).is_err());
+    }
+}

@@ -1,0 +1,160 @@
+//! Reads weights by their Hugging Face names from safetensors or from a GGUF file.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use candle_core::quantized::{gguf_file, QMatMul};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::layers::linear::Linear;
+
+pub enum Weights {
+    Safetensors { vb: VarBuilder<'static>, dtype: DType },
+    Gguf { content: gguf_file::Content, path: PathBuf, device: Device },
+}
+
+/// llama.cpp's tensor name for an HF parameter path (without `.weight`/`.bias`).
+fn gguf_name(hf: &str) -> String {
+    if let Some(rest) = hf.strip_prefix("model.layers.") {
+        let (idx, tail) = rest.split_once('.').unwrap_or((rest, ""));
+        let t = match tail {
+            "self_attn.q_proj" => "attn_q",
+            "self_attn.k_proj" => "attn_k",
+            "self_attn.v_proj" => "attn_v",
+            "self_attn.o_proj" => "attn_output",
+            "mlp.gate_proj" => "ffn_gate",
+            "mlp.up_proj" => "ffn_up",
+            "mlp.down_proj" => "ffn_down",
+            "input_layernorm" => "attn_norm",
+            "post_attention_layernorm" => "ffn_norm",
+            other => other,
+        };
+        return format!("blk.{idx}.{t}");
+    }
+    match hf {
+        "model.embed_tokens" => "token_embd",
+        "model.norm" => "output_norm",
+        "lm_head" => "output",
+        other => other,
+    }
+    .to_string()
+}
+
+impl Weights {
+    /// Memory-maps `files` (one or several shards of one checkpoint).
+    pub fn safetensors(files: &[PathBuf], dtype: DType, device: &Device) -> Result<Self> {
+        // SAFETY: the files are not modified while mapped (they are model files we only read).
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device)? };
+        Ok(Self::Safetensors { vb, dtype })
+    }
+
+    pub fn gguf(path: &Path, device: &Device) -> Result<Self> {
+        let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let content = gguf_file::Content::read(&mut f).with_context(|| format!("reading GGUF {}", path.display()))?;
+        Ok(Self::Gguf { content, path: path.to_path_buf(), device: device.clone() })
+    }
+
+    /// dtype of activations: GGUF quantized matmuls take f32.
+    pub fn activation_dtype(&self) -> DType {
+        match self {
+            Weights::Safetensors { dtype, .. } => *dtype,
+            Weights::Gguf { .. } => DType::F32,
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        match self {
+            Weights::Safetensors { vb, .. } => vb.device().clone(),
+            Weights::Gguf { device, .. } => device.clone(),
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        match self {
+            Weights::Safetensors { vb, .. } => vb.contains_tensor(&format!("{name}.weight")),
+            Weights::Gguf { content, .. } => {
+                content.tensor_infos.contains_key(&format!("{}.weight", gguf_name(name)))
+            }
+        }
+    }
+
+    fn gguf_qtensor(&self, full: &str) -> Result<candle_core::quantized::QTensor> {
+        let Weights::Gguf { content, path, device } = self else { unreachable!() };
+        let mut f = File::open(path)?;
+        content.tensor(&mut f, full, device).with_context(|| format!("GGUF tensor {full}"))
+    }
+
+    /// A dense tensor in the activation dtype (norm weights, biases, embedding table).
+    pub fn tensor(&self, name: &str, suffix: &str) -> Result<Tensor> {
+        match self {
+            Weights::Safetensors { vb, .. } => {
+                let full = format!("{name}.{suffix}");
+                vb.get_unchecked(&full).with_context(|| format!("missing tensor {full}"))
+            }
+            Weights::Gguf { device, .. } => {
+                let q = self.gguf_qtensor(&format!("{}.{suffix}", gguf_name(name)))?;
+                Ok(q.dequantize(device)?)
+            }
+        }
+    }
+
+    /// `name.weight` (`[out, in]`) and, when `bias`, `name.bias`.
+    pub fn linear(&self, name: &str, bias: bool) -> Result<Linear> {
+        let b = if bias { Some(self.tensor(name, "bias")?) } else { None };
+        let w = match self {
+            Weights::Safetensors { .. } => QMatMul::Tensor(self.tensor(name, "weight")?),
+            Weights::Gguf { .. } => {
+                QMatMul::from_qtensor(self.gguf_qtensor(&format!("{}.weight", gguf_name(name)))?)?
+            }
+        };
+        Ok(Linear::new(w, b))
+    }
+
+    pub fn gguf_content(&self) -> Option<&gguf_file::Content> {
+        match self {
+            Weights::Gguf { content, .. } => Some(content),
+            _ => None,
+        }
+    }
+}
+
+/// The safetensors files of an HF checkpoint directory: the index's shards, or the one file.
+pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        #[derive(serde::Deserialize)]
+        struct Index {
+            weight_map: HashMap<String, String>,
+        }
+        let idx: Index = serde_json::from_str(&std::fs::read_to_string(&index)?)
+            .with_context(|| format!("parsing {}", index.display()))?;
+        let mut files: Vec<String> = idx.weight_map.into_values().collect();
+        files.sort();
+        files.dedup();
+        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+    }
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    files.sort();
+    anyhow::ensure!(!files.is_empty(), "no *.safetensors in {}", dir.display());
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn maps_hf_names_to_gguf() {
+        assert_eq!(super::gguf_name("model.layers.12.self_attn.o_proj"), "blk.12.attn_output");
+        assert_eq!(super::gguf_name("model.layers.0.post_attention_layernorm"), "blk.0.ffn_norm");
+        assert_eq!(super::gguf_name("lm_head"), "output");
+    }
+}
