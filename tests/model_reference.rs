@@ -1,0 +1,186 @@
+//! flare's Llama-family forward against transformers' logits on tiny random checkpoints
+//! (tests/fixtures/make_fixtures.py makes them), through the paged cache in every way the
+//! scheduler will drive it: whole prompts, chunked prefill, decode, and ragged batches.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use flare::layers::attention::{AttnMetadata, SeqAttn};
+use flare::models::{llama::LlamaModel, load_model, source::ModelFiles};
+
+const BLOCK: usize = 4;
+
+struct Fixture {
+    prompts: Vec<Vec<u32>>,
+    logits: Vec<Vec<Vec<f32>>>,
+}
+
+fn fixture_dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn load(name: &str) -> (LlamaModel, Fixture) {
+    let dir = fixture_dir(name);
+    let model = load_model(&ModelFiles::HfDir(dir.clone()), DType::F32, &Device::Cpu).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("logits.json")).unwrap()).unwrap();
+    let fx = Fixture {
+        prompts: serde_json::from_value(v["prompts"].clone()).unwrap(),
+        logits: serde_json::from_value(v["logits"].clone()).unwrap(),
+    };
+    (model, fx)
+}
+
+/// A sequence being computed in pieces, with blocks taken from a shuffled pool.
+struct Seq {
+    tokens: Vec<u32>,
+    computed: usize,
+    blocks: Vec<u32>,
+}
+
+/// Runs one step: `take[i]` new tokens of `seqs[i]`; returns logits of every new token.
+fn step(
+    model: &LlamaModel,
+    kv: &flare::kv::KvCache,
+    seqs: &mut [&mut Seq],
+    take: &[usize],
+    free: &mut Vec<u32>,
+) -> Vec<Vec<Vec<f32>>> {
+    let mut ids = Vec::new();
+    let mut metas = Vec::new();
+    for (s, &n) in seqs.iter_mut().zip(take) {
+        let ctx = s.computed + n;
+        while s.blocks.len() * BLOCK < ctx {
+            s.blocks.push(free.pop().expect("enough blocks"));
+        }
+        metas.push(SeqAttn {
+            query_start: ids.len(),
+            query_len: n,
+            context_len: ctx,
+            block_table: s.blocks.clone(),
+        });
+        ids.extend_from_slice(&s.tokens[s.computed..ctx]);
+        s.computed = ctx;
+    }
+    let n_tok = ids.len();
+    let meta = AttnMetadata::new(metas.clone(), BLOCK, &Device::Cpu).unwrap();
+    let tokens = Tensor::new(ids, &Device::Cpu).unwrap();
+    let rows = Tensor::arange(0u32, n_tok as u32, &Device::Cpu).unwrap();
+    let logits = model
+        .forward(&tokens, &meta, kv, &rows)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    metas
+        .iter()
+        .map(|m| logits[m.query_start..m.query_start + m.query_len].to_vec())
+        .collect()
+}
+
+fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn shuffled_pool(n: u32) -> Vec<u32> {
+    // A fixed permutation so consecutive positions land in non-adjacent blocks.
+    let mut v: Vec<u32> = (0..n).collect();
+    let mut x = 12345u64;
+    for i in (1..v.len()).rev() {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        v.swap(i, (x >> 33) as usize % (i + 1));
+    }
+    v
+}
+
+fn check_model(name: &str) {
+    let (model, fx) = load(name);
+    let kv = model.new_kv_cache(64, BLOCK, DType::F32).unwrap();
+    let tol = 1e-4;
+
+    // 1. Each prompt alone, in one step.
+    let mut free = shuffled_pool(64);
+    for (p, want) in fx.prompts.iter().zip(&fx.logits) {
+        let mut s = Seq {
+            tokens: p.clone(),
+            computed: 0,
+            blocks: vec![],
+        };
+        let got = step(&model, &kv, &mut [&mut s], &[p.len()], &mut free);
+        for (pos, (g, w)) in got[0].iter().zip(want).enumerate() {
+            let d = max_abs(g, w);
+            assert!(d < tol, "{name}: whole prompt, pos {pos}: max abs diff {d}");
+        }
+        free.extend(s.blocks);
+    }
+
+    // 2. All prompts in one ragged batch, in chunks of 5 then 3 then one token a step
+    //    (chunked prefill mixed with decode).
+    let mut seqs: Vec<Seq> = fx
+        .prompts
+        .iter()
+        .map(|p| Seq {
+            tokens: p.clone(),
+            computed: 0,
+            blocks: vec![],
+        })
+        .collect();
+    let mut got: Vec<Vec<Vec<f32>>> = vec![Vec::new(); seqs.len()];
+    let mut round = 0;
+    while seqs.iter().any(|s| s.computed < s.tokens.len()) {
+        let chunk = match round {
+            0 => 5,
+            1 => 3,
+            _ => 1,
+        };
+        round += 1;
+        let active: Vec<usize> = (0..seqs.len())
+            .filter(|&i| seqs[i].computed < seqs[i].tokens.len())
+            .collect();
+        let take: Vec<usize> = active
+            .iter()
+            .map(|&i| chunk.min(seqs[i].tokens.len() - seqs[i].computed))
+            .collect();
+        let mut refs: Vec<&mut Seq> = seqs
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| active.contains(i))
+            .map(|(_, s)| s)
+            .collect();
+        let out = step(&model, &kv, &mut refs, &take, &mut free);
+        for (k, &i) in active.iter().enumerate() {
+            got[i].extend(out[k].clone());
+        }
+    }
+    for (i, want) in fx.logits.iter().enumerate() {
+        for (pos, (g, w)) in got[i].iter().zip(want).enumerate() {
+            let d = max_abs(g, w);
+            assert!(
+                d < tol,
+                "{name}: batched/chunked, prompt {i}, pos {pos}: max abs diff {d}"
+            );
+        }
+    }
+}
+
+#[test]
+fn tiny_llama_matches_transformers() {
+    check_model("tiny-llama");
+}
+
+#[test]
+fn tiny_qwen2_matches_transformers() {
+    check_model("tiny-qwen2");
+}
+
+#[test]
+fn tiny_mistral_matches_transformers() {
+    check_model("tiny-mistral");
+}
