@@ -156,6 +156,10 @@ def fix_tokenizer_config(path: Path, chat_template: str) -> None:
         "add_prefix_space": False,
         "clean_up_tokenization_spaces": False,
         "model_max_length": CONTEXT_LENGTH,
+        # Not the hub's "GPT2Tokenizer": transformers 5's GPT2Tokenizer rebuilds its own bare
+        # ByteLevel pre-tokenizer and would drop the digit split above. PreTrainedTokenizerFast
+        # (= TokenizersBackend in transformers 5) uses tokenizer.json as is, in v4 and v5.
+        "tokenizer_class": "PreTrainedTokenizerFast",
         # transformers >= 5 keeps the template in chat_template.jinja; older readers (and flare)
         # look for it here, as in the hub's tokenizer_config.json.
         "chat_template": chat_template,
@@ -251,6 +255,8 @@ def convert_hf(gguf: Path) -> Path:
     if (tmp / "model.safetensors.index.json").exists() or not (tmp / "model.safetensors").is_file():
         raise SystemExit("checkpoint was sharded; expected one model.safetensors")
     self_check(tmp)
+    for f in tmp.iterdir():
+        f.chmod(0o644)  # safetensors writes 0600
 
     if out.exists():
         shutil.rmtree(out)

@@ -4,3 +4,4 @@ pub mod kv;
 pub mod layers;
 pub mod models;
 pub mod request;
+pub mod runner;

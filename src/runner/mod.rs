@@ -1,0 +1,3 @@
+//! Model runners: turn a scheduled batch into sampled tokens.
+
+pub mod candle;
