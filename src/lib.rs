@@ -5,3 +5,4 @@ pub mod layers;
 pub mod models;
 pub mod request;
 pub mod runner;
+pub mod tokenizer;
