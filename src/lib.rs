@@ -4,3 +4,5 @@ pub mod kv;
 pub mod layers;
 pub mod models;
 pub mod request;
+pub mod runner;
+pub mod scheduler;

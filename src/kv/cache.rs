@@ -25,9 +25,18 @@ impl KvCache {
     ) -> Result<Self> {
         let shape = (num_blocks * block_size, num_kv_heads, head_dim);
         let layers = (0..num_layers)
-            .map(|_| Ok((Tensor::zeros(shape, dtype, device)?, Tensor::zeros(shape, dtype, device)?)))
+            .map(|_| {
+                Ok((
+                    Tensor::zeros(shape, dtype, device)?,
+                    Tensor::zeros(shape, dtype, device)?,
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { layers, num_blocks, block_size })
+        Ok(Self {
+            layers,
+            num_blocks,
+            block_size,
+        })
     }
 
     pub fn layer(&self, i: usize) -> (&Tensor, &Tensor) {

@@ -75,7 +75,13 @@ impl AttnMetadata {
     }
 
     /// Writes new keys and values (`[num_tokens, kv_heads, head_dim]`) into their slots.
-    pub fn write_kv(&self, k: &Tensor, v: &Tensor, k_cache: &Tensor, v_cache: &Tensor) -> Result<()> {
+    pub fn write_kv(
+        &self,
+        k: &Tensor,
+        v: &Tensor,
+        k_cache: &Tensor,
+        v_cache: &Tensor,
+    ) -> Result<()> {
         for &(row, slot, n) in &self.slot_runs {
             k_cache.slice_set(&k.narrow(0, row, n)?.contiguous()?, 0, slot)?;
             v_cache.slice_set(&v.narrow(0, row, n)?.contiguous()?, 0, slot)?;
@@ -94,7 +100,11 @@ pub fn paged_attention(
     scale: f32,
     sliding_window: Option<usize>,
 ) -> Result<Tensor> {
-    let op = PagedAttention { meta: meta.clone(), scale, sliding_window };
+    let op = PagedAttention {
+        meta: meta.clone(),
+        scale,
+        sliding_window,
+    };
     if q.device().is_cpu() {
         q.contiguous()?.apply_op3_no_bwd(k_cache, v_cache, &op)
     } else {
@@ -138,7 +148,14 @@ impl Element for f16 {
 }
 
 impl PagedAttention {
-    fn run<T: Element>(&self, q: &[T], qd: (usize, usize, usize), k: &[T], v: &[T], kv_heads: usize) -> Vec<T> {
+    fn run<T: Element>(
+        &self,
+        q: &[T],
+        qd: (usize, usize, usize),
+        k: &[T],
+        v: &[T],
+        kv_heads: usize,
+    ) -> Vec<T> {
         let (num_tokens, heads, d) = qd;
         let group = heads / kv_heads;
         let bs = self.meta.block_size;
@@ -166,7 +183,11 @@ impl PagedAttention {
                     let mut max = f32::NEG_INFINITY;
                     for p in lo..=pos {
                         let ko = (slot_row(&s.block_table, p) * kv_heads + kvh) * d;
-                        let dot: f32 = qf.iter().zip(&k[ko..ko + d]).map(|(a, b)| a * b.to_f32()).sum();
+                        let dot: f32 = qf
+                            .iter()
+                            .zip(&k[ko..ko + d])
+                            .map(|(a, b)| a * b.to_f32())
+                            .sum();
                         max = max.max(dot);
                         scores.push(dot);
                     }
@@ -210,11 +231,17 @@ impl CustomOp3 for PagedAttention {
         let (t, h, d) = lq.shape().dims3()?;
         let (_, kvh, kd) = lk.shape().dims3()?;
         if kd != d || h % kvh != 0 || lk.shape() != lv.shape() {
-            candle_core::bail!("paged attention: q {:?} vs cache {:?}", lq.shape(), lk.shape());
+            candle_core::bail!(
+                "paged attention: q {:?} vs cache {:?}",
+                lq.shape(),
+                lk.shape()
+            );
         }
-        let (Some((q0, q1)), Some((k0, k1)), Some((v0, v1))) =
-            (lq.contiguous_offsets(), lk.contiguous_offsets(), lv.contiguous_offsets())
-        else {
+        let (Some((q0, q1)), Some((k0, k1)), Some((v0, v1))) = (
+            lq.contiguous_offsets(),
+            lk.contiguous_offsets(),
+            lv.contiguous_offsets(),
+        ) else {
             candle_core::bail!("paged attention needs contiguous inputs");
         };
         let dims = (t, h, d);
@@ -251,14 +278,26 @@ pub fn paged_attention_tensor_ops(
     let mut outs = Vec::with_capacity(meta.seqs.len());
     for s in meta.seqs.iter() {
         let (n, ctx) = (s.query_len, s.context_len);
-        let slots: Vec<u32> =
-            (0..ctx).map(|p| s.block_table[p / bs] * bs as u32 + (p % bs) as u32).collect();
+        let slots: Vec<u32> = (0..ctx)
+            .map(|p| s.block_table[p / bs] * bs as u32 + (p % bs) as u32)
+            .collect();
         let idx = Tensor::from_vec(slots, ctx, q.device())?;
         // [kv_heads, ctx, d]
-        let k = k_cache.index_select(&idx, 0)?.transpose(0, 1)?.to_dtype(DType::F32)?.contiguous()?;
-        let v = v_cache.index_select(&idx, 0)?.transpose(0, 1)?.to_dtype(DType::F32)?.contiguous()?;
+        let k = k_cache
+            .index_select(&idx, 0)?
+            .transpose(0, 1)?
+            .to_dtype(DType::F32)?
+            .contiguous()?;
+        let v = v_cache
+            .index_select(&idx, 0)?
+            .transpose(0, 1)?
+            .to_dtype(DType::F32)?
+            .contiguous()?;
         // [kv_heads, group * n, d]: query heads of one kv head are adjacent.
-        let qs = q.narrow(0, s.query_start, n)?.transpose(0, 1)?.to_dtype(DType::F32)?;
+        let qs = q
+            .narrow(0, s.query_start, n)?
+            .transpose(0, 1)?
+            .to_dtype(DType::F32)?;
         let qs = (qs.contiguous()?.reshape((kv_heads, group * n, d))? * scale as f64)?;
         let scores = qs.matmul(&k.t()?)?.reshape((kv_heads, group, n, ctx))?;
         let first = ctx - n;
@@ -267,14 +306,21 @@ pub fn paged_attention_tensor_ops(
                 let pos = first + i;
                 (0..ctx).map(move |j| {
                     let too_old = sliding_window.is_some_and(|w| j + w <= pos);
-                    if j > pos || too_old { f32::NEG_INFINITY } else { 0.0 }
+                    if j > pos || too_old {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
                 })
             })
             .collect();
         let mask = Tensor::from_vec(mask, (n, ctx), q.device())?;
         let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?)?;
         let o = probs.reshape((kv_heads, group * n, ctx))?.matmul(&v)?;
-        let o = o.reshape((heads, n, d))?.transpose(0, 1)?.to_dtype(q.dtype())?;
+        let o = o
+            .reshape((heads, n, d))?
+            .transpose(0, 1)?
+            .to_dtype(q.dtype())?;
         outs.push(o);
     }
     Tensor::cat(&outs, 0)

@@ -19,11 +19,17 @@ pub struct Rotary {
 /// Inverse frequencies with the config's scaling applied (HF `_compute_*_parameters`).
 pub fn inv_freqs(cfg: &LlamaConfig) -> Vec<f64> {
     let d = cfg.head_dim;
-    let base: Vec<f64> =
-        (0..d / 2).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / d as f64)).collect();
+    let base: Vec<f64> = (0..d / 2)
+        .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / d as f64))
+        .collect();
     match cfg.rope_scaling {
         RopeScaling::None | RopeScaling::Linear { .. } => base,
-        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } => {
             let old_ctx = original_max_position_embeddings as f64;
             let low_wavelen = old_ctx / low_freq_factor;
             let high_wavelen = old_ctx / high_freq_factor;
@@ -35,7 +41,8 @@ pub fn inv_freqs(cfg: &LlamaConfig) -> Vec<f64> {
                     } else if wavelen > low_wavelen {
                         f / factor
                     } else {
-                        let smooth = (old_ctx / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        let smooth = (old_ctx / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
                         (1.0 - smooth) * f / factor + smooth * f
                     }
                 })
@@ -72,7 +79,9 @@ impl Rotary {
         let out = if self.interleaved {
             // rope_i wants [b, heads, tokens, d].
             let xt = x4.transpose(1, 2)?.contiguous()?;
-            candle_nn::rotary_emb::rope_i(&xt, cos, sin)?.transpose(1, 2)?.contiguous()?
+            candle_nn::rotary_emb::rope_i(&xt, cos, sin)?
+                .transpose(1, 2)?
+                .contiguous()?
         } else {
             candle_nn::rotary_emb::rope_thd(&x4.contiguous()?, cos, sin)?
         };
@@ -113,7 +122,14 @@ mod tests {
         let (c, s) = rot.cos_sin(&pos, DType::F32).unwrap();
         let got = rot.apply(&x, &c, &s).unwrap();
         let want = rope_reference(&x, &c, &s).unwrap();
-        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(diff < 1e-5, "{diff}");
     }
 

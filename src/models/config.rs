@@ -11,7 +11,9 @@ use serde::Deserialize;
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor`.
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// Llama 3.1: low frequencies divided by `factor`, high ones kept, smooth in between.
     Llama3 {
         factor: f64,
@@ -100,10 +102,13 @@ fn default_max_pos() -> usize {
 /// `eos_token_id` is an int or a list of ints in HF configs.
 pub(crate) fn token_ids(v: &Option<serde_json::Value>) -> Vec<u32> {
     match v {
-        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(serde_json::Value::Array(a)) => {
-            a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect()
+        Some(serde_json::Value::Number(n)) => {
+            n.as_u64().map(|x| vec![x as u32]).unwrap_or_default()
         }
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64().map(|x| x as u32))
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -129,7 +134,9 @@ fn parse_rope_scaling(m: &HashMap<String, serde_json::Value>) -> Result<RopeScal
             original_max_position_embeddings: get_f64(m, "original_max_position_embeddings")
                 .unwrap_or(8192.0) as usize,
         },
-        other => bail!("unsupported rope scaling type `{other}` (supported: default, linear, llama3)"),
+        other => {
+            bail!("unsupported rope scaling type `{other}` (supported: default, linear, llama3)")
+        }
     })
 }
 
@@ -192,7 +199,10 @@ impl LlamaConfig {
         if arch != "llama" && arch != "qwen2" {
             bail!("unsupported GGUF architecture `{arch}` (supported: llama, qwen2)");
         }
-        let get = |k: &str| md.get(&format!("{arch}.{k}")).with_context(|| format!("GGUF misses {arch}.{k}"));
+        let get = |k: &str| {
+            md.get(&format!("{arch}.{k}"))
+                .with_context(|| format!("GGUF misses {arch}.{k}"))
+        };
         let u = |k: &str| -> Result<usize> { Ok(get(k)?.to_u32()? as usize) };
         let heads = u("attention.head_count")?;
         let hidden = u("embedding_length")?;
@@ -200,10 +210,19 @@ impl LlamaConfig {
         let head_dim = u("rope.dimension_count").unwrap_or(hidden / heads);
         let vocab_size = match md.get(&format!("{arch}.vocab_size")) {
             Some(v) => v.to_u32()? as usize,
-            None => md.get("tokenizer.ggml.tokens").context("GGUF without vocabulary")?.to_vec()?.len(),
+            None => md
+                .get("tokenizer.ggml.tokens")
+                .context("GGUF without vocabulary")?
+                .to_vec()?
+                .len(),
         };
-        let rope_scaling = match md.get(&format!("{arch}.rope.scaling.type")).map(|v| v.to_string()) {
-            Some(Ok(t)) if t == "linear" => RopeScaling::Linear { factor: get("rope.scaling.factor")?.to_f32()? as f64 },
+        let rope_scaling = match md
+            .get(&format!("{arch}.rope.scaling.type"))
+            .map(|v| v.to_string())
+        {
+            Some(Ok(t)) if t == "linear" => RopeScaling::Linear {
+                factor: get("rope.scaling.factor")?.to_f32()? as f64,
+            },
             _ => RopeScaling::None,
         };
         let has_output = content.tensor_infos.contains_key("output.weight");
@@ -218,7 +237,9 @@ impl LlamaConfig {
             num_key_value_heads: kv_heads,
             head_dim,
             rms_norm_eps: get("attention.layer_norm_rms_epsilon")?.to_f32()? as f64,
-            rope_theta: get("rope.freq_base").and_then(|v| Ok(v.to_f32()? as f64)).unwrap_or(10_000.0),
+            rope_theta: get("rope.freq_base")
+                .and_then(|v| Ok(v.to_f32()? as f64))
+                .unwrap_or(10_000.0),
             rope_scaling,
             max_position_embeddings: u("context_length").unwrap_or(4096),
             tie_word_embeddings: !has_output,
@@ -258,7 +279,13 @@ mod tests {
         assert_eq!(c.rope_theta, 500000.0);
         assert_eq!(c.eos_token_ids, vec![1, 2]);
         assert_eq!(c.head_dim, 4);
-        assert!(matches!(c.rope_scaling, RopeScaling::Llama3 { original_max_position_embeddings: 64, .. }));
+        assert!(matches!(
+            c.rope_scaling,
+            RopeScaling::Llama3 {
+                original_max_position_embeddings: 64,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -18,7 +18,10 @@ struct RmsNorm {
 impl RmsNorm {
     fn load(w: &Weights, name: &str, eps: f64) -> Result<Self> {
         let weight = w.tensor(name, "weight")?.to_dtype(w.activation_dtype())?;
-        Ok(Self { weight, eps: eps as f32 })
+        Ok(Self {
+            weight,
+            eps: eps as f32,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -59,12 +62,20 @@ impl LlamaModel {
             .map(|i| {
                 let p = format!("model.layers.{i}");
                 Ok(Layer {
-                    input_norm: RmsNorm::load(w, &format!("{p}.input_layernorm"), cfg.rms_norm_eps)?,
+                    input_norm: RmsNorm::load(
+                        w,
+                        &format!("{p}.input_layernorm"),
+                        cfg.rms_norm_eps,
+                    )?,
                     q: w.linear(&format!("{p}.self_attn.q_proj"), cfg.qkv_bias)?,
                     k: w.linear(&format!("{p}.self_attn.k_proj"), cfg.qkv_bias)?,
                     v: w.linear(&format!("{p}.self_attn.v_proj"), cfg.qkv_bias)?,
                     o: w.linear(&format!("{p}.self_attn.o_proj"), cfg.o_bias)?,
-                    post_norm: RmsNorm::load(w, &format!("{p}.post_attention_layernorm"), cfg.rms_norm_eps)?,
+                    post_norm: RmsNorm::load(
+                        w,
+                        &format!("{p}.post_attention_layernorm"),
+                        cfg.rms_norm_eps,
+                    )?,
                     gate: w.linear(&format!("{p}.mlp.gate_proj"), cfg.mlp_bias)?,
                     up: w.linear(&format!("{p}.mlp.up_proj"), cfg.mlp_bias)?,
                     down: w.linear(&format!("{p}.mlp.down_proj"), cfg.mlp_bias)?,
@@ -78,7 +89,16 @@ impl LlamaModel {
             w.linear("lm_head", false)?
         };
         let rotary = Rotary::new(&cfg, &device)?;
-        Ok(Self { cfg, embed, layers, norm, lm_head, rotary, dtype, device })
+        Ok(Self {
+            cfg,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            rotary,
+            dtype,
+            device,
+        })
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -99,10 +119,20 @@ impl LlamaModel {
     /// lays them out; their K/V are written into `kv` before attention reads it.
     /// `logit_rows: [n]` u32 picks the token rows to compute logits for (usually the last
     /// new token of each sequence). Returns f32 logits `[n, vocab]`.
-    pub fn forward(&self, tokens: &Tensor, meta: &AttnMetadata, kv: &KvCache, logit_rows: &Tensor) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        tokens: &Tensor,
+        meta: &AttnMetadata,
+        kv: &KvCache,
+        logit_rows: &Tensor,
+    ) -> Result<Tensor> {
         let cfg = &self.cfg;
         let t = meta.num_tokens;
-        let (h, kvh, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let (h, kvh, d) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
         let scale = 1.0 / (d as f32).sqrt();
         let (cos, sin) = self.rotary.cos_sin(&meta.positions, self.dtype)?;
         let mut x = self.embed.index_select(tokens, 0)?;
@@ -120,7 +150,8 @@ impl LlamaModel {
             let attn = layer.o.forward(&attn.reshape((t, h * d))?)?;
             let x1 = (residual + attn)?;
             let hs = layer.post_norm.forward(&x1)?;
-            let mlp = (candle_nn::ops::silu(&layer.gate.forward(&hs)?)? * layer.up.forward(&hs)?)?;
+            let mlp =
+                (candle_nn::ops::silu(&layer.gate.forward(&hs)?)? * layer.up.forward(&hs)?)?;
             x = (x1 + layer.down.forward(&mlp)?)?;
         }
         let x = x.index_select(logit_rows, 0)?;
@@ -129,9 +160,21 @@ impl LlamaModel {
     }
 
     /// A KV cache shaped for this model.
-    pub fn new_kv_cache(&self, num_blocks: usize, block_size: usize, dtype: DType) -> Result<KvCache> {
+    pub fn new_kv_cache(
+        &self,
+        num_blocks: usize,
+        block_size: usize,
+        dtype: DType,
+    ) -> Result<KvCache> {
         let c = &self.cfg;
-        Ok(KvCache::new(c.num_hidden_layers, num_blocks, block_size, c.num_key_value_heads, c.head_dim, dtype, &self.device)?)
+        Ok(KvCache::new(
+            c.num_hidden_layers,
+            num_blocks,
+            block_size,
+            c.num_key_value_heads,
+            c.head_dim,
+            dtype,
+            &self.device,
+        )?)
     }
 }
-

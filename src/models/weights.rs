@@ -12,8 +12,15 @@ use candle_nn::VarBuilder;
 use crate::layers::linear::Linear;
 
 pub enum Weights {
-    Safetensors { vb: VarBuilder<'static>, dtype: DType },
-    Gguf { content: gguf_file::Content, path: PathBuf, device: Device },
+    Safetensors {
+        vb: VarBuilder<'static>,
+        dtype: DType,
+    },
+    Gguf {
+        content: gguf_file::Content,
+        path: PathBuf,
+        device: Device,
+    },
 }
 
 /// llama.cpp's tensor name for an HF parameter path (without `.weight`/`.bias`).
@@ -53,8 +60,13 @@ impl Weights {
 
     pub fn gguf(path: &Path, device: &Device) -> Result<Self> {
         let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let content = gguf_file::Content::read(&mut f).with_context(|| format!("reading GGUF {}", path.display()))?;
-        Ok(Self::Gguf { content, path: path.to_path_buf(), device: device.clone() })
+        let content = gguf_file::Content::read(&mut f)
+            .with_context(|| format!("reading GGUF {}", path.display()))?;
+        Ok(Self::Gguf {
+            content,
+            path: path.to_path_buf(),
+            device: device.clone(),
+        })
     }
 
     /// dtype of activations: GGUF quantized matmuls take f32.
@@ -75,16 +87,25 @@ impl Weights {
     pub fn contains(&self, name: &str) -> bool {
         match self {
             Weights::Safetensors { vb, .. } => vb.contains_tensor(&format!("{name}.weight")),
-            Weights::Gguf { content, .. } => {
-                content.tensor_infos.contains_key(&format!("{}.weight", gguf_name(name)))
-            }
+            Weights::Gguf { content, .. } => content
+                .tensor_infos
+                .contains_key(&format!("{}.weight", gguf_name(name))),
         }
     }
 
     fn gguf_qtensor(&self, full: &str) -> Result<candle_core::quantized::QTensor> {
-        let Weights::Gguf { content, path, device } = self else { unreachable!() };
+        let Weights::Gguf {
+            content,
+            path,
+            device,
+        } = self
+        else {
+            unreachable!()
+        };
         let mut f = File::open(path)?;
-        content.tensor(&mut f, full, device).with_context(|| format!("GGUF tensor {full}"))
+        content
+            .tensor(&mut f, full, device)
+            .with_context(|| format!("GGUF tensor {full}"))
     }
 
     /// A dense tensor in the activation dtype (norm weights, biases, embedding table).
@@ -92,7 +113,8 @@ impl Weights {
         match self {
             Weights::Safetensors { vb, .. } => {
                 let full = format!("{name}.{suffix}");
-                vb.get_unchecked(&full).with_context(|| format!("missing tensor {full}"))
+                vb.get_unchecked(&full)
+                    .with_context(|| format!("missing tensor {full}"))
             }
             Weights::Gguf { device, .. } => {
                 let q = self.gguf_qtensor(&format!("{}.{suffix}", gguf_name(name)))?;
@@ -103,7 +125,11 @@ impl Weights {
 
     /// `name.weight` (`[out, in]`) and, when `bias`, `name.bias`.
     pub fn linear(&self, name: &str, bias: bool) -> Result<Linear> {
-        let b = if bias { Some(self.tensor(name, "bias")?) } else { None };
+        let b = if bias {
+            Some(self.tensor(name, "bias")?)
+        } else {
+            None
+        };
         let w = match self {
             Weights::Safetensors { .. } => QMatMul::Tensor(self.tensor(name, "weight")?),
             Weights::Gguf { .. } => {
@@ -153,8 +179,14 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
 mod tests {
     #[test]
     fn maps_hf_names_to_gguf() {
-        assert_eq!(super::gguf_name("model.layers.12.self_attn.o_proj"), "blk.12.attn_output");
-        assert_eq!(super::gguf_name("model.layers.0.post_attention_layernorm"), "blk.0.ffn_norm");
+        assert_eq!(
+            super::gguf_name("model.layers.12.self_attn.o_proj"),
+            "blk.12.attn_output"
+        );
+        assert_eq!(
+            super::gguf_name("model.layers.0.post_attention_layernorm"),
+            "blk.0.ffn_norm"
+        );
         assert_eq!(super::gguf_name("lm_head"), "output");
     }
 }
