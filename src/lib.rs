@@ -5,4 +5,5 @@ pub mod layers;
 pub mod models;
 pub mod request;
 pub mod runner;
+pub mod scheduler;
 pub mod tokenizer;
