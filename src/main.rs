@@ -1,1 +1,31 @@
-fn main() {}
+//! The `flare` command line.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+#[derive(Parser)]
+#[command(name = "flare", version, about = "Self-hosted inference engine for open-weight LLMs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text for one prompt or a file of prompts (one continuous batch), streaming to stdout.
+    Generate(cli::generate::GenerateArgs),
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "flare=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Generate(args) => cli::generate::run(args),
+    }
+}

@@ -92,3 +92,12 @@ impl FinishReason {
         }
     }
 }
+
+/// A sampled token's log-probability and the top alternatives at its position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobs {
+    pub token: u32,
+    pub logprob: f32,
+    /// `(token, logprob)`, most likely first.
+    pub top: Vec<(u32, f32)>,
+}

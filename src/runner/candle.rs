@@ -1,7 +1,14 @@
-//! Runs one step of a ragged batch through a candle model over the paged KV cache.
+//! Runs one step of a ragged batch through a candle model over the paged KV cache, then samples.
 
-use anyhow::Result;
+use std::collections::HashMap;
+
+use anyhow::{Context, Result};
 use candle_core::{DType, Tensor};
+
+use super::{ModelRunner, ModelRunnerOutput, SchedulerOutput};
+use crate::kv::manager::SeqId;
+use crate::request::{SamplingParams, TokenLogprobs};
+use crate::sample::{SampleContext, SequenceSampler};
 
 use crate::kv::KvCache;
 use crate::layers::attention::{AttnMetadata, SeqAttn};
@@ -71,5 +78,71 @@ impl CandleForward {
         let n = rows.len();
         let rows = Tensor::from_vec(rows, n, device)?;
         Ok(self.model.forward(&tokens, &meta, &self.kv, &rows)?.to_vec2::<f32>()?)
+    }
+}
+
+/// Per-sequence sampling state: the request's RNG and the tokens penalties look at.
+struct SeqSampling {
+    sampler: SequenceSampler,
+    prompt: Vec<u32>,
+    output: Vec<u32>,
+}
+
+/// The real runner: a candle model plus per-sequence samplers.
+pub struct CandleRunner {
+    forward: CandleForward,
+    eos_token_ids: Vec<u32>,
+    seqs: HashMap<SeqId, SeqSampling>,
+}
+
+impl CandleRunner {
+    pub fn new(forward: CandleForward, eos_token_ids: Vec<u32>) -> Self {
+        Self { forward, eos_token_ids, seqs: HashMap::new() }
+    }
+
+    pub fn forward(&self) -> &CandleForward {
+        &self.forward
+    }
+}
+
+impl ModelRunner for CandleRunner {
+    fn add_sequence(&mut self, id: SeqId, params: &SamplingParams, prompt: &[u32]) {
+        let state = SeqSampling { sampler: SequenceSampler::new(params), prompt: prompt.to_vec(), output: Vec::new() };
+        self.seqs.insert(id, state);
+    }
+
+    fn remove_sequence(&mut self, id: SeqId) {
+        self.seqs.remove(&id);
+    }
+
+    fn execute(&mut self, out: &SchedulerOutput) -> Result<ModelRunnerOutput> {
+        let steps: Vec<StepSeq> = out
+            .seqs
+            .iter()
+            .map(|s| StepSeq {
+                new_tokens: &s.new_token_ids,
+                num_computed: s.num_computed_tokens,
+                block_table: &s.block_table,
+                wants_logits: s.samples_this_step,
+            })
+            .collect();
+        let logits = self.forward.step(&steps)?;
+        let mut result = ModelRunnerOutput::default();
+        for (s, row) in out.seqs.iter().filter(|s| s.samples_this_step).zip(&logits) {
+            let state = self.seqs.get_mut(&s.id).with_context(|| format!("sequence {} was never added", s.id))?;
+            let ctx = SampleContext {
+                prompt_tokens: &state.prompt,
+                output_tokens: &state.output,
+                eos_token_ids: &self.eos_token_ids,
+            };
+            let sampled = state.sampler.sample(row, &ctx);
+            state.output.push(sampled.token);
+            if state.sampler.params().logprobs.is_some() {
+                let lp = TokenLogprobs { token: sampled.token, logprob: sampled.logprob, top: sampled.top_logprobs };
+                result.logprobs.push((s.id, vec![lp]));
+            }
+            result.sampled.push((s.id, vec![sampled.token]));
+        }
+        Ok(result)
     }
 }

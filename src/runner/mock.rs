@@ -98,7 +98,7 @@ impl ModelRunner for MockRunner {
             sampled.push((s.id, vec![(self.next_token)(s.id, &context)]));
         }
         self.num_steps += 1;
-        Ok(ModelRunnerOutput { sampled })
+        Ok(ModelRunnerOutput { sampled, logprobs: Vec::new() })
     }
 }
 

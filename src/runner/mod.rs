@@ -3,12 +3,20 @@
 pub mod candle;
 pub mod mock;
 
+use crate::kv::manager::SeqId;
+use crate::request::SamplingParams;
 pub use crate::scheduler::output::{ModelRunnerOutput, SchedulerOutput};
 pub use mock::MockRunner;
 
 /// Turns a [`SchedulerOutput`] into sampled tokens. Implementations: the real candle runner,
 /// and [`MockRunner`] for tests without a model.
 pub trait ModelRunner: Send {
+    /// A sequence that will appear in steps: per-sequence sampling state starts here.
+    fn add_sequence(&mut self, _id: SeqId, _params: &SamplingParams, _prompt: &[u32]) {}
+
+    /// The sequence ended, however it ended: drop its state.
+    fn remove_sequence(&mut self, _id: SeqId) {}
+
     /// Computes every scheduled token and samples for the sequences with `samples_this_step`.
     fn execute(&mut self, out: &SchedulerOutput) -> anyhow::Result<ModelRunnerOutput>;
 }

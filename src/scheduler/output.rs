@@ -1,5 +1,6 @@
 //! Plain data handed between scheduler and runner: what to compute, and what was sampled.
 
+use crate::request::TokenLogprobs;
 use crate::kv::block_pool::BlockId;
 use crate::kv::manager::SeqId;
 use crate::request::FinishReason;
@@ -53,9 +54,11 @@ impl SchedulerOutput {
 
 /// What the runner produced for a step: sampled tokens of the sequences with
 /// `samples_this_step` (several per sequence once speculative tokens are verified).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ModelRunnerOutput {
     pub sampled: Vec<(SeqId, Vec<u32>)>,
+    /// Logprobs of the sampled tokens, for sequences that asked for them.
+    pub logprobs: Vec<(SeqId, Vec<TokenLogprobs>)>,
 }
 
 /// A sequence's news after a step, for the output processor.

@@ -1,0 +1,73 @@
+//! Model and engine flags shared by every subcommand that loads a model.
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device};
+use clap::Args;
+use flare::engine::EngineArgs;
+use flare::scheduler::config::SchedulerConfig;
+
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Local HF directory, .gguf file or hub repo id (org/name); default: SmolLM2-135M-Instruct.
+    pub model: Option<String>,
+    /// Hub revision (branch, tag or commit) for a repo id.
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// Weights and activations dtype for safetensors models: auto (f32 on CPU, bf16 on GPU), f32, bf16, f16.
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+    /// cpu or cuda[:N]; default cuda:0 when built with the cuda feature, else cpu.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Bytes of memory for the KV cache.
+    #[arg(long)]
+    pub kv_cache_memory: Option<usize>,
+    #[arg(long)]
+    pub max_model_len: Option<usize>,
+    #[arg(long, default_value_t = 256)]
+    pub max_num_seqs: usize,
+    #[arg(long, default_value_t = 2048)]
+    pub max_num_batched_tokens: usize,
+    /// Tokens per KV block.
+    #[arg(long, default_value_t = 16)]
+    pub block_size: usize,
+    #[arg(long)]
+    pub no_prefix_caching: bool,
+}
+
+impl ModelArgs {
+    pub fn engine_args(&self) -> Result<EngineArgs> {
+        let device = match self.device.as_deref() {
+            None if cfg!(feature = "cuda") => Device::new_cuda(0)?,
+            None | Some("cpu") => Device::Cpu,
+            Some(d) if d.starts_with("cuda") => {
+                let idx = d.strip_prefix("cuda").and_then(|s| s.strip_prefix(':')).unwrap_or("0");
+                Device::new_cuda(idx.parse()?)?
+            }
+            Some(other) => bail!("unknown device `{other}` (cpu, cuda, cuda:N)"),
+        };
+        let dtype = match self.dtype.as_str() {
+            "auto" if device.is_cpu() => DType::F32,
+            "auto" => DType::BF16,
+            "f32" | "float32" => DType::F32,
+            "bf16" | "bfloat16" => DType::BF16,
+            "f16" | "float16" | "half" => DType::F16,
+            other => bail!("unknown dtype `{other}` (auto, f32, bf16, f16)"),
+        };
+        Ok(EngineArgs {
+            model: self.model.clone(),
+            revision: self.revision.clone(),
+            dtype,
+            device,
+            kv_cache_memory: self.kv_cache_memory,
+            max_model_len: self.max_model_len,
+            scheduler: SchedulerConfig {
+                max_num_seqs: self.max_num_seqs,
+                max_num_batched_tokens: self.max_num_batched_tokens,
+                block_size: self.block_size,
+                enable_prefix_caching: !self.no_prefix_caching,
+                ..SchedulerConfig::default()
+            },
+        })
+    }
+}

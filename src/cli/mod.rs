@@ -1,0 +1,4 @@
+//! Subcommands of the `flare` binary and the flags they share.
+
+pub mod common;
+pub mod generate;

@@ -1,0 +1,42 @@
+//! Per-request text output: incremental detokenization and stop strings.
+
+use crate::request::SamplingParams;
+use crate::tokenizer::{detokenizer::IncrementalDetokenizer, stop::StopStringMatcher, Tokenizer, TokenizerError};
+
+pub struct OutputProcessor {
+    detok: IncrementalDetokenizer,
+    stop: StopStringMatcher,
+}
+
+impl OutputProcessor {
+    pub fn new(prompt: &[u32], params: &SamplingParams) -> Self {
+        Self {
+            detok: IncrementalDetokenizer::with_prompt(prompt, true),
+            stop: StopStringMatcher::new(params.stop.iter().cloned()),
+        }
+    }
+
+    /// Text to emit for `new_tokens`, and whether a stop string ended the generation.
+    /// `finished`: the scheduler ended the sequence, so held-back text is released.
+    pub fn process(&mut self, tok: &Tokenizer, new_tokens: &[u32], finished: bool) -> Result<(String, bool), TokenizerError> {
+        let mut text = String::new();
+        for &t in new_tokens {
+            let delta = self.detok.step(tok, t)?;
+            let m = self.stop.push(&delta);
+            text.push_str(&m.text);
+            if m.is_stop() {
+                return Ok((text, true));
+            }
+        }
+        if finished {
+            let delta = self.detok.flush(tok)?;
+            let m = self.stop.push(&delta);
+            text.push_str(&m.text);
+            if m.is_stop() {
+                return Ok((text, true));
+            }
+            text.push_str(&self.stop.flush());
+        }
+        Ok((text, false))
+    }
+}

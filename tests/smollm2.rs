@@ -1,0 +1,110 @@
+//! The real SmolLM2-135M-Instruct through the whole engine (chat template, tokenizer,
+//! scheduler, paged cache, sampler, detokenizer) against transformers' greedy outputs
+//! (tests/fixtures/smollm2_greedy.json), and the GGUF path on a question with a clear answer.
+//!
+//! Needs `python3 models/fetch_smollm2.py --hf` (scripts/test.sh runs it).
+
+use flare::chat_template::{ChatMessage, ChatTemplate};
+use flare::engine::{build_engine, EngineArgs, LoadedEngine};
+use flare::models::source;
+use flare::request::SamplingParams;
+
+const NEAR_TIE: f32 = 0.1;
+
+fn engine(model: &std::path::Path) -> LoadedEngine {
+    assert!(model.exists(), "{} missing: run `python3 models/fetch_smollm2.py --hf`", model.display());
+    let args = EngineArgs { model: Some(model.to_string_lossy().into_owned()), ..EngineArgs::default() };
+    build_engine(&args).expect("engine")
+}
+
+struct Case {
+    user: String,
+    prompt_text: String,
+    prompt_ids: Vec<u32>,
+    output_ids: Vec<u32>,
+    margins: Vec<f32>,
+}
+
+fn cases() -> Vec<Case> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/smollm2_greedy.json");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    v["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| Case {
+            user: c["messages"][0]["content"].as_str().unwrap().to_string(),
+            prompt_text: c["prompt_text"].as_str().unwrap().to_string(),
+            prompt_ids: serde_json::from_value(c["prompt_ids"].clone()).unwrap(),
+            output_ids: serde_json::from_value(c["output_ids"].clone()).unwrap(),
+            margins: serde_json::from_value(c["margins"].clone()).unwrap(),
+        })
+        .collect()
+}
+
+/// Runs every case's prompt, all in one continuous batch, greedy; returns output ids.
+fn generate_all(e: &mut LoadedEngine, prompts: &[Vec<u32>], max_tokens: usize) -> Vec<Vec<u32>> {
+    let ids: Vec<u64> = prompts
+        .iter()
+        .map(|p| e.engine.add_request(p.clone(), SamplingParams::greedy(max_tokens), 0).unwrap())
+        .collect();
+    let mut outs = vec![Vec::new(); prompts.len()];
+    while e.engine.has_unfinished() {
+        for o in e.engine.step().unwrap() {
+            let i = ids.iter().position(|&x| x == o.id).unwrap();
+            outs[i].extend(o.token_ids);
+        }
+    }
+    outs
+}
+
+#[test]
+fn f32_safetensors_greedy_matches_transformers_up_to_near_ties() {
+    let mut e = engine(&source::default_hf_dir());
+    let tok = e.tokenizer.clone();
+    let cases = cases();
+    assert!(cases.len() >= 10);
+    let template = ChatTemplate::new(tok.chat_template.as_deref().unwrap(), tok.bos_token.clone(), tok.eos_token.clone()).unwrap();
+    // Our chat template and tokenizer produce exactly the reference prompt.
+    for c in &cases {
+        let text = template.render(&[ChatMessage::new("user", &c.user)], true).unwrap();
+        assert_eq!(text, c.prompt_text);
+        assert_eq!(tok.encode(&text, false).unwrap(), c.prompt_ids, "prompt ids for {:?}", c.user);
+    }
+    let prompts: Vec<Vec<u32>> = cases.iter().map(|c| c.prompt_ids.clone()).collect();
+    let outs = generate_all(&mut e, &prompts, 40);
+    let mut compared = 0;
+    for (c, got) in cases.iter().zip(&outs) {
+        // Tokens are comparable up to (not including) the first step where the reference's
+        // top-2 margin is a near-tie.
+        let n = c.margins.iter().position(|&m| m < NEAR_TIE).unwrap_or(c.output_ids.len());
+        assert!(got.len() >= n, "{:?}: only {} tokens", c.user, got.len());
+        assert_eq!(&got[..n], &c.output_ids[..n], "{:?}", c.user);
+        compared += n;
+        if n == c.output_ids.len() {
+            assert_eq!(got, &c.output_ids, "{:?}: no near-tie, whole output must match", c.user);
+        }
+    }
+    assert!(compared >= 150, "only {compared} tokens compared");
+}
+
+#[test]
+fn gguf_answers_a_question_with_a_clear_answer() {
+    let mut e = engine(&source::default_gguf_path());
+    let tok = e.tokenizer.clone();
+    let template = ChatTemplate::new(tok.chat_template.as_deref().unwrap(), tok.bos_token.clone(), tok.eos_token.clone()).unwrap();
+    let text = template.render(&[ChatMessage::new("user", "What is the capital of France?")], true).unwrap();
+    let prompt = tok.encode(&text, false).unwrap();
+    let id = e.engine.add_request(prompt, SamplingParams::greedy(30), 0).unwrap();
+    let mut answer = String::new();
+    let mut finish = None;
+    while e.engine.has_unfinished() {
+        for o in e.engine.step().unwrap() {
+            assert_eq!(o.id, id);
+            answer.push_str(&o.text);
+            finish = o.finish_reason.or(finish);
+        }
+    }
+    assert!(answer.contains("Paris"), "{answer:?}");
+    assert!(finish.is_some());
+}
