@@ -6,5 +6,6 @@ pub mod layers;
 pub mod models;
 pub mod request;
 pub mod runner;
+pub mod sample;
 pub mod scheduler;
 pub mod tokenizer;
