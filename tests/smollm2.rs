@@ -93,7 +93,10 @@ fn gguf_answers_a_question_with_a_clear_answer() {
     let mut e = engine(&source::default_gguf_path());
     let tok = e.tokenizer.clone();
     let template = ChatTemplate::new(tok.chat_template.as_deref().unwrap(), tok.bos_token.clone(), tok.eos_token.clone()).unwrap();
-    let text = template.render(&[ChatMessage::new("user", "What is the capital of France?")], true).unwrap();
+    // The bare question is a near-tie at its first token ("The" vs "L'", margin 0.08 in f32),
+    // which Q4_1 flips; asking for one sentence is a clear case.
+    let question = "What is the capital of France? Answer in one sentence.";
+    let text = template.render(&[ChatMessage::new("user", question)], true).unwrap();
     let prompt = tok.encode(&text, false).unwrap();
     let id = e.engine.add_request(prompt, SamplingParams::greedy(30), 0).unwrap();
     let mut answer = String::new();
@@ -106,5 +109,5 @@ fn gguf_answers_a_question_with_a_clear_answer() {
         }
     }
     assert!(answer.contains("Paris"), "{answer:?}");
-    assert!(finish.is_some());
+    assert_eq!(finish, Some(flare::request::FinishReason::Stop), "{answer:?}");
 }
