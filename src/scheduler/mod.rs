@@ -204,19 +204,17 @@ impl Scheduler {
         Some(seq)
     }
 
-    /// Plans one step: running sequences first (decodes before prefill chunks, so a long prompt
-    /// cannot starve them), preempting by recompute when blocks run out, then admits waiting
-    /// sequences while budget, `max_num_seqs` and blocks allow.
+    /// Plans one step: running sequences first, in admission order, so a decode is never starved
+    /// by a prompt admitted after it (long prompts also yield to later decodes when
+    /// `long_prefill_token_threshold` caps their chunks); preempts by recompute when blocks run
+    /// out; then admits waiting sequences while budget, `max_num_seqs` and blocks allow.
     pub fn schedule(&mut self) -> SchedulerOutput {
         let mut budget = self.config.max_num_batched_tokens;
         let mut scheduled: Vec<ScheduledSeq> = Vec::new();
         let mut preempted_ids = Vec::new();
 
-        let (decodes, prefills): (Vec<SeqId>, Vec<SeqId>) = self
-            .running
-            .iter()
-            .partition(|id| self.seqs[id].is_decoding());
-        for id in decodes.into_iter().chain(prefills) {
+        // A snapshot: preemption below edits `running`.
+        for id in self.running.clone() {
             if budget == 0 {
                 break;
             }
