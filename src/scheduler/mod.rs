@@ -46,6 +46,7 @@ impl SchedulerStats {
     }
 }
 
+#[derive(Debug)]
 pub struct Scheduler {
     config: SchedulerConfig,
     kv: KvCacheManager,
