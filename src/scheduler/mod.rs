@@ -224,6 +224,10 @@ impl Scheduler {
             }
             let num_new =
                 self.num_new_tokens(&self.seqs[&id], self.seqs[&id].num_computed_tokens, budget);
+            debug_assert!(num_new > 0, "running seq {id} has nothing left to compute");
+            if num_new == 0 {
+                continue;
+            }
             loop {
                 let seq = &self.seqs[&id];
                 let lookahead = self.config.num_lookahead_tokens;
