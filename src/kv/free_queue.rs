@@ -42,7 +42,6 @@ impl FreeQueue {
         self.len
     }
 
-
     pub fn contains(&self, id: BlockId) -> bool {
         self.queued[id as usize]
     }

@@ -7,6 +7,7 @@
 //! the wrong block or a block reused while still needed changes the output, just as it would
 //! corrupt a real model's. A read of a slot that holds another position fails the step.
 
+use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use anyhow::{bail, ensure};
@@ -50,6 +51,19 @@ impl MockRunner {
         let mut h = DefaultHasher::new();
         context.hash(&mut h);
         (h.finish() % vocab_size as u64) as u32
+    }
+
+    /// Per-sequence scripts: sequence `id` with a prompt of `prompt_len` tokens emits
+    /// `script[i]` as its i-th output, then `fallback`. Indexed by position, so a preempted
+    /// sequence replays the same tokens when it recomputes.
+    pub fn script_fn(scripts: HashMap<SeqId, (usize, Vec<u32>)>, fallback: u32) -> TokenFn {
+        Box::new(move |id, ctx| {
+            scripts
+                .get(&id)
+                .and_then(|(prompt_len, script)| script.get(ctx.len().checked_sub(*prompt_len)?))
+                .copied()
+                .unwrap_or(fallback)
+        })
     }
 
     /// Steps executed so far.
@@ -129,6 +143,15 @@ mod tests {
         assert_eq!(o.sampled, vec![(1, vec![6])]);
         let o = r.execute(&step(1, vec![10], 3, vec![3, 1])).unwrap();
         assert_eq!(o.sampled, vec![(1, vec![16])]);
+    }
+
+    #[test]
+    fn script_fn_indexes_outputs_by_position() {
+        let mut f = MockRunner::script_fn(HashMap::from([(1, (2, vec![7, 8]))]), 0);
+        assert_eq!(f(1, &[1, 1]), 7);
+        assert_eq!(f(1, &[1, 1, 7]), 8);
+        assert_eq!(f(1, &[1, 1, 7, 8]), 0);
+        assert_eq!(f(2, &[1, 1]), 0);
     }
 
     #[test]

@@ -46,6 +46,7 @@ impl SchedulerStats {
     }
 }
 
+#[derive(Debug)]
 pub struct Scheduler {
     config: SchedulerConfig,
     kv: KvCacheManager,
@@ -204,19 +205,17 @@ impl Scheduler {
         Some(seq)
     }
 
-    /// Plans one step: running sequences first (decodes before prefill chunks, so a long prompt
-    /// cannot starve them), preempting by recompute when blocks run out, then admits waiting
-    /// sequences while budget, `max_num_seqs` and blocks allow.
+    /// Plans one step: running sequences first, in admission order, so a decode is never starved
+    /// by a prompt admitted after it (long prompts also yield to later decodes when
+    /// `long_prefill_token_threshold` caps their chunks); preempts by recompute when blocks run
+    /// out; then admits waiting sequences while budget, `max_num_seqs` and blocks allow.
     pub fn schedule(&mut self) -> SchedulerOutput {
         let mut budget = self.config.max_num_batched_tokens;
         let mut scheduled: Vec<ScheduledSeq> = Vec::new();
         let mut preempted_ids = Vec::new();
 
-        let (decodes, prefills): (Vec<SeqId>, Vec<SeqId>) = self
-            .running
-            .iter()
-            .partition(|id| self.seqs[id].is_decoding());
-        for id in decodes.into_iter().chain(prefills) {
+        // A snapshot: preemption below edits `running`.
+        for id in self.running.clone() {
             if budget == 0 {
                 break;
             }
@@ -225,6 +224,10 @@ impl Scheduler {
             }
             let num_new =
                 self.num_new_tokens(&self.seqs[&id], self.seqs[&id].num_computed_tokens, budget);
+            debug_assert!(num_new > 0, "running seq {id} has nothing left to compute");
+            if num_new == 0 {
+                continue;
+            }
             loop {
                 let seq = &self.seqs[&id];
                 let lookahead = self.config.num_lookahead_tokens;

@@ -55,7 +55,6 @@ impl WaitingQueue {
         self.queue.len()
     }
 
-
     /// Ids in admission order.
     pub fn iter(&self) -> impl Iterator<Item = SeqId> + '_ {
         self.queue.values().copied()
