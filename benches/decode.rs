@@ -29,10 +29,17 @@ fn bench(name: &str, files: source::ModelFiles, device: &Device, prompt_len: usi
     let blocks_needed = (prompt_len + decode).div_ceil(BLOCK);
     let fwd = CandleForward::new(model, blocks_needed, BLOCK, DType::F32).unwrap();
     let table: Vec<u32> = (0..blocks_needed as u32).collect();
-    let prompt: Vec<u32> = (0..prompt_len as u32).map(|i| 100 + (i * 37) % 5000).collect();
+    let prompt: Vec<u32> = (0..prompt_len as u32)
+        .map(|i| 100 + (i * 37) % 5000)
+        .collect();
     let t1 = Instant::now();
     let logits = fwd
-        .step(&[StepSeq { new_tokens: &prompt, num_computed: 0, block_table: &table, wants_logits: true }])
+        .step(&[StepSeq {
+            new_tokens: &prompt,
+            num_computed: 0,
+            block_table: &table,
+            wants_logits: true,
+        }])
         .unwrap();
     let prefill_s = t1.elapsed().as_secs_f64();
     let mut tok = argmax(&logits[0]);
@@ -40,7 +47,12 @@ fn bench(name: &str, files: source::ModelFiles, device: &Device, prompt_len: usi
     for i in 0..decode {
         let ids = [tok];
         let out = fwd
-            .step(&[StepSeq { new_tokens: &ids, num_computed: prompt_len + i, block_table: &table, wants_logits: true }])
+            .step(&[StepSeq {
+                new_tokens: &ids,
+                num_computed: prompt_len + i,
+                block_table: &table,
+                wants_logits: true,
+            }])
             .unwrap();
         tok = argmax(&out[0]);
     }
@@ -58,10 +70,28 @@ fn main() {
         Ok("cuda") => Device::new_cuda(0).expect("cuda device"),
         _ => Device::Cpu,
     };
-    let decode: usize = std::env::var("FLARE_BENCH_TOKENS").ok().and_then(|s| s.parse().ok()).unwrap_or(64);
+    let decode: usize = std::env::var("FLARE_BENCH_TOKENS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(64);
     let gguf = source::default_gguf_path();
     let hf = source::default_hf_dir();
-    assert!(gguf.exists() && hf.exists(), "run `python3 models/fetch_smollm2.py --hf` first");
-    bench("SmolLM2-135M GGUF Q4_1", source::ModelFiles::Gguf(gguf), &device, 64, decode);
-    bench("SmolLM2-135M f32 safetensors", source::ModelFiles::HfDir(hf), &device, 64, decode);
+    assert!(
+        gguf.exists() && hf.exists(),
+        "run `python3 models/fetch_smollm2.py --hf` first"
+    );
+    bench(
+        "SmolLM2-135M GGUF Q4_1",
+        source::ModelFiles::Gguf(gguf),
+        &device,
+        64,
+        decode,
+    );
+    bench(
+        "SmolLM2-135M f32 safetensors",
+        source::ModelFiles::HfDir(hf),
+        &device,
+        64,
+        decode,
+    );
 }

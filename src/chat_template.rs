@@ -13,7 +13,10 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -44,7 +47,11 @@ fn strftime_now(format: String) -> String {
 }
 
 impl ChatTemplate {
-    pub fn new(source: &str, bos_token: Option<String>, eos_token: Option<String>) -> Result<Self, ChatTemplateError> {
+    pub fn new(
+        source: &str,
+        bos_token: Option<String>,
+        eos_token: Option<String>,
+    ) -> Result<Self, ChatTemplateError> {
         let mut env = Environment::new();
         // HF renders with trim_blocks and lstrip_blocks, and Python string methods.
         env.set_trim_blocks(true);
@@ -53,13 +60,25 @@ impl ChatTemplate {
         minijinja_contrib::add_to_environment(&mut env);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
-        env.add_template_owned(NAME, source.to_string()).map_err(|e| ChatTemplateError::Invalid(e.to_string()))?;
-        Ok(Self { env, bos_token: bos_token.unwrap_or_default(), eos_token: eos_token.unwrap_or_default() })
+        env.add_template_owned(NAME, source.to_string())
+            .map_err(|e| ChatTemplateError::Invalid(e.to_string()))?;
+        Ok(Self {
+            env,
+            bos_token: bos_token.unwrap_or_default(),
+            eos_token: eos_token.unwrap_or_default(),
+        })
     }
 
     /// The prompt text for `messages`; `add_generation_prompt` opens the assistant's turn.
-    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, ChatTemplateError> {
-        let tpl = self.env.get_template(NAME).map_err(|e| ChatTemplateError::Invalid(e.to_string()))?;
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, ChatTemplateError> {
+        let tpl = self
+            .env
+            .get_template(NAME)
+            .map_err(|e| ChatTemplateError::Invalid(e.to_string()))?;
         let ctx = minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
@@ -68,7 +87,9 @@ impl ChatTemplate {
             tools => Value::UNDEFINED,
         };
         tpl.render(ctx).map_err(|e| match e.kind() {
-            ErrorKind::InvalidOperation => ChatTemplateError::Render(e.detail().unwrap_or("").to_string()),
+            ErrorKind::InvalidOperation => {
+                ChatTemplateError::Render(e.detail().unwrap_or("").to_string())
+            }
             _ => ChatTemplateError::Render(format!("{e:#}")),
         })
     }
@@ -92,14 +113,28 @@ mod tests {
             got,
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
-        let got = t.render(&[ChatMessage::new("system", "Be brief."), ChatMessage::new("user", "Hi")], false).unwrap();
-        assert_eq!(got, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n");
+        let got = t
+            .render(
+                &[
+                    ChatMessage::new("system", "Be brief."),
+                    ChatMessage::new("user", "Hi"),
+                ],
+                false,
+            )
+            .unwrap();
+        assert_eq!(
+            got,
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+        );
     }
 
     #[test]
     fn llama3_style_template_renders_date_trim_and_bos() {
         let t = ChatTemplate::new(LLAMA3, Some("<|begin_of_text|>".into()), None).unwrap();
-        let msgs = [ChatMessage::new("system", "  Be brief. "), ChatMessage::new("user", " Hi\n")];
+        let msgs = [
+            ChatMessage::new("system", "  Be brief. "),
+            ChatMessage::new("user", " Hi\n"),
+        ];
         let got = t.render(&msgs, true).unwrap();
         let date = Local::now().format("%d %b %Y").to_string();
         let want = format!(
@@ -111,15 +146,23 @@ mod tests {
     #[test]
     fn raise_exception_becomes_an_error_with_its_message() {
         let t = ChatTemplate::new(LLAMA3, None, None).unwrap();
-        let err = t.render(&[ChatMessage::new("tool", "x")], true).unwrap_err().to_string();
-        assert!(err.contains("Conversation roles must be user or assistant"), "{err}");
+        let err = t
+            .render(&[ChatMessage::new("tool", "x")], true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("Conversation roles must be user or assistant"),
+            "{err}"
+        );
     }
 
     #[test]
     fn python_string_methods_work() {
         let src = "{{ messages[0].content.strip().upper() }}{% if messages[0].content.startswith(' a') %}!{% endif %}{{ messages | tojson }}";
         let t = ChatTemplate::new(src, None, None).unwrap();
-        let got = t.render(&[ChatMessage::new("user", " ab ")], false).unwrap();
+        let got = t
+            .render(&[ChatMessage::new("user", " ab ")], false)
+            .unwrap();
         assert!(got.starts_with("AB!["), "{got}");
         assert!(ChatTemplate::new("{% if %}", None, None).is_err());
     }

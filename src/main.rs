@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 mod cli;
 
 #[derive(Parser)]
-#[command(name = "flare", version, about = "Self-hosted inference engine for open-weight LLMs")]
+#[command(
+    name = "flare",
+    version,
+    about = "Self-hosted inference engine for open-weight LLMs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -21,7 +25,8 @@ enum Command {
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "flare=info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "flare=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();

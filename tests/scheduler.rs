@@ -629,6 +629,7 @@ fn speculative_style_multi_token_output_stops_at_eos() {
     let out = sched.schedule();
     let result = ModelRunnerOutput {
         sampled: vec![(1, vec![5, 6, EOS, 9])],
+        ..Default::default()
     };
     let ups = sched.update_from_output(&out, &result).unwrap();
     assert_eq!(ups[0].new_token_ids, vec![5, 6, EOS]);
@@ -666,6 +667,7 @@ fn rejects_bad_requests_and_bad_runner_output() {
     );
     let result = ModelRunnerOutput {
         sampled: vec![(1, vec![5])],
+        ..Default::default()
     };
     let ups = sched.update_from_output(&out, &result).unwrap();
     assert_eq!(
@@ -681,6 +683,7 @@ fn rejects_bad_requests_and_bad_runner_output() {
     let out = sched.schedule();
     let result = ModelRunnerOutput {
         sampled: vec![(2, vec![5])],
+        ..Default::default()
     };
     sched.update_from_output(&out, &result).unwrap();
     assert_eq!(

@@ -12,8 +12,15 @@ use flare::request::SamplingParams;
 const NEAR_TIE: f32 = 0.1;
 
 fn engine(model: &std::path::Path) -> LoadedEngine {
-    assert!(model.exists(), "{} missing: run `python3 models/fetch_smollm2.py --hf`", model.display());
-    let args = EngineArgs { model: Some(model.to_string_lossy().into_owned()), ..EngineArgs::default() };
+    assert!(
+        model.exists(),
+        "{} missing: run `python3 models/fetch_smollm2.py --hf`",
+        model.display()
+    );
+    let args = EngineArgs {
+        model: Some(model.to_string_lossy().into_owned()),
+        ..EngineArgs::default()
+    };
     build_engine(&args).expect("engine")
 }
 
@@ -26,8 +33,12 @@ struct Case {
 }
 
 fn cases() -> Vec<Case> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/smollm2_greedy.json");
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/smollm2_greedy.json"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     v["cases"]
         .as_array()
         .unwrap()
@@ -46,7 +57,11 @@ fn cases() -> Vec<Case> {
 fn generate_all(e: &mut LoadedEngine, prompts: &[Vec<u32>], max_tokens: usize) -> Vec<Vec<u32>> {
     let ids: Vec<u64> = prompts
         .iter()
-        .map(|p| e.engine.add_request(p.clone(), SamplingParams::greedy(max_tokens), 0).unwrap())
+        .map(|p| {
+            e.engine
+                .add_request(p.clone(), SamplingParams::greedy(max_tokens), 0)
+                .unwrap()
+        })
         .collect();
     let mut outs = vec![Vec::new(); prompts.len()];
     while e.engine.has_unfinished() {
@@ -64,12 +79,24 @@ fn f32_safetensors_greedy_matches_transformers_up_to_near_ties() {
     let tok = e.tokenizer.clone();
     let cases = cases();
     assert!(cases.len() >= 10);
-    let template = ChatTemplate::new(tok.chat_template.as_deref().unwrap(), tok.bos_token.clone(), tok.eos_token.clone()).unwrap();
+    let template = ChatTemplate::new(
+        tok.chat_template.as_deref().unwrap(),
+        tok.bos_token.clone(),
+        tok.eos_token.clone(),
+    )
+    .unwrap();
     // Our chat template and tokenizer produce exactly the reference prompt.
     for c in &cases {
-        let text = template.render(&[ChatMessage::new("user", &c.user)], true).unwrap();
+        let text = template
+            .render(&[ChatMessage::new("user", &c.user)], true)
+            .unwrap();
         assert_eq!(text, c.prompt_text);
-        assert_eq!(tok.encode(&text, false).unwrap(), c.prompt_ids, "prompt ids for {:?}", c.user);
+        assert_eq!(
+            tok.encode(&text, false).unwrap(),
+            c.prompt_ids,
+            "prompt ids for {:?}",
+            c.user
+        );
     }
     let prompts: Vec<Vec<u32>> = cases.iter().map(|c| c.prompt_ids.clone()).collect();
     let outs = generate_all(&mut e, &prompts, 40);
@@ -77,12 +104,20 @@ fn f32_safetensors_greedy_matches_transformers_up_to_near_ties() {
     for (c, got) in cases.iter().zip(&outs) {
         // Tokens are comparable up to (not including) the first step where the reference's
         // top-2 margin is a near-tie.
-        let n = c.margins.iter().position(|&m| m < NEAR_TIE).unwrap_or(c.output_ids.len());
+        let n = c
+            .margins
+            .iter()
+            .position(|&m| m < NEAR_TIE)
+            .unwrap_or(c.output_ids.len());
         assert!(got.len() >= n, "{:?}: only {} tokens", c.user, got.len());
         assert_eq!(&got[..n], &c.output_ids[..n], "{:?}", c.user);
         compared += n;
         if n == c.output_ids.len() {
-            assert_eq!(got, &c.output_ids, "{:?}: no near-tie, whole output must match", c.user);
+            assert_eq!(
+                got, &c.output_ids,
+                "{:?}: no near-tie, whole output must match",
+                c.user
+            );
         }
     }
     assert!(compared >= 150, "only {compared} tokens compared");
@@ -92,13 +127,23 @@ fn f32_safetensors_greedy_matches_transformers_up_to_near_ties() {
 fn gguf_answers_a_question_with_a_clear_answer() {
     let mut e = engine(&source::default_gguf_path());
     let tok = e.tokenizer.clone();
-    let template = ChatTemplate::new(tok.chat_template.as_deref().unwrap(), tok.bos_token.clone(), tok.eos_token.clone()).unwrap();
+    let template = ChatTemplate::new(
+        tok.chat_template.as_deref().unwrap(),
+        tok.bos_token.clone(),
+        tok.eos_token.clone(),
+    )
+    .unwrap();
     // The bare question is a near-tie at its first token ("The" vs "L'", margin 0.08 in f32),
     // which Q4_1 flips; asking for one sentence is a clear case.
     let question = "What is the capital of France? Answer in one sentence.";
-    let text = template.render(&[ChatMessage::new("user", question)], true).unwrap();
+    let text = template
+        .render(&[ChatMessage::new("user", question)], true)
+        .unwrap();
     let prompt = tok.encode(&text, false).unwrap();
-    let id = e.engine.add_request(prompt, SamplingParams::greedy(30), 0).unwrap();
+    let id = e
+        .engine
+        .add_request(prompt, SamplingParams::greedy(30), 0)
+        .unwrap();
     let mut answer = String::new();
     let mut finish = None;
     while e.engine.has_unfinished() {
@@ -109,5 +154,9 @@ fn gguf_answers_a_question_with_a_clear_answer() {
         }
     }
     assert!(answer.contains("Paris"), "{answer:?}");
-    assert_eq!(finish, Some(flare::request::FinishReason::Stop), "{answer:?}");
+    assert_eq!(
+        finish,
+        Some(flare::request::FinishReason::Stop),
+        "{answer:?}"
+    );
 }

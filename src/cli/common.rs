@@ -41,7 +41,10 @@ impl ModelArgs {
             None if cfg!(feature = "cuda") => Device::new_cuda(0)?,
             None | Some("cpu") => Device::Cpu,
             Some(d) if d.starts_with("cuda") => {
-                let idx = d.strip_prefix("cuda").and_then(|s| s.strip_prefix(':')).unwrap_or("0");
+                let idx = d
+                    .strip_prefix("cuda")
+                    .and_then(|s| s.strip_prefix(':'))
+                    .unwrap_or("0");
                 Device::new_cuda(idx.parse()?)?
             }
             Some(other) => bail!("unknown device `{other}` (cpu, cuda, cuda:N)"),

@@ -49,7 +49,10 @@ fn render(tok: &Tokenizer, prompt: &str, chat: bool) -> Result<Vec<u32>> {
     if !chat {
         return Ok(tok.encode(prompt, true)?);
     }
-    let template = tok.chat_template.as_deref().context("--chat: the model has no chat template")?;
+    let template = tok
+        .chat_template
+        .as_deref()
+        .context("--chat: the model has no chat template")?;
     let tpl = ChatTemplate::new(template, tok.bos_token.clone(), tok.eos_token.clone())?;
     let text = tpl.render(&[ChatMessage::new("user", prompt)], true)?;
     Ok(tok.encode(&text, false)?)
@@ -58,8 +61,15 @@ fn render(tok: &Tokenizer, prompt: &str, chat: bool) -> Result<Vec<u32>> {
 pub fn run(args: GenerateArgs) -> Result<()> {
     let (prompts, chat) = match (&args.prompts_file, &args.prompt) {
         (Some(f), _) => {
-            let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-            (text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect::<Vec<_>>(), args.chat)
+            let text =
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            (
+                text.lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(str::to_string)
+                    .collect::<Vec<_>>(),
+                args.chat,
+            )
         }
         (None, Some(p)) => (vec![p.clone()], args.chat),
         (None, None) => (vec![DEFAULT_PROMPT.to_string()], true),
@@ -94,7 +104,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         for out in loaded.engine.step()? {
             first_token_at.get_or_insert_with(Instant::now);
             output_tokens += out.token_ids.len();
-            let i = ids.iter().position(|&x| x == out.id).expect("known request");
+            let i = ids
+                .iter()
+                .position(|&x| x == out.id)
+                .expect("known request");
             texts[i].push_str(&out.text);
             if single {
                 write!(stdout, "{}", out.text)?;
@@ -110,7 +123,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             writeln!(stdout, "### {p}\n{t}\n")?;
         }
     }
-    let prefill = first_token_at.map(|t| (t - start).as_secs_f64()).unwrap_or(total);
+    let prefill = first_token_at
+        .map(|t| (t - start).as_secs_f64())
+        .unwrap_or(total);
     let decode = (total - prefill).max(1e-9);
     eprintln!(
         "prompt: {prompt_tokens} tokens in {prefill:.2}s ({:.1} tok/s); output: {output_tokens} tokens in {total:.2}s \

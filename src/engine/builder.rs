@@ -74,7 +74,10 @@ pub fn build_engine(args: &EngineArgs) -> Result<LoadedEngine> {
         (wanted_len * args.scheduler.max_num_seqs.min(16) * bytes_per_token).min(DEFAULT_KV_CAP)
     });
     let num_blocks = kv_bytes / (bytes_per_token * block_size);
-    anyhow::ensure!(num_blocks > 0, "KV cache memory of {kv_bytes} bytes holds no block of {block_size} tokens");
+    anyhow::ensure!(
+        num_blocks > 0,
+        "KV cache memory of {kv_bytes} bytes holds no block of {block_size} tokens"
+    );
     let max_model_len = match args.max_model_len {
         Some(n) => n,
         None => wanted_len.min(num_blocks * block_size),
@@ -90,7 +93,12 @@ pub fn build_engine(args: &EngineArgs) -> Result<LoadedEngine> {
             eos.push(*id);
         }
     }
-    let scheduler = Scheduler::new(args.scheduler.clone(), num_blocks, max_model_len, eos.clone())?;
+    let scheduler = Scheduler::new(
+        args.scheduler.clone(),
+        num_blocks,
+        max_model_len,
+        eos.clone(),
+    )?;
     let forward = CandleForward::new(model, num_blocks, block_size, kv_dtype)?;
     let runner = CandleRunner::new(forward, eos);
     let tokenizer = Arc::new(tokenizer);

@@ -42,7 +42,13 @@ pub struct EngineCore<R: ModelRunner> {
 
 impl<R: ModelRunner> EngineCore<R> {
     pub fn new(scheduler: Scheduler, runner: R, tokenizer: Arc<Tokenizer>) -> Self {
-        Self { scheduler, runner, tokenizer, requests: HashMap::new(), next_id: 0 }
+        Self {
+            scheduler,
+            runner,
+            tokenizer,
+            requests: HashMap::new(),
+            next_id: 0,
+        }
     }
 
     pub fn scheduler(&self) -> &Scheduler {
@@ -57,7 +63,12 @@ impl<R: ModelRunner> EngineCore<R> {
         &self.tokenizer
     }
 
-    pub fn add_request(&mut self, prompt: Vec<u32>, params: SamplingParams, priority: i32) -> Result<SeqId> {
+    pub fn add_request(
+        &mut self,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        priority: i32,
+    ) -> Result<SeqId> {
         let id = self.next_id;
         self.next_id += 1;
         let state = RequestState {
@@ -66,7 +77,10 @@ impl<R: ModelRunner> EngineCore<R> {
             num_output_tokens: 0,
         };
         self.runner.add_sequence(id, &params, &prompt);
-        if let Err(e) = self.scheduler.add(Sequence::new(id, prompt, params).with_priority(priority)) {
+        if let Err(e) = self
+            .scheduler
+            .add(Sequence::new(id, prompt, params).with_priority(priority))
+        {
             self.runner.remove_sequence(id);
             return Err(e.into());
         }
@@ -93,12 +107,19 @@ impl<R: ModelRunner> EngineCore<R> {
         }
         let result = self.runner.execute(&sched)?;
         let updates = self.scheduler.update_from_output(&sched, &result)?;
-        let mut logprobs: HashMap<SeqId, Vec<TokenLogprobs>> = result.logprobs.into_iter().collect();
+        let mut logprobs: HashMap<SeqId, Vec<TokenLogprobs>> =
+            result.logprobs.into_iter().collect();
         let mut outputs = Vec::with_capacity(updates.len());
         for u in updates {
-            let Some(state) = self.requests.get_mut(&u.id) else { continue };
+            let Some(state) = self.requests.get_mut(&u.id) else {
+                continue;
+            };
             state.num_output_tokens += u.new_token_ids.len();
-            let (text, hit_stop) = state.output.process(&self.tokenizer, &u.new_token_ids, u.finish_reason.is_some())?;
+            let (text, hit_stop) = state.output.process(
+                &self.tokenizer,
+                &u.new_token_ids,
+                u.finish_reason.is_some(),
+            )?;
             let mut finish_reason = u.finish_reason;
             if hit_stop && finish_reason.is_none() {
                 self.scheduler.finish(u.id, FinishReason::Stop);

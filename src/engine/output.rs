@@ -1,7 +1,9 @@
 //! Per-request text output: incremental detokenization and stop strings.
 
 use crate::request::SamplingParams;
-use crate::tokenizer::{detokenizer::IncrementalDetokenizer, stop::StopStringMatcher, Tokenizer, TokenizerError};
+use crate::tokenizer::{
+    detokenizer::IncrementalDetokenizer, stop::StopStringMatcher, Tokenizer, TokenizerError,
+};
 
 pub struct OutputProcessor {
     detok: IncrementalDetokenizer,
@@ -18,7 +20,12 @@ impl OutputProcessor {
 
     /// Text to emit for `new_tokens`, and whether a stop string ended the generation.
     /// `finished`: the scheduler ended the sequence, so held-back text is released.
-    pub fn process(&mut self, tok: &Tokenizer, new_tokens: &[u32], finished: bool) -> Result<(String, bool), TokenizerError> {
+    pub fn process(
+        &mut self,
+        tok: &Tokenizer,
+        new_tokens: &[u32],
+        finished: bool,
+    ) -> Result<(String, bool), TokenizerError> {
         let mut text = String::new();
         for &t in new_tokens {
             let delta = self.detok.step(tok, t)?;

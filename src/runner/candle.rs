@@ -32,7 +32,12 @@ pub struct CandleForward {
 }
 
 impl CandleForward {
-    pub fn new(model: LlamaModel, num_blocks: usize, block_size: usize, kv_dtype: DType) -> Result<Self> {
+    pub fn new(
+        model: LlamaModel,
+        num_blocks: usize,
+        block_size: usize,
+        kv_dtype: DType,
+    ) -> Result<Self> {
         let kv = model.new_kv_cache(num_blocks, block_size, kv_dtype)?;
         Ok(Self { model, kv })
     }
@@ -77,7 +82,10 @@ impl CandleForward {
         }
         let n = rows.len();
         let rows = Tensor::from_vec(rows, n, device)?;
-        Ok(self.model.forward(&tokens, &meta, &self.kv, &rows)?.to_vec2::<f32>()?)
+        Ok(self
+            .model
+            .forward(&tokens, &meta, &self.kv, &rows)?
+            .to_vec2::<f32>()?)
     }
 }
 
@@ -97,7 +105,11 @@ pub struct CandleRunner {
 
 impl CandleRunner {
     pub fn new(forward: CandleForward, eos_token_ids: Vec<u32>) -> Self {
-        Self { forward, eos_token_ids, seqs: HashMap::new() }
+        Self {
+            forward,
+            eos_token_ids,
+            seqs: HashMap::new(),
+        }
     }
 
     pub fn forward(&self) -> &CandleForward {
@@ -107,7 +119,11 @@ impl CandleRunner {
 
 impl ModelRunner for CandleRunner {
     fn add_sequence(&mut self, id: SeqId, params: &SamplingParams, prompt: &[u32]) {
-        let state = SeqSampling { sampler: SequenceSampler::new(params), prompt: prompt.to_vec(), output: Vec::new() };
+        let state = SeqSampling {
+            sampler: SequenceSampler::new(params),
+            prompt: prompt.to_vec(),
+            output: Vec::new(),
+        };
         self.seqs.insert(id, state);
     }
 
@@ -129,7 +145,10 @@ impl ModelRunner for CandleRunner {
         let logits = self.forward.step(&steps)?;
         let mut result = ModelRunnerOutput::default();
         for (s, row) in out.seqs.iter().filter(|s| s.samples_this_step).zip(&logits) {
-            let state = self.seqs.get_mut(&s.id).with_context(|| format!("sequence {} was never added", s.id))?;
+            let state = self
+                .seqs
+                .get_mut(&s.id)
+                .with_context(|| format!("sequence {} was never added", s.id))?;
             let ctx = SampleContext {
                 prompt_tokens: &state.prompt,
                 output_tokens: &state.output,
@@ -138,7 +157,11 @@ impl ModelRunner for CandleRunner {
             let sampled = state.sampler.sample(row, &ctx);
             state.output.push(sampled.token);
             if state.sampler.params().logprobs.is_some() {
-                let lp = TokenLogprobs { token: sampled.token, logprob: sampled.logprob, top: sampled.top_logprobs };
+                let lp = TokenLogprobs {
+                    token: sampled.token,
+                    logprob: sampled.logprob,
+                    top: sampled.top_logprobs,
+                };
                 result.logprobs.push((s.id, vec![lp]));
             }
             result.sampled.push((s.id, vec![sampled.token]));

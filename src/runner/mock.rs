@@ -112,7 +112,10 @@ impl ModelRunner for MockRunner {
             sampled.push((s.id, vec![(self.next_token)(s.id, &context)]));
         }
         self.num_steps += 1;
-        Ok(ModelRunnerOutput { sampled, logprobs: Vec::new() })
+        Ok(ModelRunnerOutput {
+            sampled,
+            logprobs: Vec::new(),
+        })
     }
 }
 

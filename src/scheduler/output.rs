@@ -1,9 +1,9 @@
 //! Plain data handed between scheduler and runner: what to compute, and what was sampled.
 
-use crate::request::TokenLogprobs;
 use crate::kv::block_pool::BlockId;
 use crate::kv::manager::SeqId;
 use crate::request::FinishReason;
+use crate::request::TokenLogprobs;
 
 /// One sequence's share of a step: compute `new_token_ids` at positions
 /// `num_computed_tokens .. num_computed_tokens + new_token_ids.len()`.
