@@ -182,8 +182,9 @@ impl Tokenizer {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod test_util;
+/// Tiny tokenizers built in code, for tests here and in tests/.
+#[doc(hidden)]
+pub mod test_util;
 
 #[cfg(test)]
 mod tests {
