@@ -16,7 +16,10 @@ fn spawn(step_delay: Duration) -> EngineHandle {
     EngineHandle::spawn(move || {
         let tok = Tokenizer::from_gguf(&test_util::byte_level_content())?;
         let vocab = tok.vocab_size() as u32;
-        let cfg = SchedulerConfig { block_size: 16, ..SchedulerConfig::default() };
+        let cfg = SchedulerConfig {
+            block_size: 16,
+            ..SchedulerConfig::default()
+        };
         let scheduler = Scheduler::new(cfg, BLOCKS, 512, vec![])?;
         let runner = MockRunner::with_token_fn(
             BLOCKS,
@@ -35,7 +38,10 @@ fn spawn(step_delay: Duration) -> EngineHandle {
 async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -66,7 +72,10 @@ async fn concurrent_streams_finish_and_return_all_blocks() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), (12, Some(FinishReason::Length)));
     }
-    wait_until("idle engine", || h.stats().num_free_blocks == BLOCKS && h.stats().scheduler.num_running == 0).await;
+    wait_until("idle engine", || {
+        h.stats().num_free_blocks == BLOCKS && h.stats().scheduler.num_running == 0
+    })
+    .await;
     assert!(h.is_alive());
     h.shutdown();
     assert!(!h.is_alive());
@@ -75,13 +84,22 @@ async fn concurrent_streams_finish_and_return_all_blocks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_a_stream_aborts_and_frees_its_blocks() {
     let h = spawn(Duration::from_millis(2));
-    let mut s = h.add((0..40).collect(), SamplingParams::greedy(400), 0).await.unwrap();
+    let mut s = h
+        .add((0..40).collect(), SamplingParams::greedy(400), 0)
+        .await
+        .unwrap();
     for _ in 0..3 {
         assert!(matches!(s.next().await, Some(RequestEvent::Output(_))));
     }
-    assert!(h.stats().num_free_blocks < BLOCKS, "the running request holds blocks");
+    assert!(
+        h.stats().num_free_blocks < BLOCKS,
+        "the running request holds blocks"
+    );
     drop(s);
-    wait_until("blocks freed after drop", || h.stats().num_free_blocks == BLOCKS).await;
+    wait_until("blocks freed after drop", || {
+        h.stats().num_free_blocks == BLOCKS
+    })
+    .await;
     assert_eq!(h.stats().scheduler.num_running, 0);
     h.shutdown();
 }
@@ -89,11 +107,18 @@ async fn dropping_a_stream_aborts_and_frees_its_blocks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_refused_at_admission() {
     let h = spawn(Duration::ZERO);
-    let err = h.add(vec![1; 600], SamplingParams::greedy(4), 0).await.err().expect("too long");
+    let err = h
+        .add(vec![1; 600], SamplingParams::greedy(4), 0)
+        .await
+        .err()
+        .expect("too long");
     assert!(err.to_string().contains("600"), "{err}");
     assert!(h.add(vec![], SamplingParams::greedy(4), 0).await.is_err());
     // The engine keeps serving after refusals.
-    let mut s = h.add(vec![40, 41, 42], SamplingParams::greedy(2), 0).await.unwrap();
+    let mut s = h
+        .add(vec![40, 41, 42], SamplingParams::greedy(2), 0)
+        .await
+        .unwrap();
     let mut n = 0;
     while let Some(RequestEvent::Output(o)) = s.next().await {
         n += o.token_ids.len();
