@@ -513,6 +513,12 @@ mod tests {
     }
 
     #[test]
+    fn shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<ChatTemplate>();
+    }
+
+    #[test]
     fn syntax_errors_are_reported_at_compile_time() {
         let err = ChatTemplate::new("{% for m in messages %}", "", "").unwrap_err();
         assert!(matches!(err, ChatTemplateError::Syntax(_)));
