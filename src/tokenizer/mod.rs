@@ -217,6 +217,14 @@ mod tests {
     }
 
     #[test]
+    fn shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Tokenizer>();
+        assert_send_sync::<IncrementalDetokenizer>();
+        assert_send_sync::<StopStringMatcher>();
+    }
+
+    #[test]
     fn unsupported_model_is_an_error() {
         let mut ct = test_util::byte_level_content();
         ct.metadata.insert(
