@@ -9,4 +9,5 @@ pub mod request;
 pub mod runner;
 pub mod sample;
 pub mod scheduler;
+pub mod server;
 pub mod tokenizer;

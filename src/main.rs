@@ -20,6 +20,8 @@ struct Cli {
 enum Command {
     /// Generate text for one prompt or a file of prompts (one continuous batch), streaming to stdout.
     Generate(cli::generate::GenerateArgs),
+    /// Serve the OpenAI-compatible HTTP API (chat and text completions) for one model.
+    Serve(cli::serve::ServeArgs),
 }
 
 fn main() -> Result<()> {
@@ -32,5 +34,6 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Generate(args) => cli::generate::run(args),
+        Command::Serve(args) => cli::serve::run(args),
     }
 }

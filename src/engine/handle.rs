@@ -33,6 +33,8 @@ pub struct EngineStats {
     pub alive: bool,
 }
 
+// One Add per request crosses this channel; boxing it would save nothing that matters.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     Add {
         prompt: Vec<u32>,

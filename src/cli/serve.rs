@@ -1,0 +1,120 @@
+//! `flare serve`: load a model and serve the OpenAI-compatible API (flags as `vllm serve`).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use flare::engine::{build_engine, EngineArgs, EngineHandle};
+use flare::models::source::DEFAULT_HUB_ID;
+use flare::server::{self, AppState, ServerConfig};
+
+use super::common::ModelArgs;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Address to listen on (0.0.0.0 to accept other hosts).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Name(s) clients use in `model` (repeatable; the first is reported); default: MODEL as
+    /// given, or the default model's repo id.
+    #[arg(long)]
+    pub served_model_name: Vec<String>,
+    /// Require `Authorization: Bearer <key>` on /v1/*.
+    #[arg(long, env = "FLARE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Requests that may wait beyond --max-num-seqs; more are refused with 429.
+    #[arg(long, default_value_t = 4096)]
+    pub max_queue_len: usize,
+    /// Larger request bodies are refused with 413.
+    #[arg(long, default_value_t = 8 << 20)]
+    pub max_request_bytes: usize,
+    /// Seconds to let in-flight requests finish after SIGTERM or Ctrl-C.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_timeout: u64,
+}
+
+/// Builds the engine on its own thread and hands it to the server; /health is 503 until then.
+fn load(args: EngineArgs, state: &AppState) -> Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let engine = EngineHandle::spawn(move || {
+        let loaded = build_engine(&args)?;
+        let _ = tx.send((loaded.tokenizer.clone(), loaded.max_model_len));
+        Ok(loaded.engine)
+    })?;
+    let (tokenizer, max_model_len) = rx.recv().context("engine built without a tokenizer")?;
+    state.set_loaded(engine, tokenizer, max_model_len);
+    Ok(())
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    let engine_args = args.model.engine_args()?;
+    let model = args
+        .model
+        .model
+        .clone()
+        .unwrap_or_else(|| DEFAULT_HUB_ID.to_string());
+    let config = ServerConfig {
+        served_model_names: if args.served_model_name.is_empty() {
+            vec![model.clone()]
+        } else {
+            args.served_model_name.clone()
+        },
+        model_root: model,
+        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        max_num_seqs: args.model.max_num_seqs,
+        max_queue_len: args.max_queue_len,
+        max_request_bytes: args.max_request_bytes,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(serve(args, engine_args, config));
+    // Connection tasks of clients that outlived the drain must not hold up the exit.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+async fn serve(args: ServeArgs, engine_args: EngineArgs, config: ServerConfig) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .with_context(|| format!("binding {}:{}", args.host, args.port))?;
+    tracing::info!(
+        "listening on http://{} (model `{}`; /health is 503 until it is loaded)",
+        listener.local_addr()?,
+        config.served_model_names[0]
+    );
+    let state = AppState::new(config);
+    let mut loader = {
+        let state = state.clone();
+        tokio::task::spawn_blocking(move || load(engine_args, &state))
+    };
+    let mut server = tokio::spawn(server::serve(
+        listener,
+        state.clone(),
+        server::shutdown_signal(),
+        Duration::from_secs(args.shutdown_timeout),
+    ));
+    tokio::select! {
+        res = &mut loader => {
+            res.context("loader panicked")?.context("loading the model")?;
+            tracing::info!("model loaded; serving");
+        }
+        res = &mut server => {
+            // Stopped before the model was loaded.
+            res??;
+            return Ok(());
+        }
+    }
+    let drained = server.await??;
+    if let Some(engine) = state.engine().cloned() {
+        if drained {
+            tokio::task::spawn_blocking(move || engine.shutdown()).await?;
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

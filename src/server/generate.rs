@@ -1,0 +1,154 @@
+//! Runs a validated plan on the engine: admission against the queue limit, one engine request
+//! per choice, per-request metrics, and either the merged event stream or collected results.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::stream::{self, Stream};
+
+use super::error::ApiError;
+use super::state::{AppState, Slot};
+use super::validate::Job;
+use super::wire::Usage;
+use crate::engine::{RequestEvent, RequestOutput, RequestStream};
+use crate::request::{FinishReason, TokenLogprobs};
+
+/// One choice's engine request. Dropping it before the end aborts the request (its KV blocks
+/// are freed within one engine step) and gives back its admission slot.
+pub struct Tracked {
+    stream: RequestStream,
+    slot: Slot,
+    arrival: Instant,
+    first_token_at: Option<Instant>,
+    ended: bool,
+}
+
+impl Tracked {
+    pub async fn next(&mut self) -> Option<RequestEvent> {
+        let ev = self.stream.next().await;
+        let metrics = &self.slot.state().metrics;
+        match &ev {
+            Some(RequestEvent::Output(o)) => {
+                if self.first_token_at.is_none() && !o.token_ids.is_empty() {
+                    self.first_token_at = Some(Instant::now());
+                    metrics.on_first_token(o.num_prompt_tokens, self.arrival.elapsed());
+                }
+                metrics.on_tokens(o.token_ids.len());
+                if let Some(reason) = o.finish_reason {
+                    self.ended = true;
+                    let first = self.first_token_at.unwrap_or_else(Instant::now);
+                    metrics.on_finish(
+                        reason,
+                        o.num_output_tokens,
+                        self.arrival.elapsed(),
+                        first.elapsed(),
+                    );
+                }
+            }
+            Some(RequestEvent::Error(_)) | None => self.ended = true,
+        }
+        ev
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.slot.state().metrics.on_client_gone();
+        }
+    }
+}
+
+/// Admits and starts every job, or none: on an error the ones already added are aborted.
+pub async fn start(
+    state: &Arc<AppState>,
+    jobs: Vec<Job>,
+    priority: i32,
+    arrival: Instant,
+) -> Result<Vec<Tracked>, ApiError> {
+    let slots = state.reserve(jobs.len())?;
+    let engine = &state.loaded()?.engine;
+    // All adds are sent before any reply is awaited, so the choices join the same step.
+    let added = futures_util::future::join_all(
+        jobs.into_iter()
+            .map(|j| engine.add(j.prompt, j.params, priority)),
+    )
+    .await;
+    let mut tracked = Vec::with_capacity(added.len());
+    for (res, slot) in added.into_iter().zip(slots) {
+        let stream = res.map_err(ApiError::from_engine_add)?;
+        tracked.push(Tracked {
+            stream,
+            slot,
+            arrival,
+            first_token_at: None,
+            ended: false,
+        });
+    }
+    Ok(tracked)
+}
+
+/// Every choice's events as they come, tagged with the choice index.
+pub fn merge(tracked: Vec<Tracked>) -> impl Stream<Item = (usize, RequestEvent)> + Send {
+    stream::select_all(tracked.into_iter().enumerate().map(|(i, t)| {
+        Box::pin(stream::unfold(t, move |mut t| async move {
+            t.next().await.map(|ev| ((i, ev), t))
+        }))
+    }))
+}
+
+/// A choice run to its end.
+#[derive(Debug, Clone, Default)]
+pub struct Finished {
+    pub text: String,
+    pub token_ids: Vec<u32>,
+    pub logprobs: Vec<TokenLogprobs>,
+    pub finish_reason: Option<FinishReason>,
+    pub num_cached_tokens: usize,
+    pub num_output_tokens: usize,
+}
+
+impl Finished {
+    pub fn push(&mut self, o: &RequestOutput) {
+        self.text.push_str(&o.text);
+        self.token_ids.extend_from_slice(&o.token_ids);
+        self.logprobs.extend(o.logprobs.iter().cloned());
+        self.finish_reason = o.finish_reason.or(self.finish_reason);
+        self.num_cached_tokens = o.num_cached_tokens;
+        self.num_output_tokens = o.num_output_tokens;
+    }
+}
+
+/// Runs every choice to its end (concurrently; they share engine steps).
+pub async fn collect(tracked: Vec<Tracked>) -> Result<Vec<Finished>, ApiError> {
+    let results = futures_util::future::join_all(tracked.into_iter().map(|mut t| async move {
+        let mut f = Finished::default();
+        loop {
+            match t.next().await {
+                Some(RequestEvent::Output(o)) => {
+                    f.push(&o);
+                    if o.finish_reason.is_some() {
+                        return Ok(f);
+                    }
+                }
+                Some(RequestEvent::Error(e)) => return Err(ApiError::Engine(e)),
+                None => {
+                    return Err(ApiError::Engine(
+                        "the request ended without finishing".into(),
+                    ))
+                }
+            }
+        }
+    }))
+    .await;
+    results.into_iter().collect()
+}
+
+/// Usage of a plan's choices: each prompt counts once however many choices it has (as OpenAI),
+/// and so do its cached tokens (those of its first choice).
+pub fn usage(prompt_lens: &[usize], n: usize, choices: &[(usize, usize)]) -> Usage {
+    let prompt: usize = prompt_lens.iter().sum();
+    let completion = choices.iter().map(|&(out, _)| out).sum();
+    let cached = choices.iter().step_by(n.max(1)).map(|&(_, c)| c).sum();
+    Usage::new(prompt, completion, cached)
+}

@@ -1,0 +1,22 @@
+//! OpenAI-compatible HTTP server (`flare serve`): routes, wire types, validation, SSE,
+//! metrics, auth and the one error type, in front of an [`crate::engine::EngineHandle`].
+
+mod auth;
+mod error;
+mod extract;
+mod generate;
+mod logprobs;
+mod metrics;
+mod openapi;
+mod routes;
+mod serve;
+mod sse;
+mod state;
+mod validate;
+pub mod wire;
+
+pub use error::ApiError;
+pub use openapi::ApiDoc;
+pub use routes::router;
+pub use serve::{serve, shutdown_signal};
+pub use state::{AppState, Loaded, ServerConfig};

@@ -1,0 +1,161 @@
+//! POST /v1/chat/completions: one JSON response, or an SSE stream of chat.completion.chunk.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::{Stream, StreamExt};
+
+use super::{blocking, ResponseMeta};
+use crate::engine::RequestEvent;
+use crate::server::error::ApiError;
+use crate::server::extract::OpenAiJson;
+use crate::server::generate::{self, Tracked};
+use crate::server::state::AppState;
+use crate::server::wire::{
+    ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest,
+    ChatCompletionResponse, ChatDelta, ChatMessageOut, ErrorResponse, Usage,
+};
+use crate::server::{logprobs, sse, validate};
+use crate::tokenizer::Tokenizer;
+
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    request_body = ChatCompletionRequest,
+    responses(
+        (status = 200, description = "A chat completion; with `stream`, an SSE stream of `chat.completion.chunk` objects ending with `data: [DONE]`", body = ChatCompletionResponse),
+        (status = 400, description = "Bad parameters, malformed JSON or context length exceeded", body = ErrorResponse),
+        (status = 401, description = "Missing or wrong API key", body = ErrorResponse),
+        (status = 404, description = "Unknown model", body = ErrorResponse),
+        (status = 413, description = "Body too large", body = ErrorResponse),
+        (status = 429, description = "Queue full", body = ErrorResponse),
+        (status = 503, description = "Model not loaded yet, or shutting down", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    OpenAiJson(req): OpenAiJson<ChatCompletionRequest>,
+) -> Result<Response, ApiError> {
+    let arrival = Instant::now();
+    state.check_model(req.sampling.model.as_deref())?;
+    let plan = blocking(&state, move |loaded| validate::chat(loaded, req)).await?;
+    let tokenizer = state.loaded()?.tokenizer.clone();
+    let meta = ResponseMeta::new("chatcmpl", &state);
+    let prompt_len = plan.jobs[0].prompt.len();
+    let tracked = generate::start(&state, plan.jobs, plan.priority, arrival).await?;
+    let want_logprobs = plan.logprobs.is_some();
+    if plan.stream {
+        let events = stream(
+            tokenizer,
+            tracked,
+            meta,
+            prompt_len,
+            want_logprobs,
+            plan.include_usage,
+        );
+        return Ok(sse::response(events));
+    }
+    let finished = generate::collect(tracked).await?;
+    let counts: Vec<_> = finished
+        .iter()
+        .map(|f| (f.num_output_tokens, f.num_cached_tokens))
+        .collect();
+    let choices = finished
+        .into_iter()
+        .enumerate()
+        .map(|(index, f)| ChatChoice {
+            index,
+            logprobs: want_logprobs.then(|| logprobs::chat(&tokenizer, &f.logprobs)),
+            finish_reason: f.finish_reason.map(|r| r.as_openai().to_string()),
+            message: ChatMessageOut {
+                role: "assistant".into(),
+                content: f.text,
+            },
+        })
+        .collect();
+    Ok(Json(ChatCompletionResponse {
+        id: meta.id,
+        object: "chat.completion".into(),
+        created: meta.created,
+        model: meta.model,
+        choices,
+        usage: generate::usage(&[prompt_len], plan.n, &counts),
+    })
+    .into_response())
+}
+
+fn chunk(
+    meta: &ResponseMeta,
+    choices: Vec<ChatChunkChoice>,
+    include_usage: bool,
+    usage: Option<Usage>,
+) -> ChatCompletionChunk {
+    ChatCompletionChunk {
+        id: meta.id.clone(),
+        object: "chat.completion.chunk".into(),
+        created: meta.created,
+        model: meta.model.clone(),
+        choices,
+        usage: include_usage.then_some(usage),
+    }
+}
+
+/// The role first (one chunk per choice), then content deltas, the finish reason with the last
+/// delta, a usage chunk with no choices when asked, and `[DONE]`. Dropping the stream (client
+/// gone) drops every choice's engine request, which aborts it.
+fn stream(
+    tokenizer: Arc<Tokenizer>,
+    tracked: Vec<Tracked>,
+    meta: ResponseMeta,
+    prompt_len: usize,
+    want_logprobs: bool,
+    include_usage: bool,
+) -> impl Stream<Item = sse::SseItem> + Send {
+    let n = tracked.len();
+    async_stream::stream! {
+        for index in 0..n {
+            let delta = ChatDelta { role: Some("assistant".into()), content: Some(String::new()) };
+            let choice = ChatChunkChoice { index, delta, logprobs: None, finish_reason: None };
+            yield sse::json(&chunk(&meta, vec![choice], include_usage, None));
+        }
+        let mut counts = vec![(0, 0); n];
+        let mut events = generate::merge(tracked);
+        while let Some((index, ev)) = events.next().await {
+            let o = match ev {
+                RequestEvent::Output(o) => o,
+                RequestEvent::Error(e) => {
+                    yield sse::error(&ApiError::Engine(e));
+                    break;
+                }
+            };
+            counts[index] = (o.num_output_tokens, o.num_cached_tokens);
+            let logprobs = (want_logprobs && !o.logprobs.is_empty())
+                .then(|| logprobs::chat(&tokenizer, &o.logprobs));
+            // A step can produce no visible text (held back for a stop string or an
+            // incomplete character); nothing to send then.
+            if o.text.is_empty() && o.finish_reason.is_none() && logprobs.is_none() {
+                continue;
+            }
+            let delta = ChatDelta {
+                role: None,
+                content: (!o.text.is_empty()).then_some(o.text),
+            };
+            let choice = ChatChunkChoice {
+                index,
+                delta,
+                logprobs,
+                finish_reason: o.finish_reason.map(|r| r.as_openai().to_string()),
+            };
+            yield sse::json(&chunk(&meta, vec![choice], include_usage, None));
+        }
+        if include_usage {
+            let usage = generate::usage(&[prompt_len], n, &counts);
+            yield sse::json(&chunk(&meta, Vec::new(), true, Some(usage)));
+        }
+        yield sse::done();
+    }
+}

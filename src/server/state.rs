@@ -1,0 +1,174 @@
+//! What every handler shares: configuration, the model once loaded, metrics, admission count.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use super::error::ApiError;
+use super::metrics::Metrics;
+use crate::chat_template::ChatTemplate;
+use crate::engine::EngineHandle;
+use crate::tokenizer::Tokenizer;
+
+/// Server options (`flare serve` flags, vLLM's names).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Names clients may put in `model`; the first is the one responses carry.
+    pub served_model_names: Vec<String>,
+    /// What was loaded (shown as `root` in /v1/models).
+    pub model_root: String,
+    /// Required as `Authorization: Bearer <key>` on /v1/* when set.
+    pub api_key: Option<String>,
+    /// The engine's running-batch limit; requests past it count against `max_queue_len`.
+    pub max_num_seqs: usize,
+    /// Requests (each of `n` choices counts) that may wait beyond `max_num_seqs`; more get 429.
+    pub max_queue_len: usize,
+    /// Larger request bodies get 413.
+    pub max_request_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            served_model_names: vec!["flare".into()],
+            model_root: String::new(),
+            api_key: None,
+            max_num_seqs: 256,
+            max_queue_len: 4096,
+            max_request_bytes: 8 << 20,
+        }
+    }
+}
+
+/// The model side, available once loading finished.
+pub struct Loaded {
+    pub engine: EngineHandle,
+    pub tokenizer: Arc<Tokenizer>,
+    /// Err: the model has no chat template, or one we cannot compile (the reason).
+    pub template: Result<ChatTemplate, String>,
+    pub max_model_len: usize,
+}
+
+pub struct AppState {
+    pub config: ServerConfig,
+    pub metrics: Metrics,
+    loaded: OnceLock<Loaded>,
+    /// Engine requests admitted by this server and not yet ended.
+    inflight: AtomicUsize,
+    shutting_down: AtomicBool,
+}
+
+impl AppState {
+    pub fn new(config: ServerConfig) -> Arc<Self> {
+        assert!(
+            !config.served_model_names.is_empty(),
+            "at least one served model name"
+        );
+        Arc::new(Self {
+            metrics: Metrics::new(&config.served_model_names[0]),
+            config,
+            loaded: OnceLock::new(),
+            inflight: AtomicUsize::new(0),
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    /// Makes the model available; /health turns 200 from here on.
+    pub fn set_loaded(
+        &self,
+        engine: EngineHandle,
+        tokenizer: Arc<Tokenizer>,
+        max_model_len: usize,
+    ) {
+        let template = match ChatTemplate::from_tokenizer(&tokenizer) {
+            Ok(Some(t)) => Ok(t),
+            Ok(None) => Err("The model has no chat template; use /v1/completions.".to_string()),
+            Err(e) => {
+                tracing::warn!("chat template unusable: {e}");
+                Err(format!("The model's chat template is unusable: {e}"))
+            }
+        };
+        let loaded = Loaded {
+            engine,
+            tokenizer,
+            template,
+            max_model_len,
+        };
+        if self.loaded.set(loaded).is_err() {
+            tracing::warn!("model was already loaded; ignoring the second one");
+        }
+    }
+
+    pub fn loaded(&self) -> Result<&Loaded, ApiError> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err(ApiError::Unavailable);
+        }
+        self.loaded.get().ok_or(ApiError::NotReady)
+    }
+
+    /// The engine handle, whether or not the server is shutting down.
+    pub fn engine(&self) -> Option<&EngineHandle> {
+        self.loaded.get().map(|l| &l.engine)
+    }
+
+    /// Model loaded, engine loop alive, not shutting down.
+    pub fn is_healthy(&self) -> bool {
+        !self.shutting_down.load(Ordering::Relaxed)
+            && self.loaded.get().is_some_and(|l| l.engine.is_alive())
+    }
+
+    /// New requests get 503 from now on; running ones go on.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    pub fn model_name(&self) -> &str {
+        &self.config.served_model_names[0]
+    }
+
+    /// A request's `model` must be one of the served names; absent means the served model.
+    pub fn check_model(&self, requested: Option<&str>) -> Result<(), ApiError> {
+        match requested {
+            Some(m) if !m.is_empty() && !self.config.served_model_names.iter().any(|n| n == m) => {
+                Err(ApiError::ModelNotFound(m.to_string()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Reserves `n` engine requests against `max_num_seqs + max_queue_len`; each slot is given
+    /// back when dropped.
+    pub fn reserve(self: &Arc<Self>, n: usize) -> Result<Vec<Slot>, ApiError> {
+        let limit = self.config.max_num_seqs + self.config.max_queue_len;
+        let before = self.inflight.fetch_add(n, Ordering::SeqCst);
+        if before + n > limit {
+            self.inflight.fetch_sub(n, Ordering::SeqCst);
+            return Err(ApiError::QueueFull(limit));
+        }
+        Ok((0..n)
+            .map(|_| Slot {
+                state: self.clone(),
+            })
+            .collect())
+    }
+
+    pub fn num_inflight(&self) -> usize {
+        self.inflight.load(Ordering::SeqCst)
+    }
+}
+
+/// One admitted engine request's place in the server's limit.
+pub struct Slot {
+    state: Arc<AppState>,
+}
+
+impl Slot {
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.state.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,505 @@
+//! Validation: wire requests into prompt token ids and SamplingParams, or a 400 that names the
+//! field. Runs on a blocking worker (chat template rendering and tokenization are CPU work).
+
+use crate::chat_template::ChatMessage;
+use crate::request::SamplingParams;
+
+use super::error::ApiError;
+use super::state::Loaded;
+use super::wire::{
+    ChatCompletionRequest, ChatMessageIn, CompletionRequest, MessageContent, PromptInput,
+    SamplingFields,
+};
+
+/// Most choices one request may ask for.
+pub const MAX_N: usize = 128;
+/// OpenAI's (and vLLM's default) cap on alternatives per token.
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// One engine request: a choice of one prompt.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub prompt: Vec<u32>,
+    pub params: SamplingParams,
+}
+
+/// What a completion request turns into. Choice `i` runs prompt `i / n`.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub jobs: Vec<Job>,
+    pub n: usize,
+    /// Per prompt, the text `echo` returns.
+    pub prompt_texts: Vec<String>,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub priority: i32,
+    /// Alternatives per token when logprobs were asked for.
+    pub logprobs: Option<usize>,
+    pub echo: bool,
+}
+
+fn range_f32(
+    value: Option<f64>,
+    param: &str,
+    ok: impl Fn(f64) -> bool,
+    what: &str,
+    default: f32,
+) -> Result<f32, ApiError> {
+    match value {
+        None => Ok(default),
+        Some(v) if v.is_finite() && ok(v) => Ok(v as f32),
+        Some(v) => Err(ApiError::invalid(
+            param,
+            format!("`{param}` must be {what}; got {v}."),
+        )),
+    }
+}
+
+fn logprobs_count(n: i64, param: &str) -> Result<usize, ApiError> {
+    if (0..=MAX_TOP_LOGPROBS as i64).contains(&n) {
+        Ok(n as usize)
+    } else {
+        Err(ApiError::invalid(
+            param,
+            format!("`{param}` must be between 0 and {MAX_TOP_LOGPROBS}; got {n}."),
+        ))
+    }
+}
+
+/// Every sampling field but `max_tokens` (which depends on each prompt's length); and `n`.
+pub fn sampling_params(
+    f: &SamplingFields,
+    vocab_size: usize,
+) -> Result<(SamplingParams, usize), ApiError> {
+    let n = match f.n {
+        None => 1,
+        Some(n) if (1..=MAX_N as i64).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(ApiError::invalid(
+                "n",
+                format!("`n` must be between 1 and {MAX_N}; got {n}."),
+            ))
+        }
+    };
+    let mut logit_bias = std::collections::HashMap::new();
+    for (k, &v) in f.logit_bias.iter().flatten() {
+        let id = k
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|&id| (id as usize) < vocab_size)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "logit_bias",
+                    format!("`logit_bias` key `{k}` is not a token id below {vocab_size}."),
+                )
+            })?;
+        if !v.is_finite() {
+            return Err(ApiError::invalid(
+                "logit_bias",
+                "`logit_bias` values must be numbers.",
+            ));
+        }
+        // OpenAI's range; beyond it a bias only saturates.
+        logit_bias.insert(id, v.clamp(-100.0, 100.0) as f32);
+    }
+    let min_tokens = match f.min_tokens {
+        None => 0,
+        Some(m) if m >= 0 => m as usize,
+        Some(m) => {
+            return Err(ApiError::invalid(
+                "min_tokens",
+                format!("`min_tokens` must be at least 0; got {m}."),
+            ))
+        }
+    };
+    let params = SamplingParams {
+        temperature: range_f32(
+            f.temperature,
+            "temperature",
+            |v| v >= 0.0,
+            "at least 0",
+            1.0,
+        )?,
+        top_p: range_f32(f.top_p, "top_p", |v| v > 0.0 && v <= 1.0, "in (0, 1]", 1.0)?,
+        top_k: match f.top_k {
+            None => 0,
+            Some(k) if k >= -1 => k.max(0) as usize,
+            Some(k) => {
+                return Err(ApiError::invalid(
+                    "top_k",
+                    format!("`top_k` must be -1 (off), 0 (off) or positive; got {k}."),
+                ))
+            }
+        },
+        min_p: range_f32(
+            f.min_p,
+            "min_p",
+            |v| (0.0..=1.0).contains(&v),
+            "in [0, 1]",
+            0.0,
+        )?,
+        presence_penalty: range_f32(
+            f.presence_penalty,
+            "presence_penalty",
+            |v| (-2.0..=2.0).contains(&v),
+            "in [-2, 2]",
+            0.0,
+        )?,
+        frequency_penalty: range_f32(
+            f.frequency_penalty,
+            "frequency_penalty",
+            |v| (-2.0..=2.0).contains(&v),
+            "in [-2, 2]",
+            0.0,
+        )?,
+        repetition_penalty: range_f32(
+            f.repetition_penalty,
+            "repetition_penalty",
+            |v| v > 0.0,
+            "greater than 0",
+            1.0,
+        )?,
+        logit_bias,
+        // OpenAI seeds are signed 64-bit; any value picks a stream, so wrap.
+        seed: f.seed.map(|s| s as u64),
+        max_tokens: 0,
+        min_tokens,
+        ignore_eos: f.ignore_eos.unwrap_or(false),
+        stop_token_ids: f.stop_token_ids.clone().unwrap_or_default(),
+        // An empty stop string would end every generation before it starts.
+        stop: f
+            .stop
+            .clone()
+            .map(|s| s.into_vec())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect(),
+        logprobs: None,
+    };
+    Ok((params, n))
+}
+
+/// The output budget for one prompt, as vLLM: the requested `max_tokens` if prompt plus it fit,
+/// else what is left of the context.
+pub fn max_tokens(
+    requested: Option<i64>,
+    prompt_len: usize,
+    max_model_len: usize,
+) -> Result<usize, ApiError> {
+    match requested {
+        Some(m) if m < 1 => Err(ApiError::invalid(
+            "max_tokens",
+            format!("`max_tokens` must be at least 1; got {m}."),
+        )),
+        Some(m) => {
+            let m = usize::try_from(m).unwrap_or(usize::MAX);
+            if prompt_len.saturating_add(m) > max_model_len {
+                Err(ApiError::ContextLength {
+                    max_model_len,
+                    prompt_tokens: prompt_len,
+                    completion_tokens: Some(m),
+                })
+            } else {
+                Ok(m)
+            }
+        }
+        None if prompt_len >= max_model_len => Err(ApiError::ContextLength {
+            max_model_len,
+            prompt_tokens: prompt_len,
+            completion_tokens: None,
+        }),
+        None => Ok(max_model_len - prompt_len),
+    }
+}
+
+/// `n` jobs per prompt; seeded requests get seed + i per choice (as vLLM), so choices differ
+/// yet repeat across calls.
+fn jobs(
+    prompts: &[Vec<u32>],
+    base: &SamplingParams,
+    requested_max: Option<i64>,
+    n: usize,
+    max_model_len: usize,
+) -> Result<Vec<Job>, ApiError> {
+    let mut jobs = Vec::with_capacity(prompts.len() * n);
+    for prompt in prompts {
+        if prompt.is_empty() {
+            return Err(ApiError::invalid("prompt", "The prompt is empty."));
+        }
+        let max = max_tokens(requested_max, prompt.len(), max_model_len)?;
+        if base.min_tokens > max {
+            return Err(ApiError::invalid(
+                "min_tokens",
+                format!(
+                    "`min_tokens` ({}) must not exceed `max_tokens` ({max}).",
+                    base.min_tokens
+                ),
+            ));
+        }
+        for i in 0..n {
+            let mut params = base.clone();
+            params.max_tokens = max;
+            params.seed = base.seed.map(|s| s.wrapping_add(i as u64));
+            jobs.push(Job {
+                prompt: prompt.clone(),
+                params,
+            });
+        }
+    }
+    Ok(jobs)
+}
+
+/// Text of a message: a string, or its text parts joined by newlines (as vLLM).
+fn message_text(m: &ChatMessageIn, i: usize) -> Result<String, ApiError> {
+    match &m.content {
+        None => Ok(String::new()),
+        Some(MessageContent::Text(s)) => Ok(s.clone()),
+        Some(MessageContent::Parts(parts)) => {
+            let mut texts = Vec::with_capacity(parts.len());
+            for p in parts {
+                match (p.kind.as_str(), &p.text) {
+                    ("text", Some(t)) => texts.push(t.as_str()),
+                    ("text", None) => {
+                        return Err(ApiError::invalid(
+                            &format!("messages[{i}].content"),
+                            "A text content part needs `text`.",
+                        ))
+                    }
+                    (other, _) => {
+                        return Err(ApiError::invalid(
+                            &format!("messages[{i}].content"),
+                            format!("Only text content parts are supported; got `{other}`."),
+                        ))
+                    }
+                }
+            }
+            Ok(texts.join("\n"))
+        }
+    }
+}
+
+/// Messages as the chat template sees them; `developer` is OpenAI's newer name for `system`.
+pub fn chat_messages(messages: &[ChatMessageIn]) -> Result<Vec<ChatMessage>, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::invalid(
+            "messages",
+            "`messages` must not be empty.",
+        ));
+    }
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let role = match m.role.as_str() {
+                "developer" => "system",
+                r => r,
+            };
+            Ok(ChatMessage::new(role, message_text(m, i)?))
+        })
+        .collect()
+}
+
+/// Renders `messages` with the model's template and tokenizes the result.
+pub fn chat_prompt_ids(
+    loaded: &Loaded,
+    messages: &[ChatMessageIn],
+    add_generation_prompt: bool,
+) -> Result<Vec<u32>, ApiError> {
+    let template = loaded
+        .template
+        .as_ref()
+        .map_err(|e| ApiError::invalid("messages", e.clone()))?;
+    let text = template
+        .render(&chat_messages(messages)?, add_generation_prompt)
+        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    // The rendered text carries BOS and other markup already.
+    encode(loaded, &text, false)
+}
+
+pub fn encode(loaded: &Loaded, text: &str, add_special: bool) -> Result<Vec<u32>, ApiError> {
+    loaded
+        .tokenizer
+        .encode(text, add_special)
+        .map_err(|e| ApiError::invalid("prompt", format!("Could not tokenize: {e}")))
+}
+
+pub fn check_ids(ids: &[u32], vocab_size: usize, param: &str) -> Result<(), ApiError> {
+    match ids.iter().find(|&&t| t as usize >= vocab_size) {
+        Some(t) => Err(ApiError::invalid(
+            param,
+            format!("Token id {t} is out of the vocabulary (size {vocab_size})."),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn include_usage(f: &SamplingFields) -> bool {
+    f.stream_options
+        .as_ref()
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false)
+}
+
+pub fn chat(loaded: &Loaded, req: ChatCompletionRequest) -> Result<Plan, ApiError> {
+    let vocab = loaded.tokenizer.vocab_size();
+    let (mut base, n) = sampling_params(&req.sampling, vocab)?;
+    if req.logprobs.unwrap_or(false) {
+        base.logprobs = Some(match req.top_logprobs {
+            Some(k) => logprobs_count(k, "top_logprobs")?,
+            None => 0,
+        });
+    }
+    let prompt = chat_prompt_ids(
+        loaded,
+        &req.messages,
+        req.add_generation_prompt.unwrap_or(true),
+    )?;
+    let requested = req.max_completion_tokens.or(req.sampling.max_tokens);
+    let prompts = [prompt];
+    Ok(Plan {
+        jobs: jobs(&prompts, &base, requested, n, loaded.max_model_len)?,
+        n,
+        prompt_texts: Vec::new(),
+        stream: req.sampling.stream.unwrap_or(false),
+        include_usage: include_usage(&req.sampling),
+        priority: req.sampling.priority.unwrap_or(0),
+        logprobs: base.logprobs,
+        echo: false,
+    })
+}
+
+pub fn completion(loaded: &Loaded, req: CompletionRequest) -> Result<Plan, ApiError> {
+    let vocab = loaded.tokenizer.vocab_size();
+    let (mut base, n) = sampling_params(&req.sampling, vocab)?;
+    if let Some(k) = req.logprobs {
+        base.logprobs = Some(logprobs_count(k, "logprobs")?);
+    }
+    let echo = req.echo.unwrap_or(false);
+    let decode = |ids: &[u32]| {
+        if echo {
+            loaded.tokenizer.decode(ids, true).unwrap_or_default()
+        } else {
+            String::new()
+        }
+    };
+    let (prompts, prompt_texts): (Vec<Vec<u32>>, Vec<String>) = match req.prompt {
+        PromptInput::Text(s) => (vec![encode(loaded, &s, true)?], vec![s]),
+        PromptInput::Texts(v) => {
+            let ids = v
+                .iter()
+                .map(|s| encode(loaded, s, true))
+                .collect::<Result<_, _>>()?;
+            (ids, v)
+        }
+        PromptInput::Tokens(ids) => {
+            check_ids(&ids, vocab, "prompt")?;
+            let text = decode(&ids);
+            (vec![ids], vec![text])
+        }
+        PromptInput::TokenLists(lists) => {
+            for ids in &lists {
+                check_ids(ids, vocab, "prompt")?;
+            }
+            let texts = lists.iter().map(|ids| decode(ids)).collect();
+            (lists, texts)
+        }
+    };
+    if prompts.is_empty() {
+        return Err(ApiError::invalid("prompt", "`prompt` must not be empty."));
+    }
+    Ok(Plan {
+        jobs: jobs(
+            &prompts,
+            &base,
+            req.sampling.max_tokens,
+            n,
+            loaded.max_model_len,
+        )?,
+        n,
+        prompt_texts,
+        stream: req.sampling.stream.unwrap_or(false),
+        include_usage: include_usage(&req.sampling),
+        priority: req.sampling.priority.unwrap_or(0),
+        logprobs: base.logprobs,
+        echo,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_tokens_defaults_to_the_rest_of_the_context() {
+        assert_eq!(max_tokens(None, 10, 100).unwrap(), 90);
+        assert_eq!(max_tokens(Some(90), 10, 100).unwrap(), 90);
+        assert!(matches!(
+            max_tokens(Some(91), 10, 100),
+            Err(ApiError::ContextLength {
+                completion_tokens: Some(91),
+                ..
+            })
+        ));
+        assert!(matches!(
+            max_tokens(None, 100, 100),
+            Err(ApiError::ContextLength {
+                completion_tokens: None,
+                ..
+            })
+        ));
+        assert!(max_tokens(Some(0), 1, 100).is_err());
+    }
+
+    #[test]
+    fn sampling_fields_are_range_checked() {
+        let ok = SamplingFields {
+            temperature: Some(0.0),
+            top_k: Some(-1),
+            seed: Some(-1),
+            logit_bias: Some([("5".to_string(), 500.0)].into()),
+            n: Some(3),
+            ..Default::default()
+        };
+        let (p, n) = sampling_params(&ok, 10).unwrap();
+        assert_eq!((p.top_k, n, p.seed), (0, 3, Some(u64::MAX)));
+        assert_eq!(p.logit_bias[&5], 100.0);
+        for bad in [
+            SamplingFields {
+                temperature: Some(-0.5),
+                ..Default::default()
+            },
+            SamplingFields {
+                top_p: Some(0.0),
+                ..Default::default()
+            },
+            SamplingFields {
+                n: Some(0),
+                ..Default::default()
+            },
+            SamplingFields {
+                logit_bias: Some([("10".to_string(), 1.0)].into()),
+                ..Default::default()
+            },
+            SamplingFields {
+                presence_penalty: Some(3.0),
+                ..Default::default()
+            },
+        ] {
+            assert!(sampling_params(&bad, 10).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn seeds_advance_per_choice() {
+        let base = SamplingParams {
+            seed: Some(7),
+            ..Default::default()
+        };
+        let j = jobs(&[vec![1, 2]], &base, Some(4), 3, 16).unwrap();
+        let seeds: Vec<_> = j.iter().map(|j| j.params.seed).collect();
+        assert_eq!(seeds, vec![Some(7), Some(8), Some(9)]);
+        assert!(j.iter().all(|j| j.params.max_tokens == 4));
+    }
+}

@@ -1,0 +1,107 @@
+//! Request fields shared by chat and text completions, usage, and the OpenAI error object.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// `stop`: one string or a list of them.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum StopField {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StopField {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            StopField::One(s) => vec![s],
+            StopField::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+pub struct StreamOptions {
+    /// Send a last chunk with `usage` and no choices before `[DONE]`.
+    pub include_usage: Option<bool>,
+}
+
+/// Sampling and control fields both completion endpoints accept (OpenAI's plus vLLM's
+/// extensions). Every field may be absent or null; unknown fields are ignored.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+pub struct SamplingFields {
+    /// Served model name; optional (the one served model is used).
+    pub model: Option<String>,
+    /// Most tokens to generate; default: what is left of the context.
+    pub max_tokens: Option<i64>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    /// vLLM extension; 0 or -1 disables.
+    pub top_k: Option<i64>,
+    /// vLLM extension.
+    pub min_p: Option<f64>,
+    /// Number of choices.
+    pub n: Option<i64>,
+    pub stop: Option<StopField>,
+    /// vLLM extension: token ids that end the generation.
+    pub stop_token_ids: Option<Vec<u32>>,
+    pub seed: Option<i64>,
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+    /// vLLM extension; 1.0 disables.
+    pub repetition_penalty: Option<f64>,
+    /// Token id (as a string) to a bias added to its logit, in [-100, 100].
+    pub logit_bias: Option<HashMap<String, f64>>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+    /// vLLM extension: keep generating past EOS.
+    pub ignore_eos: Option<bool>,
+    /// vLLM extension: no EOS or stop token before this many tokens.
+    pub min_tokens: Option<i64>,
+    /// vLLM extension: lower values are served first under the priority policy.
+    pub priority: Option<i32>,
+    /// Accepted and ignored.
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens served from the prefix cache.
+    pub cached_tokens: usize,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+    pub prompt_tokens_details: PromptTokensDetails,
+}
+
+impl Usage {
+    pub fn new(prompt_tokens: usize, completion_tokens: usize, cached_tokens: usize) -> Self {
+        Self {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+            prompt_tokens_details: PromptTokensDetails { cached_tokens },
+        }
+    }
+}
+
+/// `{"error": {...}}`, OpenAI's error shape.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorResponse {
+    pub error: ErrorBody,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub message: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub param: Option<String>,
+    pub code: Option<String>,
+}

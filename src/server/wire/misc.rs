@@ -1,0 +1,55 @@
+//! Wire shapes of the small endpoints: models, tokenize, detokenize.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::chat::ChatMessageIn;
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ModelCard {
+    pub id: String,
+    /// Always `model`.
+    pub object: String,
+    pub created: u64,
+    pub owned_by: String,
+    /// What was loaded: the model argument or the default model's files.
+    pub root: String,
+    pub max_model_len: usize,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ModelList {
+    /// Always `list`.
+    pub object: String,
+    pub data: Vec<ModelCard>,
+}
+
+/// Either `prompt` (raw text) or `messages` (rendered with the chat template).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct TokenizeRequest {
+    pub model: Option<String>,
+    pub prompt: Option<String>,
+    pub messages: Option<Vec<ChatMessageIn>>,
+    /// For `prompt`: add BOS etc. (default true).
+    pub add_special_tokens: Option<bool>,
+    /// For `messages` (default true).
+    pub add_generation_prompt: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TokenizeResponse {
+    pub count: usize,
+    pub max_model_len: usize,
+    pub tokens: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct DetokenizeRequest {
+    pub model: Option<String>,
+    pub tokens: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DetokenizeResponse {
+    pub prompt: String,
+}

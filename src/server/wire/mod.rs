@@ -1,0 +1,11 @@
+//! OpenAI wire types (serde only): what clients send and what they parse back.
+
+pub mod chat;
+pub mod common;
+pub mod completion;
+pub mod misc;
+
+pub use chat::*;
+pub use common::*;
+pub use completion::*;
+pub use misc::*;
