@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use flare::engine::{build_engine, EngineArgs, EngineHandle};
+use flare::engine::EngineArgs;
 use flare::models::source::DEFAULT_HUB_ID;
 use flare::server::{self, AppState, ServerConfig};
 
@@ -35,19 +35,6 @@ pub struct ServeArgs {
     /// Seconds to let in-flight requests finish after SIGTERM or Ctrl-C.
     #[arg(long, default_value_t = 30)]
     pub shutdown_timeout: u64,
-}
-
-/// Builds the engine on its own thread and hands it to the server; /health is 503 until then.
-fn load(args: EngineArgs, state: &AppState) -> Result<()> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let engine = EngineHandle::spawn(move || {
-        let loaded = build_engine(&args)?;
-        let _ = tx.send((loaded.tokenizer.clone(), loaded.max_model_len));
-        Ok(loaded.engine)
-    })?;
-    let (tokenizer, max_model_len) = rx.recv().context("engine built without a tokenizer")?;
-    state.set_loaded(engine, tokenizer, max_model_len);
-    Ok(())
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -90,7 +77,7 @@ async fn serve(args: ServeArgs, engine_args: EngineArgs, config: ServerConfig) -
     let state = AppState::new(config);
     let mut loader = {
         let state = state.clone();
-        tokio::task::spawn_blocking(move || load(engine_args, &state))
+        tokio::task::spawn_blocking(move || server::load_into(&state, engine_args))
     };
     let mut server = tokio::spawn(server::serve(
         listener,

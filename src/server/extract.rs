@@ -56,9 +56,15 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                     return field_error(e.path().to_string(), e.into_inner());
                 }
             }
+            // A missing required field is reported at the top level too.
+            let missing = inner
+                .to_string()
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split('`').next())
+                .map(str::to_string);
             return ApiError::MalformedBody {
                 message: format!("Invalid request: {inner}"),
-                param: None,
+                param: missing,
             };
         }
         field_error(path, inner)

@@ -5,6 +5,7 @@ mod auth;
 mod error;
 mod extract;
 mod generate;
+mod load;
 mod logprobs;
 mod metrics;
 mod openapi;
@@ -16,6 +17,7 @@ mod validate;
 pub mod wire;
 
 pub use error::ApiError;
+pub use load::{load_into, spawn_engine};
 pub use openapi::ApiDoc;
 pub use routes::router;
 pub use serve::{serve, shutdown_signal};
