@@ -1,0 +1,265 @@
+//! The server over the real SmolLM2-135M-Instruct (the default GGUF) on the CPU, through HTTP:
+//! greedy answers, stream/non-stream agreement, usage, logprobs, seeds, n, token-id prompts with
+//! echo, context length, and a disconnect freeing KV blocks. Small max_tokens throughout (the
+//! model decodes some tens of tokens per second here).
+//!
+//! Needs `python3 models/fetch_smollm2.py` (scripts/test.sh runs it).
+
+mod common;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use common::*;
+use flare::engine::EngineArgs;
+use flare::models::source;
+use flare::server::{AppState, ServerConfig};
+use serde_json::{json, Value};
+
+const MODEL: &str = "smollm2";
+const MAX_MODEL_LEN: usize = 2048;
+const QUESTION: &str = "What is the capital of France? Answer in one sentence.";
+
+fn engine_args() -> EngineArgs {
+    let gguf = source::default_gguf_path();
+    assert!(
+        gguf.exists(),
+        "{} missing: run `python3 models/fetch_smollm2.py`",
+        gguf.display()
+    );
+    EngineArgs {
+        model: Some(gguf.to_string_lossy().into_owned()),
+        kv_cache_memory: Some(256 << 20),
+        max_model_len: Some(MAX_MODEL_LEN),
+        ..EngineArgs::default()
+    }
+}
+
+fn loaded_state() -> Arc<AppState> {
+    let state = AppState::new(ServerConfig {
+        served_model_names: vec![MODEL.into()],
+        ..ServerConfig::default()
+    });
+    flare::server::load_into(&state, engine_args()).expect("model loads");
+    state
+}
+
+/// One server for the tests below, on a runtime of its own that outlives each test's.
+fn shared_base() -> &'static str {
+    static BASE: OnceLock<String> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let state = loaded_state();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async move {
+                let server = serve(state).await;
+                tx.send(server.base.clone()).unwrap();
+                std::future::pending::<()>().await;
+            });
+        });
+        rx.recv().unwrap()
+    })
+}
+
+async fn call(path: &str, body: Value) -> Value {
+    let (s, v) = post(&client(), &format!("{}{path}", shared_base()), body).await;
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+async fn stream(path: &str, body: Value) -> Vec<Value> {
+    post_stream(&client(), &format!("{}{path}", shared_base()), body).await
+}
+
+fn question(extra: Value) -> Value {
+    let mut body = json!({"model": MODEL, "messages": [{"role": "user", "content": QUESTION}]});
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_answers_greedily_with_exact_usage() {
+    let v = call(
+        "/v1/chat/completions",
+        question(json!({"max_tokens": 30, "temperature": 0})),
+    )
+    .await;
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text.contains("Paris"), "{text:?}");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    let t = call(
+        "/tokenize",
+        json!({"messages": [{"role": "user", "content": QUESTION}]}),
+    )
+    .await;
+    assert_eq!(v["usage"]["prompt_tokens"], t["count"]);
+    let completion = v["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!((2..=30).contains(&completion), "{v}");
+    // The text plus the EOS token that ended it.
+    let out = call(
+        "/tokenize",
+        json!({"prompt": text, "add_special_tokens": false}),
+    )
+    .await;
+    assert_eq!(out["count"].as_u64().unwrap() + 1, completion, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_and_whole_agree_at_temperature_zero() {
+    let body = json!({"max_tokens": 12, "temperature": 0});
+    let whole = call("/v1/chat/completions", question(body.clone())).await;
+    let mut sbody = question(body);
+    sbody["stream"] = json!(true);
+    sbody["stream_options"] = json!({"include_usage": true});
+    let events = stream("/v1/chat/completions", sbody).await;
+    let text: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(
+        text,
+        whole["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+    let usage = &events[events.len() - 2]["usage"];
+    assert_eq!(
+        usage["completion_tokens"],
+        whole["usage"]["completion_tokens"]
+    );
+    assert_eq!(usage["prompt_tokens"], whole["usage"]["prompt_tokens"]);
+
+    let cbody = json!({"model": MODEL, "prompt": "The three primary colors are", "max_tokens": 10, "temperature": 0});
+    let whole = call("/v1/completions", cbody.clone()).await;
+    let mut sbody = cbody;
+    sbody["stream"] = json!(true);
+    let events = stream("/v1/completions", sbody).await;
+    let text: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(text, whole["choices"][0]["text"].as_str().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logprobs_in_both_shapes() {
+    let v = call(
+        "/v1/chat/completions",
+        question(json!({"max_tokens": 6, "temperature": 0, "logprobs": true, "top_logprobs": 3})),
+    )
+    .await;
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(
+        content.len() as u64,
+        v["usage"]["completion_tokens"].as_u64().unwrap()
+    );
+    let mut text = String::new();
+    for lp in content {
+        let top = lp["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        let l: Vec<f64> = top.iter().map(|t| t["logprob"].as_f64().unwrap()).collect();
+        assert!(l.windows(2).all(|w| w[0] >= w[1]) && l[0] <= 0.0, "{l:?}");
+        // Greedy: the chosen token is the most likely one.
+        assert_eq!(lp["token"], top[0]["token"]);
+        assert_eq!(lp["logprob"], top[0]["logprob"]);
+        assert_eq!(
+            lp["bytes"].as_array().unwrap().len(),
+            lp["token"].as_str().unwrap().len()
+        );
+        text += lp["token"].as_str().unwrap();
+    }
+    assert_eq!(
+        text,
+        v["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+
+    let v = call(
+        "/v1/completions",
+        json!({"prompt": "One, two, three,", "max_tokens": 4, "temperature": 0, "logprobs": 2}),
+    )
+    .await;
+    let lp = &v["choices"][0]["logprobs"];
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), 4);
+    assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), 4);
+    assert!(lp["top_logprobs"][0].as_object().unwrap().len() <= 2);
+    assert_eq!(lp["text_offset"][0], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeds_repeat_and_n_gives_choices() {
+    let body = question(json!({"max_tokens": 10, "temperature": 1.0, "seed": 42}));
+    let a = call("/v1/chat/completions", body.clone()).await;
+    let b = call("/v1/chat/completions", body).await;
+    let text = |v: &Value, i: usize| {
+        v["choices"][i]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(text(&a, 0), text(&b, 0));
+    // n = 2 with a seed: choice i uses seed + i, so choice 0 repeats the single request.
+    let two = call(
+        "/v1/chat/completions",
+        question(json!({"max_tokens": 10, "temperature": 1.0, "seed": 42, "n": 2})),
+    )
+    .await;
+    assert_eq!(two["choices"].as_array().unwrap().len(), 2);
+    assert_eq!(text(&two, 0), text(&a, 0));
+    assert_eq!(two["choices"][1]["index"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_id_prompts_echo_and_context_length() {
+    let t = call("/tokenize", json!({"prompt": "The capital of France is"})).await;
+    let v = call(
+        "/v1/completions",
+        json!({"prompt": t["tokens"], "max_tokens": 3, "temperature": 0, "echo": true}),
+    )
+    .await;
+    let text = v["choices"][0]["text"].as_str().unwrap();
+    assert!(text.starts_with("The capital of France is"), "{text:?}");
+    assert!(text.len() > "The capital of France is".len());
+    assert_eq!(v["usage"]["prompt_tokens"], t["count"]);
+    let (s, v) = post(
+        &client(),
+        &format!("{}/v1/completions", shared_base()),
+        json!({"prompt": "Hello", "max_tokens": 5000}),
+    )
+    .await;
+    assert_eq!(s, 400);
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("2048") && msg.contains("5000"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_frees_blocks_on_the_real_model() {
+    // A server of its own, so other tests' requests do not show in its metrics.
+    let server = serve(loaded_state()).await;
+    let c = client();
+    let mut r = c
+        .post(server.url("/v1/chat/completions"))
+        .json(&question(
+            json!({"max_tokens": 500, "ignore_eos": true, "stream": true}),
+        ))
+        .send()
+        .await
+        .unwrap();
+    let mut events = 0;
+    while events < 4 {
+        let chunk = r.chunk().await.unwrap().expect("stream open");
+        events += String::from_utf8_lossy(&chunk).matches("data: ").count();
+    }
+    let m = metrics(&c, &server).await;
+    assert_eq!(metric(&m, "flare:num_requests_running"), Some(1.0));
+    assert!(metric(&m, "flare:kv_cache_used_blocks").unwrap() > 0.0);
+    drop(r);
+    wait_idle(&c, &server, Duration::from_secs(10)).await;
+    let m = metrics(&c, &server).await;
+    assert_eq!(metric(&m, "flare:request_aborted_total"), Some(1.0));
+    assert!(
+        metric(&m, "flare:generation_tokens_total").unwrap() < 100.0,
+        "{m}"
+    );
+    assert!(server.stop().await);
+}
