@@ -861,6 +861,7 @@ async fn client_disconnect_mid_stream_frees_blocks() {
     drop(r);
     // The server notices at its next write (one step) and aborts at the engine's next step.
     let freed_in = wait_idle(&c, &server, Duration::from_secs(5)).await;
+    eprintln!("blocks freed {freed_in:?} after the disconnect ({step:?} steps)");
     assert!(freed_in < step * 50, "took {freed_in:?}");
     let m = metrics(&c, &server).await;
     assert_eq!(metric(&m, "flare:request_aborted_total"), Some(2.0), "{m}");
@@ -906,4 +907,33 @@ async fn shutdown_finishes_in_flight_streams_and_refuses_new_work() {
     assert!(stopping.await.unwrap(), "drained in time");
     // Nothing listens any more.
     assert!(client().get(format!("{base}/health")).send().await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_gone_before_a_whole_response_aborts_too() {
+    let server = mock_server(
+        config(),
+        MockOpts {
+            step_delay: Duration::from_millis(10),
+            ..MockOpts::default()
+        },
+    )
+    .await;
+    let c = client();
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let body = json!({"prompt": "x", "max_tokens": 200, "ignore_eos": true});
+    let r = impatient
+        .post(server.url("/v1/completions"))
+        .json(&body)
+        .send()
+        .await;
+    assert!(r.is_err(), "200 steps of 10 ms cannot finish in 300 ms");
+    let freed_in = wait_idle(&c, &server, Duration::from_secs(5)).await;
+    eprintln!("non-stream: blocks freed {freed_in:?} after the client timed out");
+    let m = metrics(&c, &server).await;
+    assert_eq!(metric(&m, "flare:request_aborted_total"), Some(1.0), "{m}");
 }

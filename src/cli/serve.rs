@@ -17,6 +17,7 @@ pub struct ServeArgs {
     /// Address to listen on (0.0.0.0 to accept other hosts).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
+    /// Port to listen on.
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
     /// Name(s) clients use in `model` (repeatable; the first is reported); default: MODEL as

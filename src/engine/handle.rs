@@ -111,8 +111,8 @@ impl EngineHandle {
                         return;
                     }
                 };
+                let _dead_on_exit = NotAliveOnDrop(&thread_stats);
                 run_loop(engine, rx, &thread_stats);
-                thread_stats.write().expect("stats lock").alive = false;
             })?;
         ready_rx
             .recv()
@@ -158,7 +158,8 @@ impl EngineHandle {
     }
 
     pub fn stats(&self) -> EngineStats {
-        self.stats.read().expect("stats lock").clone()
+        // A panic on the engine thread can poison the lock; the numbers are still readable.
+        self.stats.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn is_alive(&self) -> bool {
@@ -172,6 +173,17 @@ impl EngineHandle {
         if let Some(t) = self.thread.lock().expect("thread lock").take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Marks the engine dead when its thread leaves the loop, by return or by panic, so that health
+/// checks see a crashed engine.
+struct NotAliveOnDrop<'a>(&'a RwLock<EngineStats>);
+
+impl Drop for NotAliveOnDrop<'_> {
+    fn drop(&mut self) {
+        let mut s = self.0.write().unwrap_or_else(|e| e.into_inner());
+        s.alive = false;
     }
 }
 

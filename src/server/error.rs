@@ -35,6 +35,8 @@ pub enum ApiError {
     ModelNotFound(String),
     #[error("No route for {0}.")]
     RouteNotFound(String),
+    #[error("Method {0} is not allowed here.")]
+    MethodNotAllowed(String),
     #[error("The request body is larger than the server's limit of {0} bytes.")]
     PayloadTooLarge(usize),
     #[error("The server is at capacity ({0} requests in flight or queued); retry later.")]
@@ -108,6 +110,7 @@ impl ApiError {
             | ApiError::ContextLength { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::ModelNotFound(_) | ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotReady | ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -138,6 +141,9 @@ impl ApiError {
                 Some("model_not_found"),
             ),
             ApiError::RouteNotFound(_) => ("invalid_request_error", None, Some("not_found")),
+            ApiError::MethodNotAllowed(_) => {
+                ("invalid_request_error", None, Some("method_not_allowed"))
+            }
             ApiError::PayloadTooLarge(_) => {
                 ("invalid_request_error", None, Some("request_too_large"))
             }

@@ -37,6 +37,15 @@ impl Tracked {
                 if let Some(reason) = o.finish_reason {
                     self.ended = true;
                     let first = self.first_token_at.unwrap_or_else(Instant::now);
+                    tracing::debug!(
+                        id = o.id,
+                        prompt_tokens = o.num_prompt_tokens,
+                        cached_tokens = o.num_cached_tokens,
+                        output_tokens = o.num_output_tokens,
+                        reason = reason.as_openai(),
+                        e2e_ms = self.arrival.elapsed().as_millis() as u64,
+                        "request finished"
+                    );
                     metrics.on_finish(
                         reason,
                         o.num_output_tokens,
@@ -54,6 +63,7 @@ impl Tracked {
 impl Drop for Tracked {
     fn drop(&mut self) {
         if !self.ended {
+            tracing::debug!(id = self.stream.id, "client gone: request aborted");
             self.slot.state().metrics.on_client_gone();
         }
     }

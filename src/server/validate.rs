@@ -47,7 +47,8 @@ fn range_f32(
 ) -> Result<f32, ApiError> {
     match value {
         None => Ok(default),
-        Some(v) if v.is_finite() && ok(v) => Ok(v as f32),
+        // Finite as f32 too: 1e39 would become infinity in the sampler.
+        Some(v) if (v as f32).is_finite() && ok(v) => Ok(v as f32),
         Some(v) => Err(ApiError::invalid(
             param,
             format!("`{param}` must be {what}; got {v}."),

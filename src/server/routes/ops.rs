@@ -1,9 +1,9 @@
-//! Operational endpoints: /health, /metrics, /openapi.json, and the 404 for everything else.
+//! Operational endpoints: /health, /metrics, /openapi.json, and the 404 and 405 for the rest.
 
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::State;
-use axum::http::{header, StatusCode, Uri};
+use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
 
@@ -54,4 +54,8 @@ pub async fn openapi() -> Response {
 
 pub async fn not_found(uri: Uri) -> ApiError {
     ApiError::RouteNotFound(uri.path().to_string())
+}
+
+pub async fn method_not_allowed(method: Method) -> ApiError {
+    ApiError::MethodNotAllowed(method.to_string())
 }
