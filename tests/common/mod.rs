@@ -10,7 +10,7 @@ use flare::runner::{MockRunner, ModelRunner, ModelRunnerOutput, SchedulerOutput}
 use flare::scheduler::{config::SchedulerConfig, Scheduler};
 use flare::server::{AppState, ServerConfig};
 use flare::tokenizer::{test_util, Tokenizer};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 pub const BLOCK_SIZE: usize = 16;
@@ -248,4 +248,26 @@ pub async fn wait_idle(c: &reqwest::Client, server: &TestServer, limit: Duration
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// A chat request for the mock with `extra` fields merged in.
+pub fn chat_body(extra: Value) -> Value {
+    let mut body = json!({
+        "model": "mock",
+        "messages": [{"role": "user", "content": "Say the alphabet."}],
+    });
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    body
+}
+
+/// An OpenAI error object's message, type and param.
+pub fn error_of(v: &Value) -> (&str, &str, Value) {
+    let e = &v["error"];
+    (
+        e["message"].as_str().expect("error.message"),
+        e["type"].as_str().expect("error.type"),
+        e["param"].clone(),
+    )
 }
