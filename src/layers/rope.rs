@@ -73,6 +73,18 @@ impl Rotary {
         Ok((freqs.cos()?.to_dtype(dtype)?, freqs.sin()?.to_dtype(dtype)?))
     }
 
+    /// Rotates `x: [tokens, heads, head_dim]` (contiguous, not shared) in place with the fused
+    /// kernel of `ops::rotary` (f32 angles and sin/cos, no tables); for the GPU path.
+    pub fn apply_inplace(&self, x: &Tensor, positions: &Tensor) -> Result<()> {
+        crate::ops::rotary::rotary_inplace(
+            x,
+            positions,
+            &self.inv_freq,
+            self.position_scale as f32,
+            self.interleaved,
+        )
+    }
+
     /// Rotates `x: [tokens, heads, head_dim]` (contiguous) in the model's convention.
     pub fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         let x4 = x.unsqueeze(0)?;
