@@ -5,6 +5,7 @@ pub mod engine;
 pub mod kv;
 pub mod layers;
 pub mod models;
+pub mod ops;
 pub mod request;
 pub mod runner;
 pub mod sample;

@@ -3,17 +3,22 @@
 use anyhow::{bail, Result};
 use candle_core::{DType, Device};
 use clap::Args;
-use flare::engine::EngineArgs;
+use flare::engine::{EngineArgs, LoadFormat};
 use flare::scheduler::config::SchedulerConfig;
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Local HF directory, .gguf file or hub repo id (org/name); default: SmolLM2-135M-Instruct.
+    /// Local HF directory, .gguf file, hub repo id (org/name) or preset:NAME (random weights of
+    /// a bundled config: llama-3.1-8b, llama-3.2-1b, qwen2.5-7b); default: SmolLM2-135M-Instruct.
     pub model: Option<String>,
+    /// auto: the model's weight files; dummy: random weights of its config, made on the device.
+    #[arg(long, default_value = "auto")]
+    pub load_format: String,
     /// Hub revision (branch, tag or commit) for a repo id.
     #[arg(long)]
     pub revision: Option<String>,
-    /// Weights and activations dtype for safetensors models: auto (f32 on CPU, bf16 on GPU), f32, bf16, f16.
+    /// Weights and activations dtype: auto (f32 on CPU, bf16 on GPU), f32, bf16, f16; a GGUF
+    /// model stays quantized in f32 and is dequantized to dense weights in bf16/f16.
     #[arg(long, default_value = "auto")]
     pub dtype: String,
     /// cpu or cuda[:N]; default cuda:0 when built with the cuda feature, else cpu.
@@ -57,7 +62,13 @@ impl ModelArgs {
             "f16" | "float16" | "half" => DType::F16,
             other => bail!("unknown dtype `{other}` (auto, f32, bf16, f16)"),
         };
+        let load_format = match self.load_format.as_str() {
+            "auto" => LoadFormat::Auto,
+            "dummy" => LoadFormat::Dummy,
+            other => bail!("unknown load format `{other}` (auto, dummy)"),
+        };
         Ok(EngineArgs {
+            load_format,
             model: self.model.clone(),
             revision: self.revision.clone(),
             dtype,

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 
 use super::EngineCore;
-use crate::models::{config::LlamaConfig, load_model, source};
+use crate::models::{config::LlamaConfig, dummy, load_model, source};
 use crate::runner::candle::{CandleForward, CandleRunner};
 use crate::scheduler::{config::SchedulerConfig, Scheduler};
 use crate::tokenizer::Tokenizer;
@@ -25,6 +25,18 @@ pub struct EngineArgs {
     /// Cap on prompt + output tokens; None: the model's context length (as far as the cache holds).
     pub max_model_len: Option<usize>,
     pub scheduler: SchedulerConfig,
+    /// Dummy: random weights for the config `model` names (preset, config.json or HF dir).
+    pub load_format: LoadFormat,
+}
+
+/// How weights are obtained (vLLM's `--load-format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LoadFormat {
+    /// From the model's files (safetensors or GGUF); `preset:NAME` implies dummy.
+    #[default]
+    Auto,
+    /// Random weights of the model's config, made on the device (no weight files needed).
+    Dummy,
 }
 
 impl Default for EngineArgs {
@@ -37,6 +49,7 @@ impl Default for EngineArgs {
             kv_cache_memory: None,
             max_model_len: None,
             scheduler: SchedulerConfig::default(),
+            load_format: LoadFormat::Auto,
         }
     }
 }
@@ -53,7 +66,11 @@ pub struct LoadedEngine {
 const DEFAULT_KV_CAP: usize = 2 << 30;
 
 pub fn build_engine(args: &EngineArgs) -> Result<LoadedEngine> {
-    let files = source::resolve(args.model.as_deref(), args.revision.as_deref())?;
+    let files = match (args.load_format, args.model.as_deref()) {
+        (LoadFormat::Dummy, Some(spec)) => source::ModelFiles::Dummy(spec.to_string()),
+        (LoadFormat::Dummy, None) => anyhow::bail!("--load-format dummy needs a model config"),
+        (LoadFormat::Auto, spec) => source::resolve(spec, args.revision.as_deref())?,
+    };
     tracing::info!("loading {}", files.path().display());
     let model = load_model(&files, args.dtype, &args.device)?;
     let tokenizer = match &files {
@@ -64,6 +81,7 @@ pub fn build_engine(args: &EngineArgs) -> Result<LoadedEngine> {
                 .with_context(|| format!("reading {}", path.display()))?;
             Tokenizer::from_gguf(&content)?
         }
+        source::ModelFiles::Dummy(spec) => dummy::tokenizer(&dummy::resolve(spec)?)?,
     };
     let cfg = model.config().clone();
     let kv_dtype = model.dtype();

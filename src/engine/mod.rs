@@ -6,5 +6,5 @@ pub mod handle;
 pub mod output;
 
 pub use self::core::{EngineCore, RequestOutput};
-pub use builder::{build_engine, EngineArgs, LoadedEngine};
+pub use builder::{build_engine, EngineArgs, LoadFormat, LoadedEngine};
 pub use handle::{EngineHandle, EngineStats, RequestEvent, RequestStream};

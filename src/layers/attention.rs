@@ -12,6 +12,8 @@ use candle_core::{
 };
 use half::{bf16, f16};
 
+use crate::ops::paged_attention::{cuda_supports, DeviceAttnMeta};
+
 /// One sequence's part of a step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeqAttn {
@@ -33,6 +35,8 @@ pub struct AttnMetadata {
     /// Position of every new token, `[num_tokens]` u32.
     pub positions: Tensor,
     pub num_tokens: usize,
+    /// Slot mapping, block tables and work items on the GPU (None on the CPU).
+    device_meta: Option<Arc<DeviceAttnMeta>>,
 }
 
 impl AttnMetadata {
@@ -40,6 +44,7 @@ impl AttnMetadata {
         let num_tokens: usize = seqs.iter().map(|s| s.query_len).sum();
         let mut positions = Vec::with_capacity(num_tokens);
         let mut slot_runs: Vec<(usize, usize, usize)> = Vec::new();
+        let mut slots = Vec::with_capacity(num_tokens);
         let mut expected_row = 0;
         for s in &seqs {
             if s.query_start != expected_row || s.query_len > s.context_len {
@@ -59,19 +64,31 @@ impl AttnMetadata {
                 positions.push(pos as u32);
                 let slot = s.block_table[pos / block_size] as usize * block_size + pos % block_size;
                 let row = s.query_start + i;
+                slots.push(slot as u32);
                 match slot_runs.last_mut() {
                     Some((r0, s0, n)) if *r0 + *n == row && *s0 + *n == slot => *n += 1,
                     _ => slot_runs.push((row, slot, 1)),
                 }
             }
         }
+        let seqs = Arc::new(seqs);
+        let device_meta = match device {
+            Device::Cpu => None,
+            _ => Some(Arc::new(DeviceAttnMeta::new(&seqs, slots, device)?)),
+        };
         Ok(Self {
             positions: Tensor::from_vec(positions, num_tokens, device)?,
-            seqs: Arc::new(seqs),
+            seqs,
             block_size,
             slot_runs,
             num_tokens,
+            device_meta,
         })
+    }
+
+    /// `[num_tokens]` u32 cache rows of the new tokens, on the GPU (None on the CPU).
+    pub fn slot_mapping(&self) -> Option<&Tensor> {
+        self.device_meta.as_ref().map(|m| &m.slot_mapping)
     }
 
     /// Writes new keys and values (`[num_tokens, kv_heads, head_dim]`) into their slots.
@@ -105,7 +122,11 @@ pub fn paged_attention(
         scale,
         sliding_window,
     };
-    if q.device().is_cpu() {
+    let (_, heads, d) = q.dims3()?;
+    let kv_heads = k_cache.dim(1)?;
+    let kernel = q.device().is_cpu()
+        || (q.device().is_cuda() && cuda_supports(q.dtype(), heads, kv_heads, d));
+    if kernel {
         q.contiguous()?.apply_op3_no_bwd(k_cache, v_cache, &op)
     } else {
         paged_attention_tensor_ops(q, k_cache, v_cache, meta, scale, sliding_window)
@@ -258,6 +279,33 @@ impl CustomOp3 for PagedAttention {
             _ => candle_core::bail!("paged attention: unsupported dtype {:?}", q.dtype()),
         };
         Ok((out, Shape::from((t, h, d))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        q: &candle_core::CudaStorage,
+        lq: &Layout,
+        k: &candle_core::CudaStorage,
+        lk: &Layout,
+        v: &candle_core::CudaStorage,
+        lv: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let Some(dm) = &self.meta.device_meta else {
+            candle_core::bail!("paged attention: metadata was built for the CPU");
+        };
+        crate::ops::paged_attention::cuda_forward(
+            dm,
+            self.meta.block_size,
+            self.scale,
+            self.sliding_window,
+            q,
+            lq,
+            k,
+            lk,
+            v,
+            lv,
+        )
     }
 }
 

@@ -71,6 +71,18 @@ impl Rotary {
         Ok((freqs.cos()?.to_dtype(dtype)?, freqs.sin()?.to_dtype(dtype)?))
     }
 
+    /// Rotates `x: [tokens, heads, head_dim]` (contiguous, not shared) in place with the fused
+    /// kernel of `ops::rotary` (f32 angles and sin/cos, no tables); for the GPU path.
+    pub fn apply_inplace(&self, x: &Tensor, positions: &Tensor) -> Result<()> {
+        crate::ops::rotary::rotary_inplace(
+            x,
+            positions,
+            &self.inv_freq,
+            self.position_scale as f32,
+            false,
+        )
+    }
+
     /// Rotates `x: [tokens, heads, head_dim]` with HF's half-split pairing (GGUF q/k rows
     /// are reordered to it at load).
     pub fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {

@@ -9,6 +9,7 @@ use crate::kv::KvCache;
 use crate::layers::attention::{paged_attention, AttnMetadata};
 use crate::layers::linear::Linear;
 use crate::layers::rope::Rotary;
+use crate::ops;
 
 struct RmsNorm {
     weight: Tensor,
@@ -26,6 +27,26 @@ impl RmsNorm {
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         candle_nn::ops::rms_norm(x, &self.weight, self.eps)
+    }
+}
+
+/// `(x + delta, norm(x + delta))` (just `(x, norm(x))` without a delta); one fused kernel on
+/// CUDA, the same arithmetic with stock ops on the CPU.
+fn add_norm(
+    x: &Tensor,
+    delta: Option<&Tensor>,
+    norm: &RmsNorm,
+    cuda: bool,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    match (delta, cuda) {
+        (Some(d), true) => ops::norm::add_rms_norm(d, x, &norm.weight, norm.eps),
+        (None, true) => Ok((x.clone(), ops::norm::rms_norm(x, &norm.weight, norm.eps)?)),
+        (Some(d), false) => {
+            let sum = (x + d)?;
+            let normed = norm.forward(&sum)?;
+            Ok((sum, normed))
+        }
+        (None, false) => Ok((x.clone(), norm.forward(x)?)),
     }
 }
 
@@ -142,28 +163,54 @@ impl LlamaModel {
             cfg.head_dim,
         );
         let scale = 1.0 / (d as f32).sqrt();
-        let (cos, sin) = self.rotary.cos_sin(&meta.positions, self.dtype)?;
+        // On CUDA: fused kernels (src/ops); on the CPU: candle's stock ops.
+        let cuda = self.device.is_cuda();
+        let cos_sin = match cuda {
+            true => None,
+            false => Some(self.rotary.cos_sin(&meta.positions, self.dtype)?),
+        };
+        // The residual stream is `x + pending`: each sub-layer's output is added by the
+        // norm that follows it (fused on CUDA).
         let mut x = self.embed.index_select(tokens, 0)?;
+        let mut pending: Option<Tensor> = None;
         for (i, layer) in self.layers.iter().enumerate() {
-            let residual = &x;
-            let hs = layer.input_norm.forward(&x)?;
+            let (residual, hs) = add_norm(&x, pending.as_ref(), &layer.input_norm, cuda)?;
             let q = layer.q.forward(&hs)?.reshape((t, h, d))?;
             let k = layer.k.forward(&hs)?.reshape((t, kvh, d))?;
-            let v = layer.v.forward(&hs)?.reshape((t, kvh, d))?;
-            let q = self.rotary.apply(&q, &cos, &sin)?;
-            let k = self.rotary.apply(&k, &cos, &sin)?;
+            let v = layer.v.forward(&hs)?.reshape((t, kvh, d))?.contiguous()?;
             let (k_cache, v_cache) = kv.layer(i);
-            meta.write_kv(&k, &v.contiguous()?, k_cache, v_cache)?;
+            let (q, k) = match &cos_sin {
+                Some((cos, sin)) => (
+                    self.rotary.apply(&q, cos, sin)?,
+                    self.rotary.apply(&k, cos, sin)?,
+                ),
+                None => {
+                    let (q, k) = (q.contiguous()?, k.contiguous()?);
+                    self.rotary.apply_inplace(&q, &meta.positions)?;
+                    self.rotary.apply_inplace(&k, &meta.positions)?;
+                    (q, k)
+                }
+            };
+            match meta.slot_mapping() {
+                Some(slots) if cuda => {
+                    ops::kv_write::reshape_and_cache(&k, &v, k_cache, v_cache, slots)?
+                }
+                _ => meta.write_kv(&k, &v, k_cache, v_cache)?,
+            }
             let attn = paged_attention(&q, k_cache, v_cache, meta, scale, cfg.sliding_window)?;
             let attn = layer.o.forward(&attn.reshape((t, h * d))?)?;
-            let x1 = (residual + attn)?;
-            let hs = layer.post_norm.forward(&x1)?;
-            let mlp =
-                (candle_nn::ops::silu(&layer.gate.forward(&hs)?)? * layer.up.forward(&hs)?)?;
-            x = (x1 + layer.down.forward(&mlp)?)?;
+            let (residual, hs) = add_norm(&residual, Some(&attn), &layer.post_norm, cuda)?;
+            let (gate, up) = (layer.gate.forward(&hs)?, layer.up.forward(&hs)?);
+            let mlp = match cuda {
+                true => ops::activation::silu_mul(&gate, &up)?,
+                false => (candle_nn::ops::silu(&gate)? * up)?,
+            };
+            x = residual;
+            pending = Some(layer.down.forward(&mlp)?);
         }
         let x = x.index_select(logit_rows, 0)?;
-        let x = self.norm.forward(&x)?;
+        let pending = pending.map(|p| p.index_select(logit_rows, 0)).transpose()?;
+        let (_, x) = add_norm(&x, pending.as_ref(), &self.norm, cuda)?;
         Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
     }
 

@@ -15,12 +15,15 @@ pub enum ModelFiles {
     /// config.json, *.safetensors, tokenizer.json, ... in one directory.
     HfDir(PathBuf),
     Gguf(PathBuf),
+    /// No files: random weights for the config a spec names (see `models::dummy::resolve`).
+    Dummy(String),
 }
 
 impl ModelFiles {
     pub fn path(&self) -> &Path {
         match self {
             ModelFiles::HfDir(p) | ModelFiles::Gguf(p) => p,
+            ModelFiles::Dummy(spec) => Path::new(spec),
         }
     }
 }
@@ -52,6 +55,9 @@ pub fn resolve(spec: Option<&str>, revision: Option<&str>) -> Result<ModelFiles>
     let Some(spec) = spec else {
         return resolve_default();
     };
+    if spec.starts_with(super::dummy::PRESET_PREFIX) {
+        return Ok(ModelFiles::Dummy(spec.to_string()));
+    }
     let path = Path::new(spec);
     if path.is_dir() {
         if !path.join("config.json").exists() {

@@ -20,7 +20,12 @@ pub enum Weights {
         content: gguf_file::Content,
         path: PathBuf,
         device: Device,
+        /// Dequantize every weight to this dtype (dense matmuls, e.g. bf16 on a GPU) instead
+        /// of keeping candle's quantized matmul with f32 activations.
+        dense: Option<DType>,
     },
+    /// Random weights of a config (`--load-format dummy`).
+    Dummy(Box<super::dummy::DummyWeights>),
 }
 
 /// llama.cpp's tensor name for an HF parameter path (without `.weight`/`.bias`).
@@ -58,7 +63,8 @@ impl Weights {
         Ok(Self::Safetensors { vb, dtype })
     }
 
-    pub fn gguf(path: &Path, device: &Device) -> Result<Self> {
+    /// `dense`: dequantize to that dtype at load (None: quantized matmuls, f32 activations).
+    pub fn gguf(path: &Path, device: &Device, dense: Option<DType>) -> Result<Self> {
         let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let content = gguf_file::Content::read(&mut f)
             .with_context(|| format!("reading GGUF {}", path.display()))?;
@@ -66,6 +72,7 @@ impl Weights {
             content,
             path: path.to_path_buf(),
             device: device.clone(),
+            dense,
         })
     }
 
@@ -73,7 +80,8 @@ impl Weights {
     pub fn activation_dtype(&self) -> DType {
         match self {
             Weights::Safetensors { dtype, .. } => *dtype,
-            Weights::Gguf { .. } => DType::F32,
+            Weights::Gguf { dense, .. } => dense.unwrap_or(DType::F32),
+            Weights::Dummy(d) => d.dtype(),
         }
     }
 
@@ -81,6 +89,7 @@ impl Weights {
         match self {
             Weights::Safetensors { vb, .. } => vb.device().clone(),
             Weights::Gguf { device, .. } => device.clone(),
+            Weights::Dummy(d) => d.device().clone(),
         }
     }
 
@@ -90,6 +99,7 @@ impl Weights {
             Weights::Gguf { content, .. } => content
                 .tensor_infos
                 .contains_key(&format!("{}.weight", gguf_name(name))),
+            Weights::Dummy(d) => d.contains(name),
         }
     }
 
@@ -120,8 +130,9 @@ impl Weights {
             }
             Weights::Gguf { device, .. } => {
                 let q = self.gguf_qtensor(&format!("{}.{suffix}", gguf_name(name)))?;
-                Ok(q.dequantize(device)?)
+                Ok(q.dequantize(device)?.to_dtype(self.activation_dtype())?)
             }
+            Weights::Dummy(d) => d.tensor(name, suffix),
         }
     }
 
@@ -133,8 +144,11 @@ impl Weights {
             None
         };
         let w = match self {
-            Weights::Safetensors { .. } => QMatMul::Tensor(self.tensor(name, "weight")?),
-            Weights::Gguf { .. } => {
+            Weights::Safetensors { .. } | Weights::Dummy(_) => {
+                QMatMul::Tensor(self.tensor(name, "weight")?)
+            }
+            Weights::Gguf { dense: Some(_), .. } => QMatMul::Tensor(self.tensor(name, "weight")?),
+            Weights::Gguf { dense: None, .. } => {
                 QMatMul::from_qtensor(self.gguf_qtensor(&format!("{}.weight", gguf_name(name)))?)?
             }
         };
@@ -169,7 +183,13 @@ impl Weights {
             out.extend_from_slice(&data[r * row_bytes..(r + 1) * row_bytes]);
         }
         let storage = QStorage::from_data(std::borrow::Cow::Owned(out), device, dtype)?;
-        let w = QMatMul::from_qtensor(QTensor::new(storage, (rows, cols))?)?;
+        let qt = QTensor::new(storage, (rows, cols))?;
+        let w = match self {
+            Weights::Gguf {
+                dense: Some(dt), ..
+            } => QMatMul::Tensor(qt.dequantize(device)?.to_dtype(*dt)?),
+            _ => QMatMul::from_qtensor(qt)?,
+        };
         let b = if bias {
             let idx: Vec<u32> = order.iter().map(|&r| r as u32).collect();
             let idx = Tensor::from_vec(idx, rows, device)?;

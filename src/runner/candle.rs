@@ -52,6 +52,15 @@ impl CandleForward {
 
     /// Computes one step; returns the logits of every sequence with `wants_logits`, in order.
     pub fn step(&self, seqs: &[StepSeq]) -> Result<Vec<Vec<f32>>> {
+        match self.step_logits(seqs)? {
+            Some(logits) => Ok(logits.to_vec2::<f32>()?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// As `step`, leaving the f32 logits `[rows, vocab]` on the model's device (None when no
+    /// sequence wants logits), so that tokens can be chosen there.
+    pub fn step_logits(&self, seqs: &[StepSeq]) -> Result<Option<Tensor>> {
         let device = self.model.device();
         let mut ids = Vec::new();
         let mut metas = Vec::with_capacity(seqs.len());
@@ -70,7 +79,7 @@ impl CandleForward {
             }
         }
         if ids.is_empty() {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let meta = AttnMetadata::new(metas, self.kv.block_size, device)?;
         let tokens = Tensor::new(ids, device)?;
@@ -78,14 +87,11 @@ impl CandleForward {
             // Still run the layers so the prompt chunk's K/V land in the cache.
             let last = Tensor::new(&[meta.num_tokens as u32 - 1], device)?;
             self.model.forward(&tokens, &meta, &self.kv, &last)?;
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let n = rows.len();
         let rows = Tensor::from_vec(rows, n, device)?;
-        Ok(self
-            .model
-            .forward(&tokens, &meta, &self.kv, &rows)?
-            .to_vec2::<f32>()?)
+        Ok(Some(self.model.forward(&tokens, &meta, &self.kv, &rows)?))
     }
 }
 
@@ -142,8 +148,30 @@ impl ModelRunner for CandleRunner {
                 wants_logits: s.samples_this_step,
             })
             .collect();
-        let logits = self.forward.step(&steps)?;
+        let Some(logits) = self.forward.step_logits(&steps)? else {
+            return Ok(ModelRunnerOutput::default());
+        };
         let mut result = ModelRunnerOutput::default();
+        // On a GPU, a step whose every sequence is plain greedy picks its tokens there: only
+        // the ids cross PCIe, not `rows x vocab` logits.
+        if !logits.device().is_cpu() {
+            let sampling = out.seqs.iter().filter(|s| s.samples_this_step);
+            let all_greedy = sampling.clone().all(|s| {
+                self.seqs
+                    .get(&s.id)
+                    .is_some_and(|st| plain_greedy(st.sampler.params(), st.output.len()))
+            });
+            if all_greedy {
+                let ids = crate::ops::sampling::argmax(&logits)?.to_vec1::<u32>()?;
+                for (s, token) in sampling.zip(ids) {
+                    let state = self.seqs.get_mut(&s.id).expect("checked above");
+                    state.output.push(token);
+                    result.sampled.push((s.id, vec![token]));
+                }
+                return Ok(result);
+            }
+        }
+        let logits = logits.to_vec2::<f32>()?;
         for (s, row) in out.seqs.iter().filter(|s| s.samples_this_step).zip(&logits) {
             let state = self
                 .seqs
@@ -168,4 +196,16 @@ impl ModelRunner for CandleRunner {
         }
         Ok(result)
     }
+}
+
+/// Greedy with nothing that changes the logits first and no logprobs wanted: the token is the
+/// plain argmax of the row.
+fn plain_greedy(p: &SamplingParams, generated: usize) -> bool {
+    p.is_greedy()
+        && p.logprobs.is_none()
+        && p.logit_bias.is_empty()
+        && p.repetition_penalty == 1.0
+        && p.frequency_penalty == 0.0
+        && p.presence_penalty == 0.0
+        && generated >= p.min_tokens
 }

@@ -1,0 +1,347 @@
+// Runs flare's CUDA kernels (kernels/*.cu, unchanged) in the CPU emulation of cuda_emu.h
+// against straightforward C++ references, with outputs NaN-poisoned before each launch.
+// Checks the kernels' indexing, masking, splits and reductions where no GPU is at hand;
+// numerics on the real GPU are checked by tests/cuda_kernels.rs. Build and run:
+// scripts/kernel_emu_check.sh.
+#include "../paged_attention.cu"
+#include "../reshape_and_cache.cu"
+#include "../rms_norm.cu"
+#include "../rotary.cu"
+#include "../sampling.cu"
+#include "../silu_mul.cu"
+
+#include <algorithm>
+#include <cstdio>
+#include <numeric>
+#include <random>
+#include <string>
+
+static std::mt19937_64 rng(12345);
+static int failures = 0;
+
+template <typename T> static float tof(T x) { return flare::to_float(x); }
+template <typename T> static T fromf(float x);
+template <> float fromf<float>(float x) { return x; }
+template <> __half fromf<__half>(float x) { return __float2half_rn(x); }
+template <> __nv_bfloat16 fromf<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+template <typename T> static const char* tname();
+template <> const char* tname<float>() { return "f32"; }
+template <> const char* tname<__half>() { return "f16"; }
+template <> const char* tname<__nv_bfloat16>() { return "bf16"; }
+
+template <typename T> static float rtol() {
+  if (sizeof(T) == 4) return 2e-5f;
+  return std::is_same_v<T, __half> ? 4.0f / 2048 : 4.0f / 256;
+}
+
+template <typename T> static std::vector<T> randn(size_t n) {
+  std::normal_distribution<float> d(0.f, 1.f);
+  std::vector<T> v(n);
+  for (auto& x : v) x = fromf<T>(d(rng));
+  return v;
+}
+
+template <typename T> static void poison(std::vector<T>& v) {
+  std::memset(v.data(), 0xff, v.size() * sizeof(T));
+}
+
+// |got - want| <= rtol * (|want| + rms(want)); NaN (unwritten) fails.
+template <typename T>
+static void check(const std::vector<T>& got, const std::vector<float>& want, const std::string& what) {
+  double ss = 0;
+  for (float w : want) ss += double(w) * w;
+  const float scale = std::sqrt(float(ss / std::max<size_t>(1, want.size())));
+  float worst = 0;
+  size_t at = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const float g = tof(got[i]);
+    if (!std::isfinite(g)) {
+      std::printf("FAIL %s: element %zu is %f (unwritten?), want %f\n", what.c_str(), i, g, want[i]);
+      failures++;
+      return;
+    }
+    const float e = std::fabs(g - want[i]) / (std::fabs(want[i]) + scale);
+    if (e > worst) worst = e, at = i;
+  }
+  const bool ok = worst <= rtol<T>();
+  if (!ok) failures++;
+  std::printf("%s %s: max rel err %.2e at %zu\n", ok ? "ok  " : "FAIL", what.c_str(), worst, at);
+}
+
+// ---------------------------------------------------------------- paged attention
+struct Seq {
+  int query_start, query_len, context_len;
+  std::vector<uint32_t> table;
+};
+
+template <typename T>
+static std::vector<float> attention_reference(const std::vector<T>& q, const std::vector<T>& k,
+                                              const std::vector<T>& v, const std::vector<Seq>& seqs,
+                                              int heads, int kvh, int d, int bs, int window,
+                                              float scale) {
+  const int group = heads / kvh;
+  int tokens = 0;
+  for (auto& s : seqs) tokens += s.query_len;
+  std::vector<float> out(size_t(tokens) * heads * d);
+  for (auto& s : seqs) {
+    for (int i = 0; i < s.query_len; ++i) {
+      const int pos = s.context_len - s.query_len + i, row = s.query_start + i;
+      const int lo = window > 0 ? std::max(0, pos + 1 - window) : 0;
+      for (int h = 0; h < heads; ++h) {
+        std::vector<float> sc;
+        float m = -INFINITY;
+        for (int p = lo; p <= pos; ++p) {
+          const size_t slot = size_t(s.table[p / bs]) * bs + p % bs;
+          float dot = 0;
+          for (int c = 0; c < d; ++c)
+            dot += tof(q[(size_t(row) * heads + h) * d + c]) * scale *
+                   tof(k[(slot * kvh + h / group) * d + c]);
+          sc.push_back(dot);
+          m = std::max(m, dot);
+        }
+        float sum = 0;
+        for (auto& x : sc) sum += (x = std::exp(x - m));
+        for (int c = 0; c < d; ++c) {
+          float acc = 0;
+          for (int p = lo; p <= pos; ++p) {
+            const size_t slot = size_t(s.table[p / bs]) * bs + p % bs;
+            acc += sc[p - lo] / sum * tof(v[(slot * kvh + h / group) * d + c]);
+          }
+          out[(size_t(row) * heads + h) * d + c] = tof(fromf<T>(acc));
+        }
+      }
+    }
+  }
+  return out;
+}
+
+#define ATTN_KERNELS(T, NAME, D) \
+  if constexpr (std::is_same_v<T, Elem>) if (d == D) { attn = paged_attention_##NAME##_d##D; reduce = attn_reduce_##NAME##_d##D; }
+
+template <typename Elem>
+static void check_attention(int heads, int kvh, int d, const std::vector<std::pair<int, int>>& lens,
+                            int window) {
+  using AttnFn = void (*)(const Elem*, const Elem*, const Elem*, const uint32_t*, const uint4*,
+                          Elem*, float*, float*, int, int, int, int, int, int, int, float);
+  using ReduceFn = void (*)(const float*, const float*, Elem*, int, int);
+  AttnFn attn = nullptr;
+  ReduceFn reduce = nullptr;
+  ATTN_KERNELS(__nv_bfloat16, bf16, 64)
+  ATTN_KERNELS(__nv_bfloat16, bf16, 128)
+  ATTN_KERNELS(__nv_bfloat16, bf16, 256)
+  ATTN_KERNELS(__half, f16, 64)
+  ATTN_KERNELS(__half, f16, 128)
+  ATTN_KERNELS(__half, f16, 256)
+  ATTN_KERNELS(float, f32, 64)
+  ATTN_KERNELS(float, f32, 128)
+  if (!attn) return;
+  const int bs = 16, num_blocks = 192;
+  std::vector<uint32_t> pool(num_blocks);
+  std::iota(pool.begin(), pool.end(), 0);
+  std::shuffle(pool.begin(), pool.end(), rng);
+  std::vector<Seq> seqs;
+  int tokens = 0, max_ctx = 0;
+  for (auto [cached, n] : lens) {
+    Seq s{tokens, n, cached + n, {}};
+    for (int b = 0; b < (s.context_len + bs - 1) / bs; ++b) {
+      s.table.push_back(pool.back());
+      pool.pop_back();
+    }
+    tokens += n;
+    max_ctx = std::max(max_ctx, s.context_len);
+    seqs.push_back(s);
+  }
+  auto q = randn<Elem>(size_t(tokens) * heads * d);
+  auto k = randn<Elem>(size_t(num_blocks) * bs * kvh * d);
+  auto v = randn<Elem>(size_t(num_blocks) * bs * kvh * d);
+  const float scale = 1.f / std::sqrt(float(d));
+  auto want = attention_reference(q, k, v, seqs, heads, kvh, d, bs, window, scale);
+
+  // Host plan, as src/ops/paged_attention.rs makes it.
+  const int group = heads / kvh;
+  const int per_item = std::max(1, (d == 256 ? 8 : 16) / group);
+  size_t max_blocks = 1;
+  for (auto& s : seqs) max_blocks = std::max(max_blocks, s.table.size());
+  std::vector<uint32_t> tables(seqs.size() * max_blocks, 0);
+  std::vector<uint4> items;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    std::copy(seqs[i].table.begin(), seqs[i].table.end(), tables.begin() + i * max_blocks);
+    const int first = seqs[i].context_len - seqs[i].query_len;
+    for (int off = 0; off < seqs[i].query_len; off += per_item)
+      items.push_back({unsigned(seqs[i].query_start + off),
+                       unsigned(std::min(per_item, seqs[i].query_len - off)),
+                       unsigned(first + off), unsigned(i)});
+  }
+  const int base = int(items.size()) * kvh, target = 2 * 132;
+  int splits = base >= target ? 1 : std::max(1, std::min((target + base - 1) / base, (max_ctx + 63) / 64));
+  const int part_len = ((max_ctx + splits - 1) / splits + 31) / 32 * 32;
+  splits = (max_ctx + part_len - 1) / part_len;
+
+  std::vector<Elem> out(size_t(tokens) * heads * d);
+  poison(out);
+  std::vector<float> part_o, part_ml;
+  if (splits > 1) {
+    part_o.resize(size_t(splits) * tokens * heads * d);
+    part_ml.resize(size_t(splits) * tokens * heads * 2);
+    poison(part_o);
+    poison(part_ml);
+  }
+  emu::launch({unsigned(items.size()), unsigned(kvh), unsigned(splits)}, {128, 1, 1}, [&] {
+    attn(q.data(), k.data(), v.data(), tables.data(), items.data(), out.data(),
+         splits > 1 ? part_o.data() : nullptr, splits > 1 ? part_ml.data() : nullptr, tokens,
+         heads, kvh, int(max_blocks), bs, window, part_len, scale * 1.4426950408889634f);
+  });
+  if (splits > 1)
+    emu::launch({unsigned(tokens * heads), 1, 1}, {unsigned(d), 1, 1}, [&] {
+      reduce(part_o.data(), part_ml.data(), out.data(), tokens * heads, splits);
+    });
+  char what[160];
+  std::snprintf(what, sizeof what, "paged_attention %s h%d/%d d%d %zu seqs %d tokens window %d splits %d",
+                tname<Elem>(), heads, kvh, d, seqs.size(), tokens, window, splits);
+  check(out, want, what);
+}
+
+// ---------------------------------------------------------------- the small kernels
+template <typename T> static void check_small() {
+  const char* tn = tname<T>();
+  {  // silu_mul
+    const int n = 1000;
+    auto g = randn<T>(n), u = randn<T>(n);
+    std::vector<T> out(n);
+    poison(out);
+    std::vector<float> want(n);
+    for (int i = 0; i < n; ++i) {
+      const float x = tof(g[i]);
+      want[i] = x / (1 + std::exp(-x)) * tof(u[i]);
+    }
+    void (*f)(const T*, const T*, T*, int64_t) = nullptr;
+    if constexpr (std::is_same_v<T, float>) f = silu_mul_f32;
+    if constexpr (std::is_same_v<T, __half>) f = silu_mul_f16;
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) f = silu_mul_bf16;
+    emu::launch({2, 1, 1}, {256, 1, 1}, [&] { f(g.data(), u.data(), out.data(), n); });
+    check(out, want, std::string("silu_mul ") + tn);
+  }
+  for (int n : {576, 100, 4096}) {  // add_rms_norm and rms_norm
+    const int rows = 3;
+    auto x = randn<T>(rows * n), r = randn<T>(rows * n), w = randn<T>(n);
+    std::vector<T> sum(rows * n), norm(rows * n), plain(rows * n);
+    poison(sum), poison(norm), poison(plain);
+    std::vector<float> want_sum(rows * n), want_norm(rows * n), want_plain(rows * n);
+    for (int i = 0; i < rows; ++i) {
+      float sq = 0, sqp = 0;
+      for (int c = 0; c < n; ++c) {
+        const float s = tof(fromf<T>(tof(x[i * n + c]) + tof(r[i * n + c])));
+        want_sum[i * n + c] = s;
+        sq += s * s;
+        sqp += tof(x[i * n + c]) * tof(x[i * n + c]);
+      }
+      for (int c = 0; c < n; ++c) {
+        want_norm[i * n + c] = want_sum[i * n + c] / std::sqrt(sq / n + 1e-5f) * tof(w[c]);
+        want_plain[i * n + c] = tof(x[i * n + c]) / std::sqrt(sqp / n + 1e-5f) * tof(w[c]);
+      }
+    }
+    void (*fa)(const T*, const T*, const T*, T*, T*, int, float) = nullptr;
+    void (*fp)(const T*, const T*, T*, int, float) = nullptr;
+    if constexpr (std::is_same_v<T, float>) fa = add_rms_norm_f32, fp = rms_norm_f32;
+    if constexpr (std::is_same_v<T, __half>) fa = add_rms_norm_f16, fp = rms_norm_f16;
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) fa = add_rms_norm_bf16, fp = rms_norm_bf16;
+    const unsigned threads = n >= 4096 ? 1024 : std::min(1024, (n + 31) / 32 * 32);
+    emu::launch({rows, 1, 1}, {threads, 1, 1}, [&] {
+      fa(x.data(), r.data(), w.data(), sum.data(), norm.data(), n, 1e-5f);
+    });
+    emu::launch({rows, 1, 1}, {threads, 1, 1}, [&] { fp(x.data(), w.data(), plain.data(), n, 1e-5f); });
+    check(sum, want_sum, std::string("add_rms_norm sum ") + tn + " n" + std::to_string(n));
+    check(norm, want_norm, std::string("add_rms_norm norm ") + tn + " n" + std::to_string(n));
+    check(plain, want_plain, std::string("rms_norm ") + tn + " n" + std::to_string(n));
+  }
+  for (int inter = 0; inter < 2; ++inter) {  // rotary
+    const int t = 5, h = 3, d = 64;
+    auto x = randn<T>(t * h * d);
+    std::vector<uint32_t> pos = {0, 7, 100, 4095, 131071};
+    std::vector<float> inv(d / 2);
+    for (int i = 0; i < d / 2; ++i) inv[i] = 1.f / std::pow(500000.f, 2.f * i / d);
+    std::vector<float> want(t * h * d);
+    for (int i = 0; i < t * h * d; ++i) want[i] = tof(x[i]);
+    for (int tok = 0; tok < t; ++tok)
+      for (int hh = 0; hh < h; ++hh)
+        for (int i = 0; i < d / 2; ++i) {
+          const float a = float(pos[tok]) * inv[i];
+          const float c = std::cos(a), s = std::sin(a);
+          float* b = &want[(tok * h + hh) * d];
+          const int i1 = inter ? 2 * i : i, i2 = inter ? 2 * i + 1 : i + d / 2;
+          const float u = b[i1], w = b[i2];
+          b[i1] = u * c - w * s;
+          b[i2] = w * c + u * s;
+        }
+    void (*f)(T*, const uint32_t*, const float*, int, int, float, int) = nullptr;
+    if constexpr (std::is_same_v<T, float>) f = rotary_f32;
+    if constexpr (std::is_same_v<T, __half>) f = rotary_f16;
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) f = rotary_bf16;
+    emu::launch({t, 1, 1}, {96, 1, 1}, [&] { f(x.data(), pos.data(), inv.data(), h, d, 1.f, inter); });
+    check(x, want, std::string("rotary ") + tn + (inter ? " interleaved" : " neox"));
+  }
+  {  // reshape_and_cache: mapped rows copied exactly, the rest untouched (NaN)
+    const int t = 9, row = 4 * 64, slots = 64;
+    auto src = randn<T>(t * row);
+    std::vector<T> cache(slots * row);
+    poison(cache);
+    std::vector<uint32_t> map = {3, 60, 0xffffffffu, 17, 5, 6, 7, 0xffffffffu, 33};
+    void (*f)(const T*, T*, const uint32_t*, int) = nullptr;
+    if constexpr (std::is_same_v<T, float>) f = reshape_and_cache_f32;
+    if constexpr (std::is_same_v<T, __half>) f = reshape_and_cache_f16;
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) f = reshape_and_cache_bf16;
+    emu::launch({t, 1, 1}, {128, 1, 1}, [&] { f(src.data(), cache.data(), map.data(), row); });
+    bool ok = true;
+    for (int s = 0; s < slots; ++s) {
+      const auto it = std::find(map.begin(), map.end(), uint32_t(s));
+      for (int c = 0; c < row; ++c) {
+        const float got = tof(cache[s * row + c]);
+        if (it == map.end() ? !std::isnan(got) : got != tof(src[(it - map.begin()) * row + c])) ok = false;
+      }
+    }
+    if (!ok) failures++;
+    std::printf("%s reshape_and_cache %s\n", ok ? "ok  " : "FAIL", tn);
+  }
+  {  // argmax: ties to the lowest id, NaN never wins
+    const int vocab = 5000, rows = 3;
+    auto x = randn<T>(rows * vocab);
+    x[17] = fromf<T>(9.f), x[900] = fromf<T>(9.f);
+    x[vocab + 3] = fromf<T>(NAN), x[vocab + 4000] = fromf<T>(9.f);
+    std::vector<uint32_t> out(rows, 0xdeadbeef);
+    void (*f)(const T*, uint32_t*, int) = nullptr;
+    if constexpr (std::is_same_v<T, float>) f = argmax_f32;
+    if constexpr (std::is_same_v<T, __half>) f = argmax_f16;
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) f = argmax_bf16;
+    emu::launch({rows, 1, 1}, {1024, 1, 1}, [&] { f(x.data(), out.data(), vocab); });
+    uint32_t best2 = 0;
+    for (int i = 1; i < vocab; ++i)
+      if (tof(x[2 * vocab + i]) > tof(x[2 * vocab + best2])) best2 = i;
+    const bool ok = out[0] == 17 && out[1] == 4000 && out[2] == best2;
+    if (!ok) failures++;
+    std::printf("%s argmax %s: %u %u %u\n", ok ? "ok  " : "FAIL", tn, out[0], out[1], out[2]);
+  }
+}
+
+int main() {
+  check_small<__nv_bfloat16>();
+  check_small<__half>();
+  check_small<float>();
+  const std::vector<std::vector<std::pair<int, int>>> batches = {
+      {{0, 1}, {15, 1}, {16, 1}, {100, 1}, {700, 1}},  // decode, split over KV
+      {{0, 37}, {20, 1}, {64, 13}, {3, 1}},            // ragged prefill + decode
+      {{300, 45}},                                     // a chunk after context
+  };
+  const int shapes[][3] = {{32, 8, 128}, {28, 4, 128}, {9, 3, 64}, {8, 4, 256}, {16, 1, 128}, {4, 4, 64}};
+  for (auto& s : shapes)
+    for (size_t b = 0; b < batches.size(); ++b) {
+      check_attention<__nv_bfloat16>(s[0], s[1], s[2], batches[b], b == 1 ? 50 : 0);
+      if (b == 1 && s[2] != 256) check_attention<float>(s[0], s[1], s[2], batches[b], 0);
+    }
+  // Enough work items for one split (the direct-output path), and the f16 kernels.
+  check_attention<__nv_bfloat16>(16, 4, 64, std::vector<std::pair<int, int>>(70, {19, 1}), 0);
+  check_attention<__half>(32, 8, 128, batches[0], 0);
+  check_attention<__half>(8, 4, 256, batches[1], 50);
+  std::printf("%s: %d failure(s)\n", failures ? "FAILED" : "all kernels ok", failures);
+  return failures ? 1 : 0;
+}

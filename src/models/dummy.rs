@@ -1,0 +1,356 @@
+//! `--load-format dummy`: random weights for a real config, made on the target device in the
+//! target dtype, so 8B-scale speed can be measured without downloading weights (vLLM's
+//! `--load-format dummy`).
+//!
+//! The values are uniform with the std of HF's `initializer_range` (0.02) and norm weights of
+//! one, so activations and logits stay finite through every layer. Large tensors are filled
+//! in row chunks of at most `CHUNK` elements: the only f32 staging is one chunk, never the model.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Shape, Tensor};
+use rand::{Rng, SeedableRng};
+
+use super::config::LlamaConfig;
+use super::llama::LlamaModel;
+use super::weights::Weights;
+use crate::tokenizer::Tokenizer;
+
+/// Bundled HF `config.json` files of real models (`preset:NAME`).
+pub const PRESETS: &[(&str, &str)] = &[
+    (
+        "llama-3.1-8b",
+        include_str!("../../models/presets/llama-3.1-8b.json"),
+    ),
+    (
+        "llama-3.2-1b",
+        include_str!("../../models/presets/llama-3.2-1b.json"),
+    ),
+    (
+        "qwen2.5-7b",
+        include_str!("../../models/presets/qwen2.5-7b.json"),
+    ),
+];
+
+/// Prefix of a model argument that names a bundled preset.
+pub const PRESET_PREFIX: &str = "preset:";
+
+/// std of the random values (HF `initializer_range`).
+const INIT_STD: f64 = 0.02;
+/// Elements generated at once (256 MiB of f32).
+const CHUNK: usize = 1 << 26;
+
+/// The config.json text of a bundled preset (case-insensitive name).
+pub fn preset(name: &str) -> Option<&'static str> {
+    PRESETS
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, json)| *json)
+}
+
+fn preset_names() -> String {
+    PRESETS
+        .iter()
+        .map(|(n, _)| *n)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Where a dummy model's config comes from, and the directory holding its tokenizer if any.
+#[derive(Debug, Clone)]
+pub struct DummySource {
+    pub config: LlamaConfig,
+    /// A directory with the config (and perhaps tokenizer.json); None for presets.
+    pub dir: Option<PathBuf>,
+}
+
+/// Reads the config named by `spec`: `preset:NAME` (or a bare preset name), an HF directory
+/// with config.json, or a config .json file.
+pub fn resolve(spec: &str) -> Result<DummySource> {
+    let name = spec.strip_prefix(PRESET_PREFIX);
+    if let Some(json) = preset(name.unwrap_or(spec)) {
+        return Ok(DummySource {
+            config: LlamaConfig::from_hf_json(json)?,
+            dir: None,
+        });
+    }
+    if let Some(name) = name {
+        bail!("unknown preset `{name}` (bundled: {})", preset_names());
+    }
+    let path = Path::new(spec);
+    let (cfg_path, dir) = if path.is_dir() {
+        (path.join("config.json"), path.to_path_buf())
+    } else if path.is_file() {
+        let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        (path.to_path_buf(), dir)
+    } else {
+        bail!(
+            "dummy model `{spec}` is neither a preset ({}) nor a config.json or HF directory",
+            preset_names()
+        );
+    };
+    let text = std::fs::read_to_string(&cfg_path)
+        .with_context(|| format!("reading {}", cfg_path.display()))?;
+    Ok(DummySource {
+        config: LlamaConfig::from_hf_json(&text)?,
+        dir: Some(dir),
+    })
+}
+
+/// A model of `cfg` with random weights on `device` in `dtype`. `seed` makes CPU weights
+/// reproducible; on CUDA it seeds the device generator.
+pub fn load(cfg: &LlamaConfig, dtype: DType, device: &Device, seed: u64) -> Result<LlamaModel> {
+    let w = Weights::Dummy(Box::new(DummyWeights::new(cfg, dtype, device, seed)?));
+    LlamaModel::load(cfg.clone(), &w)
+}
+
+/// The tokenizer next to the config if there is one, else a byte-level tokenizer (ids 0..256
+/// are bytes; other ids decode to nothing), enough to drive the engine with text prompts.
+pub fn tokenizer(src: &DummySource) -> Result<Tokenizer> {
+    if let Some(dir) = &src.dir {
+        if dir.join("tokenizer.json").exists() {
+            return Ok(Tokenizer::from_hf_dir(dir)?);
+        }
+    }
+    byte_tokenizer(&src.config)
+}
+
+fn byte_tokenizer(cfg: &LlamaConfig) -> Result<Tokenizer> {
+    use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+    use tokenizers::models::bpe::BPE;
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    let alphabet = ByteLevel::alphabet();
+    let mut chars: Vec<char> = alphabet.into_iter().collect();
+    chars.sort_by_key(|c| byte_of(*c));
+    let vocab: tokenizers::models::bpe::Vocab = chars
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.to_string(), i as u32))
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, Vec::new())
+        .build()
+        .map_err(|e| anyhow::anyhow!("byte tokenizer: {e}"))?;
+    let mut inner = tokenizers::Tokenizer::new(bpe);
+    inner.with_pre_tokenizer(Some(ByteLevel::new(false, false, false)));
+    inner.with_decoder(Some(ByteLevelDecoder::default()));
+    let mut tok = Tokenizer::new(inner);
+    tok.eos_token_ids = cfg.eos_token_ids.clone();
+    Ok(tok)
+}
+
+/// The byte GPT-2's byte-level alphabet maps to `c` (printable bytes map to themselves,
+/// the others to 256 + their rank).
+fn byte_of(c: char) -> u32 {
+    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || b >= 174;
+    let u = c as u32;
+    if u < 256 && printable(u) {
+        return u;
+    }
+    let mut rank = u - 256;
+    (0..256u32)
+        .find(|&b| {
+            if printable(b) {
+                return false;
+            }
+            if rank == 0 {
+                return true;
+            }
+            rank -= 1;
+            false
+        })
+        .unwrap_or(u)
+}
+
+/// Random parameters by HF name for `Weights::Dummy`.
+pub struct DummyWeights {
+    cfg: LlamaConfig,
+    dtype: DType,
+    device: Device,
+    rng: Mutex<rand::rngs::StdRng>,
+    /// Tied models ask for the embedding twice (table and lm_head): hand out one tensor.
+    embed: Mutex<Option<Tensor>>,
+}
+
+impl DummyWeights {
+    pub fn new(cfg: &LlamaConfig, dtype: DType, device: &Device, seed: u64) -> Result<Self> {
+        if device.is_cuda() {
+            device.set_seed(seed)?;
+        }
+        Ok(Self {
+            cfg: cfg.clone(),
+            dtype,
+            device: device.clone(),
+            rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)),
+            embed: Mutex::new(None),
+        })
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Whether a checkpoint of this config has `name.weight`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.shape(&format!("{name}.weight")).is_some()
+    }
+
+    /// `name.suffix` with random values (norm weights: ones).
+    pub fn tensor(&self, name: &str, suffix: &str) -> Result<Tensor> {
+        let full = format!("{name}.{suffix}");
+        let shape = self
+            .shape(&full)
+            .with_context(|| format!("no tensor {full} in a {} model", self.cfg.model_type))?;
+        if name.ends_with("norm") {
+            return Ok(Tensor::ones(shape, self.dtype, &self.device)?);
+        }
+        if full == "model.embed_tokens.weight" {
+            let mut embed = self.embed.lock().expect("embed lock");
+            if let Some(t) = embed.as_ref() {
+                return Ok(t.clone());
+            }
+            let t = self.random(&shape)?;
+            *embed = Some(t.clone());
+            return Ok(t);
+        }
+        self.random(&shape)
+    }
+
+    /// The shape an HF checkpoint of this config gives `full`, None if it has no such tensor.
+    fn shape(&self, full: &str) -> Option<Shape> {
+        let c = &self.cfg;
+        let (hidden, inter) = (c.hidden_size, c.intermediate_size);
+        let q = c.num_attention_heads * c.head_dim;
+        let kv = c.num_key_value_heads * c.head_dim;
+        let (name, suffix) = full.rsplit_once('.')?;
+        let bias = suffix == "bias";
+        if !bias && suffix != "weight" {
+            return None;
+        }
+        let matrix = |out: usize, inp: usize, has_bias: bool| -> Option<Shape> {
+            match bias {
+                false => Some(Shape::from((out, inp))),
+                true if has_bias => Some(Shape::from(out)),
+                true => None,
+            }
+        };
+        match name {
+            "model.embed_tokens" if !bias => return Some(Shape::from((c.vocab_size, hidden))),
+            "lm_head" if !bias && !c.tie_word_embeddings => {
+                return Some(Shape::from((c.vocab_size, hidden)))
+            }
+            "model.norm" if !bias => return Some(Shape::from(hidden)),
+            _ => {}
+        }
+        let rest = name.strip_prefix("model.layers.")?;
+        let (idx, tail) = rest.split_once('.')?;
+        if idx.parse::<usize>().ok()? >= c.num_hidden_layers {
+            return None;
+        }
+        match tail {
+            "input_layernorm" | "post_attention_layernorm" if !bias => Some(Shape::from(hidden)),
+            "self_attn.q_proj" => matrix(q, hidden, c.qkv_bias),
+            "self_attn.k_proj" | "self_attn.v_proj" => matrix(kv, hidden, c.qkv_bias),
+            "self_attn.o_proj" => matrix(hidden, q, c.o_bias),
+            "mlp.gate_proj" | "mlp.up_proj" => matrix(inter, hidden, c.mlp_bias),
+            "mlp.down_proj" => matrix(hidden, inter, c.mlp_bias),
+            _ => None,
+        }
+    }
+
+    /// Uniform values of std `INIT_STD`, generated `CHUNK` elements at a time on the device.
+    fn random(&self, shape: &Shape) -> Result<Tensor> {
+        let n = shape.elem_count();
+        if n <= CHUNK {
+            return self.random_chunk(shape.clone());
+        }
+        let dims = shape.dims();
+        let rows = dims[0];
+        let row_len = n / rows;
+        let per = (CHUNK / row_len).max(1);
+        let out = Tensor::zeros(shape, self.dtype, &self.device)?;
+        let mut r0 = 0;
+        while r0 < rows {
+            let k = per.min(rows - r0);
+            let mut chunk_dims = dims.to_vec();
+            chunk_dims[0] = k;
+            out.slice_set(&self.random_chunk(Shape::from(chunk_dims))?, 0, r0)?;
+            r0 += k;
+        }
+        Ok(out)
+    }
+
+    fn random_chunk(&self, shape: Shape) -> Result<Tensor> {
+        let a = INIT_STD * 3f64.sqrt();
+        let t = if self.device.is_cpu() {
+            let mut rng = self.rng.lock().expect("rng lock");
+            let a = a as f32;
+            let data: Vec<f32> = (0..shape.elem_count())
+                .map(|_| rng.random_range(-a..a))
+                .collect();
+            Tensor::from_vec(data, shape, &self.device)?
+        } else {
+            Tensor::rand(-a as f32, a as f32, shape, &self.device)?
+        };
+        Ok(t.to_dtype(self.dtype)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_parse_with_their_real_sizes() {
+        let params = |name: &str| {
+            let c = resolve(&format!("preset:{name}")).unwrap().config;
+            let w = DummyWeights::new(&c, DType::BF16, &Device::Cpu, 0).unwrap();
+            let mut names = vec![
+                "model.embed_tokens".to_string(),
+                "lm_head".into(),
+                "model.norm".into(),
+            ];
+            for i in 0..c.num_hidden_layers {
+                for t in [
+                    "input_layernorm",
+                    "post_attention_layernorm",
+                    "self_attn.q_proj",
+                    "self_attn.k_proj",
+                    "self_attn.v_proj",
+                    "self_attn.o_proj",
+                    "mlp.gate_proj",
+                    "mlp.up_proj",
+                    "mlp.down_proj",
+                ] {
+                    names.push(format!("model.layers.{i}.{t}"));
+                }
+            }
+            names
+                .iter()
+                .flat_map(|n| [format!("{n}.weight"), format!("{n}.bias")])
+                .filter_map(|n| w.shape(&n))
+                .map(|s| s.elem_count())
+                .sum::<usize>()
+        };
+        // Parameter counts as the model cards give them.
+        assert_eq!(params("llama-3.1-8b"), 8_030_261_248);
+        assert_eq!(params("llama-3.2-1b"), 1_235_814_400);
+        assert_eq!(params("Qwen2.5-7B"), 7_615_616_512);
+        assert!(resolve("preset:nope").is_err());
+    }
+
+    #[test]
+    fn byte_tokenizer_round_trips_bytes() {
+        let c = resolve("preset:llama-3.2-1b").unwrap();
+        let tok = tokenizer(&c).unwrap();
+        let ids = tok.encode("Hé, 42!", false).unwrap();
+        assert_eq!(ids, "Hé, 42!".bytes().map(u32::from).collect::<Vec<_>>());
+        assert_eq!(tok.decode(&ids, false).unwrap(), "Hé, 42!");
+    }
+}

@@ -1,0 +1,156 @@
+//! reshape_and_cache: writes a step's new keys and values into the paged cache at the slots
+//! the slot mapping names (`u32::MAX` marks a padding token that is not written).
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Tensor};
+
+/// Slot that marks a token whose K/V are not stored (padding in a captured batch).
+pub const PAD_SLOT: u32 = u32::MAX;
+
+/// `k`, `v`: `[tokens, kv_heads, head_dim]`; caches `[slots, kv_heads, head_dim]`;
+/// `slot_mapping`: `[tokens]` u32 on the same device.
+pub fn reshape_and_cache(
+    k: &Tensor,
+    v: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    slot_mapping: &Tensor,
+) -> Result<()> {
+    let op = ReshapeAndCache {
+        slot_mapping: slot_mapping.clone(),
+    };
+    k_cache.inplace_op2(&k.contiguous()?, &op)?;
+    v_cache.inplace_op2(&v.contiguous()?, &op)
+}
+
+/// In place on the cache (first operand); the second is the new rows.
+pub struct ReshapeAndCache {
+    pub slot_mapping: Tensor,
+}
+
+impl ReshapeAndCache {
+    /// `(cache start, new start, tokens, elements per row, cache rows)`.
+    fn dims(&self, lc: &Layout, ln: &Layout) -> Result<(usize, usize, usize, usize, usize)> {
+        let (Some((c0, c1)), Some((n0, n1))) = (lc.contiguous_offsets(), ln.contiguous_offsets())
+        else {
+            candle_core::bail!("reshape-and-cache: cache and new rows must be contiguous");
+        };
+        let cd = lc.dims();
+        let nd = ln.dims();
+        if cd.len() < 2 || cd[1..] != nd[1..] {
+            candle_core::bail!("reshape-and-cache: cache {cd:?} vs new rows {nd:?}");
+        }
+        let t = nd[0];
+        if self.slot_mapping.elem_count() != t {
+            candle_core::bail!(
+                "reshape-and-cache: {} slots for {t} tokens",
+                self.slot_mapping.elem_count()
+            );
+        }
+        let row = (n1 - n0) / t.max(1);
+        Ok((c0, n0, t, row, (c1 - c0) / row.max(1)))
+    }
+}
+
+fn reference<T: Copy>(cache: &mut [T], new: &[T], slots: &[u32], row: usize) -> Result<()> {
+    let rows = cache.len() / row;
+    for (t, &slot) in slots.iter().enumerate() {
+        if slot == PAD_SLOT {
+            continue;
+        }
+        let s = slot as usize;
+        if s >= rows {
+            candle_core::bail!("reshape-and-cache: slot {s} outside a cache of {rows}");
+        }
+        cache[s * row..(s + 1) * row].copy_from_slice(&new[t * row..(t + 1) * row]);
+    }
+    Ok(())
+}
+
+impl InplaceOp2 for ReshapeAndCache {
+    fn name(&self) -> &'static str {
+        "reshape-and-cache"
+    }
+
+    fn cpu_fwd(
+        &self,
+        cache: &mut CpuStorage,
+        lc: &Layout,
+        new: &CpuStorage,
+        ln: &Layout,
+    ) -> Result<()> {
+        let (c0, n0, t, row, rows) = self.dims(lc, ln)?;
+        let slots = self
+            .slot_mapping
+            .to_device(&candle_core::Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<u32>()?;
+        let (cr, nr) = (c0..c0 + rows * row, n0..n0 + t * row);
+        match (cache, new) {
+            (CpuStorage::F32(c), CpuStorage::F32(n)) => reference(&mut c[cr], &n[nr], &slots, row),
+            (CpuStorage::BF16(c), CpuStorage::BF16(n)) => {
+                reference(&mut c[cr], &n[nr], &slots, row)
+            }
+            (CpuStorage::F16(c), CpuStorage::F16(n)) => reference(&mut c[cr], &n[nr], &slots, row),
+            (c, _) => candle_core::bail!("reshape-and-cache: unsupported dtype {:?}", c.dtype()),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        cache: &mut candle_core::CudaStorage,
+        lc: &Layout,
+        new: &candle_core::CudaStorage,
+        ln: &Layout,
+    ) -> Result<()> {
+        use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, PushKernelArg};
+        use candle_core::cuda_backend::{CudaDevice, CudaStorageSlice as S, WrapErr};
+        use candle_core::WithDType;
+
+        use super::cuda::{function, grid, ptx, unsupported, with_u32};
+
+        let (c0, n0, t, row, rows) = self.dims(lc, ln)?;
+        if t == 0 {
+            return Ok(());
+        }
+        type Ranges = (std::ops::Range<usize>, std::ops::Range<usize>);
+        fn go<T: DeviceRepr + WithDType>(
+            op: &ReshapeAndCache,
+            dev: &CudaDevice,
+            cache: &mut CudaSlice<T>,
+            new: &CudaSlice<T>,
+            (cr, nr): Ranges,
+            t: usize,
+            row: usize,
+        ) -> Result<()> {
+            let f = function::<T>(
+                dev,
+                "flare_reshape_and_cache",
+                ptx::RESHAPE_AND_CACHE,
+                "reshape_and_cache",
+            )?;
+            let mut cache = cache.slice_mut(cr);
+            let new = new.slice(nr);
+            with_u32(&op.slot_mapping, "reshape-and-cache", |slots| {
+                let stream = dev.cuda_stream();
+                let mut b = stream.launch_builder(&f);
+                let row32 = row as i32;
+                b.arg(&new).arg(&mut cache).arg(&slots).arg(&row32);
+                // SAFETY: argument types match kernels/reshape_and_cache.cu; slots are
+                // checked against the cache size by the block manager that hands them out.
+                unsafe { b.launch(grid(t, 128)) }.w()?;
+                Ok(())
+            })
+        }
+        let dtype = candle_core::backend::BackendStorage::dtype(&*cache);
+        let dev = cache.device.clone();
+        let ranges = (c0..c0 + rows * row, n0..n0 + t * row);
+        match (&mut cache.slice, &new.slice) {
+            (S::BF16(c), S::BF16(n)) => go(self, &dev, c, n, ranges, t, row),
+            (S::F16(c), S::F16(n)) => go(self, &dev, c, n, ranges, t, row),
+            (S::F32(c), S::F32(n)) => go(self, &dev, c, n, ranges, t, row),
+            _ => Err(unsupported("reshape-and-cache", dtype)),
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! The CPU forwards of the custom ops in `flare::ops` are the references the CUDA kernels are
+//! tested against (tests/cuda_kernels.rs): here they are checked against candle's stock ops
+//! and flare's existing CPU code, on the CPU.
+
+use candle_core::{DType, Device, IndexOp, Tensor, D};
+use flare::layers::attention::{AttnMetadata, SeqAttn};
+use flare::layers::rope::{rope_reference, Rotary};
+use flare::models::config::LlamaConfig;
+use flare::ops;
+
+fn randn(shape: &[usize], dtype: DType) -> Tensor {
+    Tensor::randn(0f32, 1f32, shape, &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn silu_mul_is_silu_times_up() {
+    let (g, u) = (randn(&[7, 300], DType::F32), randn(&[7, 300], DType::F32));
+    let want = (candle_nn::ops::silu(&g).unwrap() * &u).unwrap();
+    let got = ops::activation::silu_mul(&g, &u).unwrap();
+    assert!(max_diff(&got, &want) < 1e-5);
+    // bf16: one rounding of the f32 result.
+    let gb = ops::activation::silu_mul(
+        &g.to_dtype(DType::BF16).unwrap(),
+        &u.to_dtype(DType::BF16).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(gb.dtype(), DType::BF16);
+    assert!(max_diff(&gb, &want) < 0.05);
+}
+
+#[test]
+fn add_rms_norm_is_add_then_candle_rms_norm() {
+    let x = randn(&[5, 64], DType::F32);
+    let r = randn(&[5, 64], DType::F32);
+    let w = randn(&[64], DType::F32);
+    let (sum, norm) = ops::norm::add_rms_norm(&x, &r, &w, 1e-5).unwrap();
+    let want_sum = (&x + &r).unwrap();
+    assert!(max_diff(&sum, &want_sum) == 0.0);
+    let want = candle_nn::ops::rms_norm(&want_sum, &w, 1e-5).unwrap();
+    assert!(max_diff(&norm, &want) < 1e-5);
+    let plain = ops::norm::rms_norm(&x, &w, 1e-5).unwrap();
+    let want = candle_nn::ops::rms_norm(&x, &w, 1e-5).unwrap();
+    assert!(max_diff(&plain, &want) < 1e-5);
+    // The output halves are views of one [2, ..] tensor; rows stay independent.
+    let row = ops::norm::rms_norm(&x.i(3..4).unwrap(), &w, 1e-5).unwrap();
+    assert!(max_diff(&row, &plain.i(3..4).unwrap()) < 1e-6);
+    assert!(ops::norm::rms_norm(&x, &randn(&[63], DType::F32), 1e-5).is_err());
+}
+
+#[test]
+fn rotary_inplace_matches_rotary_apply_in_both_conventions() {
+    let cfg = LlamaConfig::from_hf_json(
+        r#"{"vocab_size":10,"hidden_size":64,"intermediate_size":16,"num_hidden_layers":1,
+        "num_attention_heads":2,"rope_theta":10000.0}"#,
+    )
+    .unwrap();
+    let pos = Tensor::new(&[7u32, 0, 3, 100, 3, 4095], &Device::Cpu).unwrap();
+    let rot = Rotary::new(&cfg, &Device::Cpu).unwrap();
+    let x = randn(&[6, 2, 32], DType::F32);
+    let (c, s) = rot.cos_sin(&pos, DType::F32).unwrap();
+    let want = rot.apply(&x, &c, &s).unwrap();
+    let got = x.copy().unwrap();
+    rot.apply_inplace(&got, &pos).unwrap();
+    assert!(max_diff(&got, &want) < 1e-4, "{}", max_diff(&got, &want));
+    assert!(max_diff(&got, &rope_reference(&x, &c, &s).unwrap()) < 1e-4);
+}
+
+#[test]
+fn reshape_and_cache_matches_write_kv() {
+    let (bs, kvh, d) = (4, 2, 8);
+    let seqs = vec![
+        SeqAttn {
+            query_start: 0,
+            query_len: 6,
+            context_len: 9,
+            block_table: vec![5, 1, 7],
+        },
+        SeqAttn {
+            query_start: 6,
+            query_len: 1,
+            context_len: 2,
+            block_table: vec![2],
+        },
+    ];
+    let meta = AttnMetadata::new(seqs.clone(), bs, &Device::Cpu).unwrap();
+    let k = randn(&[7, kvh, d], DType::F32);
+    let v = randn(&[7, kvh, d], DType::F32);
+    let (kc, vc) = (
+        Tensor::zeros((8 * bs, kvh, d), DType::F32, &Device::Cpu).unwrap(),
+        Tensor::zeros((8 * bs, kvh, d), DType::F32, &Device::Cpu).unwrap(),
+    );
+    meta.write_kv(&k, &v, &kc, &vc).unwrap();
+    // Slots by hand: sequence 0 positions 3..9, sequence 1 position 1.
+    let slot = |t: &[u32], p: usize| t[p / bs] * bs as u32 + (p % bs) as u32;
+    let mut slots: Vec<u32> = (3..9).map(|p| slot(&seqs[0].block_table, p)).collect();
+    slots.push(slot(&seqs[1].block_table, 1));
+    let slots = Tensor::new(slots.as_slice(), &Device::Cpu).unwrap();
+    let (k2, v2) = (kc.zeros_like().unwrap(), vc.zeros_like().unwrap());
+    ops::kv_write::reshape_and_cache(&k, &v, &k2, &v2, &slots).unwrap();
+    assert_eq!(max_diff(&k2, &kc), 0.0);
+    assert_eq!(max_diff(&v2, &vc), 0.0);
+    // A padding slot writes nothing.
+    let pad = Tensor::new(&[ops::kv_write::PAD_SLOT], &Device::Cpu).unwrap();
+    let k3 = kc.zeros_like().unwrap();
+    ops::kv_write::reshape_and_cache(
+        &k.i(0..1).unwrap(),
+        &v.i(0..1).unwrap(),
+        &k3,
+        &k3.zeros_like().unwrap(),
+        &pad,
+    )
+    .unwrap();
+    assert_eq!(
+        k3.abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap(),
+        0.0
+    );
+}
+
+#[test]
+fn argmax_takes_the_lowest_id_on_ties_and_skips_nan() {
+    let x = Tensor::new(
+        &[
+            [0.0f32, 3.0, 1.0, 3.0],
+            [f32::NAN, -1.0, -2.0, f32::NAN],
+            [5.0, 5.0, 5.0, 5.0],
+        ],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let got = ops::sampling::argmax(&x).unwrap().to_vec1::<u32>().unwrap();
+    assert_eq!(got, vec![1, 1, 0]);
+    let y = randn(&[3, 1000], DType::F32);
+    let want = y.argmax(D::Minus1).unwrap().to_vec1::<u32>().unwrap();
+    assert_eq!(
+        ops::sampling::argmax(&y).unwrap().to_vec1::<u32>().unwrap(),
+        want
+    );
+}
