@@ -67,6 +67,7 @@ async fn openai_sdk_and_litellm_against_flare_serve() {
         .args(["--max-model-len", "2048", "--kv-cache-memory", "268435456"])
         .env("FLARE_API_KEY", KEY)
         .env("HF_HUB_OFFLINE", "1")
+        .env("RUST_LOG", "flare=warn")
         .stdout(Stdio::null())
         .spawn()
         .expect("flare binary");
