@@ -20,6 +20,8 @@ struct Cli {
 enum Command {
     /// Generate text for one prompt or a file of prompts (one continuous batch), streaming to stdout.
     Generate(cli::generate::GenerateArgs),
+    /// Benchmarks: offline throughput, batch latency, or a client against a serving endpoint.
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -32,5 +34,6 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Generate(args) => cli::generate::run(args),
+        Command::Bench(args) => cli::bench::run(args),
     }
 }

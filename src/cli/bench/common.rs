@@ -1,0 +1,200 @@
+//! Flags and helpers shared by the bench subcommands: output files, sweeps, model presets,
+//! load format, tokenizer loading, the progress bar.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use flare::engine::{build_engine, LoadedEngine};
+use flare::models::source::{self, ModelFiles};
+use flare::tokenizer::Tokenizer;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+
+use crate::cli::common::ModelArgs;
+
+#[derive(Args, Debug, Clone)]
+pub struct OutputArgs {
+    /// Write config, environment, metrics and raw per-request numbers to this JSON file.
+    #[arg(long, value_name = "FILE.json")]
+    pub save_result: Option<PathBuf>,
+    /// Draw an SVG: latency distributions, or metrics against the swept concurrency.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Run once per value, e.g. 1,2,4,8 (serve: --max-concurrency; throughput: --max-num-seqs;
+    /// latency: --batch-size).
+    #[arg(long, value_delimiter = ',', value_name = "N,N,...")]
+    pub sweep_concurrency: Vec<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadFormat {
+    /// Real weights from the model's files.
+    Auto,
+    /// Random weights in the model's shapes: benchmarks a config without its checkpoint.
+    Dummy,
+}
+
+/// Named models for benchmarks (`--preset`), so scripts need not spell repo ids.
+const PRESETS: &[(&str, Option<&str>, &str)] = &[
+    (
+        "smollm2-135m-q4",
+        None,
+        "default SmolLM2-135M-Instruct GGUF Q4_1 (flare's cache)",
+    ),
+    (
+        "smollm2-135m",
+        Some("HuggingFaceTB/SmolLM2-135M-Instruct"),
+        "SmolLM2-135M-Instruct, safetensors",
+    ),
+    (
+        "smollm2-360m",
+        Some("HuggingFaceTB/SmolLM2-360M-Instruct"),
+        "SmolLM2-360M-Instruct",
+    ),
+    (
+        "qwen2.5-0.5b",
+        Some("Qwen/Qwen2.5-0.5B-Instruct"),
+        "Qwen2.5-0.5B-Instruct",
+    ),
+    (
+        "llama-3.2-1b",
+        Some("meta-llama/Llama-3.2-1B-Instruct"),
+        "Llama-3.2-1B-Instruct",
+    ),
+    (
+        "llama-3.1-8b",
+        Some("meta-llama/Llama-3.1-8B-Instruct"),
+        "Llama-3.1-8B-Instruct",
+    ),
+];
+
+#[derive(Args, Debug, Clone)]
+pub struct EngineLoadArgs {
+    /// Where the weights come from.
+    #[arg(long, value_enum, default_value_t = LoadFormat::Auto)]
+    pub load_format: LoadFormat,
+    /// A named model instead of MODEL: smollm2-135m-q4, smollm2-135m, smollm2-360m,
+    /// qwen2.5-0.5b, llama-3.2-1b, llama-3.1-8b.
+    #[arg(long, conflicts_with = "model")]
+    pub preset: Option<String>,
+}
+
+/// Loads the engine the flags describe, `max_num_seqs` overridden for a sweep point.
+pub fn load_engine(
+    model: &ModelArgs,
+    load: &EngineLoadArgs,
+    max_num_seqs: Option<usize>,
+) -> Result<LoadedEngine> {
+    let mut model = model.clone();
+    if let Some(name) = &load.preset {
+        let Some((_, spec, _)) = PRESETS.iter().find(|(n, _, _)| n == name) else {
+            let names: Vec<&str> = PRESETS.iter().map(|p| p.0).collect();
+            bail!("unknown preset `{name}` (known: {})", names.join(", "));
+        };
+        model.model = spec.map(str::to_string);
+    }
+    if load.load_format == LoadFormat::Dummy {
+        bail!(
+            "--load-format dummy is not supported yet: the random-weight loader comes with the \
+             CUDA work; use --load-format auto with a local or cached model"
+        );
+    }
+    if let Some(n) = max_num_seqs {
+        model.max_num_seqs = n;
+    }
+    build_engine(&model.engine_args()?)
+}
+
+/// The engine flags as JSON, for the result's `config`.
+pub fn model_config(model: &ModelArgs, load: &EngineLoadArgs, engine: &LoadedEngine) -> Value {
+    json!({
+        "model": model.model,
+        "preset": load.preset,
+        "model_path": engine.model_files.path(),
+        "load_format": format!("{:?}", load.load_format).to_lowercase(),
+        "dtype": model.dtype,
+        "device": model.device,
+        "kv_cache_memory": model.kv_cache_memory,
+        "max_model_len": engine.max_model_len,
+        "num_kv_blocks": engine.num_blocks,
+        "max_num_seqs": model.max_num_seqs,
+        "max_num_batched_tokens": model.max_num_batched_tokens,
+        "block_size": model.block_size,
+        "prefix_caching": !model.no_prefix_caching,
+    })
+}
+
+/// A progress bar on stderr (hidden when asked or when stderr is not a terminal).
+pub fn progress(len: usize, hidden: bool, what: &str) -> ProgressBar {
+    if hidden {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len as u64);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{elapsed_precise}] {wide_bar} {pos}/{len} (eta {eta})",
+        )
+        .expect("valid template"),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// A tokenizer from a `tokenizer.json`, an HF directory, a `.gguf`, or a hub repo id (only its
+/// tokenizer.json is fetched, never weights); None: the default model's.
+pub fn load_tokenizer(spec: Option<&str>) -> Result<Tokenizer> {
+    let Some(spec) = spec else {
+        return tokenizer_of(&source::resolve(None, None)?);
+    };
+    let path = Path::new(spec);
+    if path.is_file() && path.extension().is_some_and(|e| e == "json") {
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        return Ok(Tokenizer::new(inner));
+    }
+    if path.exists() {
+        return tokenizer_of(&source::resolve(Some(spec), None)?);
+    }
+    let repo = hf_hub::Cache::from_env().repo(hf_hub::Repo::model(spec.to_string()));
+    if let Some(file) = repo.get("tokenizer.json") {
+        let dir = file.parent().context("cache path")?;
+        return Ok(Tokenizer::from_hf_dir(dir)?);
+    }
+    if std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v == "true") {
+        bail!("no tokenizer for `{spec}`: not a local path and not in the HF cache (HF_HUB_OFFLINE is set); pass --tokenizer");
+    }
+    let api = hf_hub::api::sync::ApiBuilder::from_env().build()?;
+    let file = api
+        .model(spec.to_string())
+        .get("tokenizer.json")
+        .with_context(|| format!("fetching the tokenizer of {spec}"))?;
+    Ok(Tokenizer::from_hf_dir(
+        file.parent().context("cache path")?,
+    )?)
+}
+
+fn tokenizer_of(files: &ModelFiles) -> Result<Tokenizer> {
+    Ok(match files {
+        ModelFiles::HfDir(dir) => Tokenizer::from_hf_dir(dir)?,
+        ModelFiles::Gguf(path) => {
+            let mut f =
+                std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            let content = candle_core::quantized::gguf_file::Content::read(&mut f)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Tokenizer::from_gguf(&content)?
+        }
+    })
+}
+
+/// Writes the result JSON if asked and says where.
+pub fn save(result: &flare::bench::result::BenchResult, out: &OutputArgs) -> Result<()> {
+    if let Some(path) = &out.save_result {
+        result.save(path)?;
+        eprintln!("saved {}", path.display());
+    }
+    Ok(())
+}

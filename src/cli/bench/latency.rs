@@ -1,0 +1,148 @@
+//! `flare bench latency`: one batch at a time on the in-process engine; prefill time and
+//! per-step decode latency after warm-up.
+
+use anyhow::Result;
+use clap::Args;
+use flare::bench::dataset::TextTokenizer;
+use flare::bench::offline::{run_latency, LatencyConfig};
+use flare::bench::plot::{plot_distributions, plot_sweep, Distribution, SweepPanel};
+use flare::bench::result::{BenchKind, BenchResult, LatencyRun, Run};
+use serde_json::json;
+
+use super::common::{self, EngineLoadArgs, OutputArgs};
+use super::report;
+use crate::cli::common::ModelArgs;
+
+#[derive(Args, Debug)]
+pub struct LatencyArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub load: EngineLoadArgs,
+    #[arg(long, default_value_t = 32)]
+    pub input_len: usize,
+    #[arg(long, default_value_t = 128)]
+    pub output_len: usize,
+    #[arg(long, default_value_t = 1)]
+    pub batch_size: usize,
+    /// Untimed iterations first (caches, allocator, CPU frequency settle).
+    #[arg(long, default_value_t = 10)]
+    pub num_iters_warmup: usize,
+    #[arg(long, default_value_t = 30)]
+    pub num_iters: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+pub fn run(args: LatencyArgs) -> Result<()> {
+    let batch_sizes = if args.out.sweep_concurrency.is_empty() {
+        vec![args.batch_size]
+    } else {
+        args.out.sweep_concurrency.clone()
+    };
+    let mut loaded = common::load_engine(&args.model, &args.load, None)?;
+    let plain = loaded.tokenizer.plain_token_ids();
+    let mut runs = Vec::new();
+    for &batch_size in &batch_sizes {
+        let cfg = LatencyConfig {
+            batch_size,
+            input_len: args.input_len,
+            output_len: args.output_len,
+            warmup_iters: args.num_iters_warmup,
+            iters: args.num_iters,
+            seed: args.seed,
+        };
+        let pb = common::progress(
+            cfg.warmup_iters + cfg.iters,
+            args.out.no_progress,
+            &format!("batch {batch_size}"),
+        );
+        let (metrics, iterations) = run_latency(&mut loaded.engine, &cfg, &plain, &pb)?;
+        pb.finish_and_clear();
+        report::latency(&metrics);
+        runs.push(LatencyRun {
+            metrics,
+            iterations,
+        });
+    }
+    if let Some(path) = &args.out.plot {
+        if runs.len() > 1 {
+            let line = |f: fn(&LatencyRun) -> f64| -> Vec<(f64, f64)> {
+                runs.iter()
+                    .map(|r| (r.metrics.batch_size as f64, f(r)))
+                    .collect()
+            };
+            plot_sweep(
+                path,
+                "flare bench latency vs batch size",
+                "batch size",
+                &[
+                    SweepPanel {
+                        title: "decode tokens/s (batch / median step)".into(),
+                        y_desc: "tokens/s".into(),
+                        lines: vec![("decode".into(), line(|r| r.metrics.decode_tokens_per_s))],
+                    },
+                    SweepPanel {
+                        title: "decode step latency".into(),
+                        y_desc: "ms".into(),
+                        lines: vec![
+                            ("median".into(), line(|r| r.metrics.decode_step_ms.median)),
+                            ("p99".into(), line(|r| r.metrics.decode_step_ms.p99)),
+                        ],
+                    },
+                    SweepPanel {
+                        title: "prefill latency".into(),
+                        y_desc: "ms".into(),
+                        lines: vec![
+                            ("median".into(), line(|r| r.metrics.prefill_ms.median)),
+                            ("p99".into(), line(|r| r.metrics.prefill_ms.p99)),
+                        ],
+                    },
+                ],
+            )?;
+        } else {
+            let it = &runs[0].iterations;
+            plot_distributions(
+                path,
+                &format!(
+                    "flare bench latency: batch {}, input {}, output {}",
+                    runs[0].metrics.batch_size, args.input_len, args.output_len
+                ),
+                &[
+                    Distribution {
+                        name: "prefill".into(),
+                        unit: "ms".into(),
+                        values: it.iter().map(|i| i.prefill_s * 1e3).collect(),
+                    },
+                    Distribution {
+                        name: "decode step".into(),
+                        unit: "ms".into(),
+                        values: it
+                            .iter()
+                            .flat_map(|i| i.decode_steps_s.iter().map(|s| s * 1e3))
+                            .collect(),
+                    },
+                ],
+            )?;
+        }
+        eprintln!("plotted {}", path.display());
+    }
+    let config = json!({
+        "engine": common::model_config(&args.model, &args.load, &loaded),
+        "input_len": args.input_len,
+        "output_len": args.output_len,
+        "batch_sizes": batch_sizes,
+        "num_iters_warmup": args.num_iters_warmup,
+        "num_iters": args.num_iters,
+        "seed": args.seed,
+        "sampling": "temperature 1.0, ignore_eos, fresh random prompts per iteration",
+    });
+    let result = BenchResult::new(
+        BenchKind::Latency,
+        config,
+        runs.into_iter().map(Run::Latency).collect(),
+    );
+    common::save(&result, &args.out)
+}
