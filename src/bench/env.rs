@@ -14,6 +14,8 @@ pub struct Environment {
     pub num_cpus: usize,
     /// CANDLE_NUM_THREADS as set (candle's CPU kernels use this many threads).
     pub candle_num_threads: Option<String>,
+    /// /proc/loadavg when the run ended: other work on the machine skews CPU numbers.
+    pub load_average: Option<String>,
     /// One entry per GPU `nvidia-smi` lists; empty without one.
     pub gpus: Vec<String>,
     pub os: String,
@@ -29,6 +31,9 @@ impl Environment {
             cpu: cpu_name(),
             num_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             candle_num_threads: std::env::var("CANDLE_NUM_THREADS").ok(),
+            load_average: std::fs::read_to_string("/proc/loadavg")
+                .ok()
+                .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")),
             gpus: gpu_names(),
             os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
             cuda_build: cfg!(feature = "cuda"),

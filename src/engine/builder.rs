@@ -85,7 +85,7 @@ pub fn build_engine(args: &EngineArgs) -> Result<LoadedEngine> {
     tracing::info!(
         "KV cache: {num_blocks} blocks of {block_size} tokens = {} tokens, {bytes_per_token} bytes per token ({} MiB); max_model_len {max_model_len}",
         num_blocks * block_size,
-        num_blocks * block_size * bytes_per_token >> 20
+        (num_blocks * block_size * bytes_per_token) >> 20
     );
     let mut eos = tokenizer.eos_token_ids.clone();
     for id in &cfg.eos_token_ids {

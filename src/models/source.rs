@@ -150,9 +150,7 @@ fn fetch_from_hub(repo_id: &str, revision: Option<&str>) -> Result<ModelFiles> {
     };
     let config = fetch("config.json")?;
     let dir = config.parent().context("cache path")?.to_path_buf();
-    for f in ["tokenizer.json"] {
-        fetch(f)?;
-    }
+    fetch("tokenizer.json")?;
     for f in [
         "tokenizer_config.json",
         "generation_config.json",
