@@ -12,8 +12,8 @@ use flare::bench::dataset::{
 use flare::bench::error::Result as BenchResult;
 use flare::bench::metrics::{compute, RequestRecord};
 use flare::bench::offline::{
-    run_latency, run_throughput, LatencyConfig, LatencyIteration, LatencyMetrics,
-    OfflineRequest, ThroughputMetrics,
+    run_latency, run_throughput, LatencyConfig, LatencyIteration, LatencyMetrics, OfflineRequest,
+    ThroughputMetrics,
 };
 use flare::bench::plot::{plot_distributions, plot_sweep, Distribution, SweepPanel};
 use flare::bench::result::{
@@ -38,11 +38,19 @@ impl TextTokenizer for WordTokenizer {
     fn encode(&self, text: &str) -> BenchResult<Vec<u32>> {
         Ok(text
             .split_whitespace()
-            .map(|w| w.strip_prefix('w').and_then(|n| n.parse().ok()).unwrap_or(0))
+            .map(|w| {
+                w.strip_prefix('w')
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0)
+            })
             .collect())
     }
     fn decode(&self, ids: &[u32]) -> BenchResult<String> {
-        Ok(ids.iter().map(|i| format!("w{i}")).collect::<Vec<_>>().join(" "))
+        Ok(ids
+            .iter()
+            .map(|i| format!("w{i}"))
+            .collect::<Vec<_>>()
+            .join(" "))
     }
     fn plain_token_ids(&self) -> Vec<u32> {
         (1..500).collect()
@@ -67,8 +75,14 @@ fn random_prompts_have_exact_lengths_and_repeat_with_the_seed() {
         assert_eq!((r.prompt_len(), r.expected_output_len), (37, 11));
         assert_eq!(WordTokenizer.encode(&r.prompt).unwrap(), r.prompt_ids);
     }
-    assert_eq!(a, random_requests(&WordTokenizer, &spec(20, 37, 11, 0.0, 1)).unwrap());
-    assert_ne!(a, random_requests(&WordTokenizer, &spec(20, 37, 11, 0.0, 2)).unwrap());
+    assert_eq!(
+        a,
+        random_requests(&WordTokenizer, &spec(20, 37, 11, 0.0, 1)).unwrap()
+    );
+    assert_ne!(
+        a,
+        random_requests(&WordTokenizer, &spec(20, 37, 11, 0.0, 2)).unwrap()
+    );
     // Prompts differ from each other (no accidental prefix-cache hits between requests).
     assert_ne!(a[0].prompt_ids[..4], a[1].prompt_ids[..4]);
 }
@@ -89,7 +103,10 @@ fn random_range_ratio_spreads_lengths_within_bounds() {
 }
 
 fn words(n: usize) -> String {
-    (1..=n).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" ")
+    (1..=n)
+        .map(|i| format!("w{i}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[test]
@@ -127,7 +144,10 @@ fn sharegpt_file_sampling_filters_like_vllm() {
     shapes.sort();
     // Output length = the reference reply's token count; the filtered entries are gone.
     assert_eq!(shapes, vec![(5, 6), (6, 7), (8, 4)]);
-    assert_eq!(got, file_requests(&WordTokenizer, &path, &file(10, None, 0)).unwrap());
+    assert_eq!(
+        got,
+        file_requests(&WordTokenizer, &path, &file(10, None, 0)).unwrap()
+    );
     // Fewer than available: a seeded sample; a fixed output length overrides the replies and
     // lets short replies through.
     let two = file_requests(&WordTokenizer, &path, &file(2, Some(32), 5)).unwrap();
@@ -221,7 +241,16 @@ fn saved_result_json_schema() {
     assert_eq!(v["config"]["num_prompts"], 1);
     let env = &v["environment"];
     assert_eq!(env["flare_version"], env!("CARGO_PKG_VERSION"));
-    for key in ["git_commit", "cpu", "num_cpus", "candle_num_threads", "load_average", "gpus", "os", "cuda_build"] {
+    for key in [
+        "git_commit",
+        "cpu",
+        "num_cpus",
+        "candle_num_threads",
+        "load_average",
+        "gpus",
+        "os",
+        "cuda_build",
+    ] {
         assert!(env.get(key).is_some(), "environment.{key}");
     }
     assert!(env["gpus"].is_array() && env["num_cpus"].as_u64().unwrap() >= 1);
@@ -232,9 +261,16 @@ fn saved_result_json_schema() {
     assert!(serve["request_rate"].is_null(), "infinite rate is null");
     let m = &serve["metrics"];
     for key in [
-        "completed", "failed", "duration_s", "total_input_tokens", "total_output_tokens",
-        "request_throughput", "output_throughput", "total_token_throughput",
-        "max_output_tokens_per_s", "max_concurrent_requests",
+        "completed",
+        "failed",
+        "duration_s",
+        "total_input_tokens",
+        "total_output_tokens",
+        "request_throughput",
+        "output_throughput",
+        "total_token_throughput",
+        "max_output_tokens_per_s",
+        "max_concurrent_requests",
     ] {
         assert!(m.get(key).is_some(), "metrics.{key}");
     }
@@ -247,20 +283,45 @@ fn saved_result_json_schema() {
     let r = &serve["requests"][0];
     assert_eq!(r["itl_s"], json!([0.02, 0.03]));
     for key in [
-        "prompt_len", "expected_output_len", "output_tokens", "output_tokens_from_usage",
-        "success", "error", "start_s", "queue_s", "ttft_s", "latency_s", "generated_text",
+        "prompt_len",
+        "expected_output_len",
+        "output_tokens",
+        "output_tokens_from_usage",
+        "success",
+        "error",
+        "start_s",
+        "queue_s",
+        "ttft_s",
+        "latency_s",
+        "generated_text",
     ] {
         assert!(r.get(key).is_some(), "requests[].{key}");
     }
 
     assert_eq!(v["runs"][1]["kind"], "throughput");
     assert_eq!(v["runs"][1]["max_num_seqs"], 8);
-    for key in ["requests_per_s", "output_tokens_per_s", "total_tokens_per_s", "elapsed_s"] {
-        assert!(v["runs"][1]["metrics"].get(key).is_some(), "throughput.{key}");
+    for key in [
+        "requests_per_s",
+        "output_tokens_per_s",
+        "total_tokens_per_s",
+        "elapsed_s",
+    ] {
+        assert!(
+            v["runs"][1]["metrics"].get(key).is_some(),
+            "throughput.{key}"
+        );
     }
     assert_eq!(v["runs"][2]["kind"], "latency");
-    assert_eq!(v["runs"][2]["iterations"][0]["decode_steps_s"], json!([0.01, 0.02]));
-    for key in ["prefill_ms", "decode_step_ms", "e2e_ms", "decode_tokens_per_s"] {
+    assert_eq!(
+        v["runs"][2]["iterations"][0]["decode_steps_s"],
+        json!([0.01, 0.02])
+    );
+    for key in [
+        "prefill_ms",
+        "decode_step_ms",
+        "e2e_ms",
+        "decode_tokens_per_s",
+    ] {
         assert!(v["runs"][2]["metrics"].get(key).is_some(), "latency.{key}");
     }
 
@@ -294,7 +355,10 @@ fn plots_write_svg() {
     .unwrap();
     let svg = std::fs::read_to_string(&dist).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("TTFT (ms): median") && svg.contains("<rect"));
-    assert!(!svg.contains("empty"), "panels without samples are left out");
+    assert!(
+        !svg.contains("empty"),
+        "panels without samples are left out"
+    );
 
     let sweep = scratch("sweep.svg");
     let pts = vec![(1.0, 10.0), (2.0, 19.0), (4.0, 35.0), (8.0, 50.0)];
@@ -342,8 +406,15 @@ fn smollm2_random_prompts_round_trip_and_offline_runs_count_tokens() {
     // Random token ids become text that re-tokenizes to the recorded ids, of the asked length.
     let reqs = random_requests(&*tok, &spec(6, 24, 5, 0.0, 0)).unwrap();
     for r in &reqs {
-        assert_eq!(TextTokenizer::encode(&*tok, &r.prompt).unwrap(), r.prompt_ids);
-        assert!(r.prompt_len().abs_diff(24) <= 1, "length {}", r.prompt_len());
+        assert_eq!(
+            TextTokenizer::encode(&*tok, &r.prompt).unwrap(),
+            r.prompt_ids
+        );
+        assert!(
+            r.prompt_len().abs_diff(24) <= 1,
+            "length {}",
+            r.prompt_len()
+        );
     }
     let exact = reqs.iter().filter(|r| r.prompt_len() == 24).count();
     assert!(exact >= 5, "{exact} of 6 exact");
@@ -352,9 +423,14 @@ fn smollm2_random_prompts_round_trip_and_offline_runs_count_tokens() {
     let (m, per_req) = run_throughput(&mut loaded.engine, &reqs, &ProgressBar::hidden()).unwrap();
     assert_eq!(m.num_requests, 6);
     assert_eq!(m.total_output_tokens, 30);
-    assert_eq!(m.total_input_tokens, reqs.iter().map(|r| r.prompt_len()).sum::<usize>());
+    assert_eq!(
+        m.total_input_tokens,
+        reqs.iter().map(|r| r.prompt_len()).sum::<usize>()
+    );
     assert!((m.output_tokens_per_s - 30.0 / m.elapsed_s).abs() < 1e-9);
-    assert!(per_req.iter().all(|r| r.output_len == 5 && r.first_token_s <= r.finish_s));
+    assert!(per_req
+        .iter()
+        .all(|r| r.output_len == 5 && r.first_token_s <= r.finish_s));
     assert!(per_req.iter().all(|r| r.finish_s <= m.elapsed_s));
     assert!(!loaded.engine.has_unfinished());
 
