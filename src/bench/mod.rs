@@ -9,6 +9,7 @@ pub mod error;
 pub mod metrics;
 pub mod offline;
 pub mod plot;
+pub mod preset;
 pub mod result;
 pub mod sse;
 pub mod stats;

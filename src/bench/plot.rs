@@ -13,6 +13,7 @@ const PANEL_H: u32 = 340;
 const TITLE_H: u32 = 40;
 const BINS: usize = 30;
 const FONT: &str = "sans-serif";
+const LIGHT_GRID: RGBColor = RGBColor(240, 240, 240);
 const COLORS: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
@@ -113,6 +114,7 @@ fn histogram(
         .map_err(plot_err)?;
     chart
         .configure_mesh()
+        .light_line_style(LIGHT_GRID)
         .x_desc(d.unit.as_str())
         .y_desc("count")
         .y_label_formatter(&|y| format!("{y:.0}"))
@@ -190,6 +192,7 @@ fn sweep_panel(
         .map_err(plot_err)?;
     chart
         .configure_mesh()
+        .light_line_style(LIGHT_GRID)
         .x_desc(x_desc)
         .y_desc(panel.y_desc.as_str())
         .x_label_formatter(&|x| format!("{x:.0}"))

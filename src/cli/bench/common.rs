@@ -38,40 +38,6 @@ pub enum LoadFormat {
     Dummy,
 }
 
-/// Named models for benchmarks (`--preset`), so scripts need not spell repo ids.
-const PRESETS: &[(&str, Option<&str>, &str)] = &[
-    (
-        "smollm2-135m-q4",
-        None,
-        "default SmolLM2-135M-Instruct GGUF Q4_1 (flare's cache)",
-    ),
-    (
-        "smollm2-135m",
-        Some("HuggingFaceTB/SmolLM2-135M-Instruct"),
-        "SmolLM2-135M-Instruct, safetensors",
-    ),
-    (
-        "smollm2-360m",
-        Some("HuggingFaceTB/SmolLM2-360M-Instruct"),
-        "SmolLM2-360M-Instruct",
-    ),
-    (
-        "qwen2.5-0.5b",
-        Some("Qwen/Qwen2.5-0.5B-Instruct"),
-        "Qwen2.5-0.5B-Instruct",
-    ),
-    (
-        "llama-3.2-1b",
-        Some("meta-llama/Llama-3.2-1B-Instruct"),
-        "Llama-3.2-1B-Instruct",
-    ),
-    (
-        "llama-3.1-8b",
-        Some("meta-llama/Llama-3.1-8B-Instruct"),
-        "Llama-3.1-8B-Instruct",
-    ),
-];
-
 #[derive(Args, Debug, Clone)]
 pub struct EngineLoadArgs {
     /// Where the weights come from.
@@ -91,11 +57,10 @@ pub fn load_engine(
 ) -> Result<LoadedEngine> {
     let mut model = model.clone();
     if let Some(name) = &load.preset {
-        let Some((_, spec, _)) = PRESETS.iter().find(|(n, _, _)| n == name) else {
-            let names: Vec<&str> = PRESETS.iter().map(|p| p.0).collect();
-            bail!("unknown preset `{name}` (known: {})", names.join(", "));
-        };
-        model.model = spec.map(str::to_string);
+        let preset = flare::bench::preset::find(name)?;
+        // Checked now so a bad preset fails before any loading, whatever the load format.
+        preset.config()?;
+        model.model = preset.hub_id.map(str::to_string);
     }
     if load.load_format == LoadFormat::Dummy {
         bail!(
