@@ -184,3 +184,30 @@ fn tiny_qwen2_matches_transformers() {
 fn tiny_mistral_matches_transformers() {
     check_model("tiny-mistral");
 }
+
+/// bf16 and f16 weights and activations stay close to the f32 reference (half precision
+/// rounds every matmul input, so the bound is loose but still catches dtype bugs).
+#[test]
+fn half_precision_dtypes_track_the_reference() {
+    for (dtype, tol) in [(DType::BF16, 0.3f32), (DType::F16, 0.05)] {
+        let dir = fixture_dir("tiny-llama");
+        let model = load_model(&ModelFiles::HfDir(dir), dtype, &Device::Cpu).unwrap();
+        let (_, fx) = load("tiny-llama");
+        let kv = model.new_kv_cache(16, BLOCK, dtype).unwrap();
+        let mut free = shuffled_pool(16);
+        let p = &fx.prompts[2];
+        let mut s = Seq {
+            tokens: p.clone(),
+            computed: 0,
+            blocks: vec![],
+        };
+        let got = step(&model, &kv, &mut [&mut s], &[p.len()], &mut free);
+        let worst = got[0]
+            .iter()
+            .zip(&fx.logits[2])
+            .map(|(g, w)| max_abs(g, w))
+            .fold(0.0, f32::max);
+        assert!(worst < tol, "{dtype:?}: max abs diff {worst}");
+        assert!(worst > 0.0, "{dtype:?} computed in f32?");
+    }
+}

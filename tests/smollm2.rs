@@ -79,12 +79,9 @@ fn f32_safetensors_greedy_matches_transformers_up_to_near_ties() {
     let tok = e.tokenizer.clone();
     let cases = cases();
     assert!(cases.len() >= 10);
-    let template = ChatTemplate::new(
-        tok.chat_template.as_deref().unwrap(),
-        tok.bos_token.clone(),
-        tok.eos_token.clone(),
-    )
-    .unwrap();
+    let template = ChatTemplate::from_tokenizer(&tok)
+        .unwrap()
+        .expect("chat template");
     // Our chat template and tokenizer produce exactly the reference prompt.
     for c in &cases {
         let text = template
@@ -127,12 +124,9 @@ fn f32_safetensors_greedy_matches_transformers_up_to_near_ties() {
 fn gguf_answers_a_question_with_a_clear_answer() {
     let mut e = engine(&source::default_gguf_path());
     let tok = e.tokenizer.clone();
-    let template = ChatTemplate::new(
-        tok.chat_template.as_deref().unwrap(),
-        tok.bos_token.clone(),
-        tok.eos_token.clone(),
-    )
-    .unwrap();
+    let template = ChatTemplate::from_tokenizer(&tok)
+        .unwrap()
+        .expect("chat template");
     // The bare question is a near-tie at its first token ("The" vs "L'", margin 0.08 in f32),
     // which Q4_1 flips; asking for one sentence is a clear case.
     let question = "What is the capital of France? Answer in one sentence.";

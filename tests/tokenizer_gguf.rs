@@ -352,3 +352,27 @@ fn streaming_decode_matches_full_decode() {
         assert_eq!(streamed, tok.decode(&ids, false).unwrap(), "{text:?}");
     }
 }
+
+#[test]
+fn gguf_chat_template_renders_and_tokenizes_like_tokenizer_json() {
+    use flare::chat_template::{ChatMessage, ChatTemplate};
+    let (gguf, hf) = model_files();
+    let tok = gguf_tokenizer(&gguf);
+    let reference = tokenizers::Tokenizer::from_file(hf.join("tokenizer.json")).unwrap();
+    let template = ChatTemplate::from_tokenizer(&tok).unwrap().unwrap();
+    let prompt = template
+        .render(&[ChatMessage::user("What is the capital of France?")], true)
+        .unwrap();
+    assert_eq!(
+        prompt,
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging \
+         Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n\
+         <|im_start|>assistant\n"
+    );
+    let ids = tok.encode(&prompt, false).unwrap();
+    assert_eq!(
+        ids,
+        reference.encode(prompt.as_str(), false).unwrap().get_ids()
+    );
+    assert_eq!(ids.iter().filter(|&&id| id == 1).count(), 3);
+}

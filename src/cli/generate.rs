@@ -49,11 +49,8 @@ fn render(tok: &Tokenizer, prompt: &str, chat: bool) -> Result<Vec<u32>> {
     if !chat {
         return Ok(tok.encode(prompt, true)?);
     }
-    let template = tok
-        .chat_template
-        .as_deref()
-        .context("--chat: the model has no chat template")?;
-    let tpl = ChatTemplate::new(template, tok.bos_token.clone(), tok.eos_token.clone())?;
+    let tpl =
+        ChatTemplate::from_tokenizer(tok)?.context("--chat: the model has no chat template")?;
     let text = tpl.render(&[ChatMessage::new("user", prompt)], true)?;
     Ok(tok.encode(&text, false)?)
 }

@@ -13,7 +13,6 @@ pub struct Rotary {
     /// `[1, head_dim / 2]`, f32.
     inv_freq: Tensor,
     position_scale: f64,
-    interleaved: bool,
 }
 
 /// Inverse frequencies with the config's scaling applied (HF `_compute_*_parameters`).
@@ -62,7 +61,6 @@ impl Rotary {
         Ok(Self {
             inv_freq: Tensor::from_vec(inv, (1, n), device)?,
             position_scale,
-            interleaved: cfg.rope_interleaved,
         })
     }
 
@@ -73,19 +71,10 @@ impl Rotary {
         Ok((freqs.cos()?.to_dtype(dtype)?, freqs.sin()?.to_dtype(dtype)?))
     }
 
-    /// Rotates `x: [tokens, heads, head_dim]` (contiguous) in the model's convention.
+    /// Rotates `x: [tokens, heads, head_dim]` with HF's half-split pairing (GGUF q/k rows
+    /// are reordered to it at load).
     pub fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        let x4 = x.unsqueeze(0)?;
-        let out = if self.interleaved {
-            // rope_i wants [b, heads, tokens, d].
-            let xt = x4.transpose(1, 2)?.contiguous()?;
-            candle_nn::rotary_emb::rope_i(&xt, cos, sin)?
-                .transpose(1, 2)?
-                .contiguous()?
-        } else {
-            candle_nn::rotary_emb::rope_thd(&x4.contiguous()?, cos, sin)?
-        };
-        out.squeeze(0)
+        candle_nn::rotary_emb::rope_thd(&x.unsqueeze(0)?.contiguous()?, cos, sin)?.squeeze(0)
     }
 }
 

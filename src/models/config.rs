@@ -46,8 +46,6 @@ pub struct LlamaConfig {
     pub mlp_bias: bool,
     /// Attend only to the last `sliding_window` positions (Mistral v0.1).
     pub sliding_window: Option<usize>,
-    /// GGUF (llama.cpp) stores q/k rows permuted for interleaved (GPT-J style) rotary.
-    pub rope_interleaved: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
 }
@@ -181,7 +179,6 @@ impl LlamaConfig {
             o_bias: attention_bias,
             mlp_bias: c.mlp_bias.unwrap_or(false),
             sliding_window,
-            rope_interleaved: false,
             bos_token_id: token_ids(&c.bos_token_id).first().copied(),
             eos_token_ids: token_ids(&c.eos_token_id),
             model_type,
@@ -247,8 +244,6 @@ impl LlamaConfig {
             o_bias: content.tensor_infos.contains_key("blk.0.attn_output.bias"),
             mlp_bias: false,
             sliding_window: None,
-            // llama.cpp permutes q/k of the `llama` arch only; qwen2 keeps HF's layout (NEOX rope).
-            rope_interleaved: arch == "llama",
             bos_token_id: tok("tokenizer.ggml.bos_token_id"),
             eos_token_ids: tok("tokenizer.ggml.eos_token_id").into_iter().collect(),
         })

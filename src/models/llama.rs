@@ -67,8 +67,16 @@ impl LlamaModel {
                         &format!("{p}.input_layernorm"),
                         cfg.rms_norm_eps,
                     )?,
-                    q: w.linear(&format!("{p}.self_attn.q_proj"), cfg.qkv_bias)?,
-                    k: w.linear(&format!("{p}.self_attn.k_proj"), cfg.qkv_bias)?,
+                    q: w.rotary_linear(
+                        &format!("{p}.self_attn.q_proj"),
+                        cfg.num_attention_heads,
+                        cfg.qkv_bias,
+                    )?,
+                    k: w.rotary_linear(
+                        &format!("{p}.self_attn.k_proj"),
+                        cfg.num_key_value_heads,
+                        cfg.qkv_bias,
+                    )?,
                     v: w.linear(&format!("{p}.self_attn.v_proj"), cfg.qkv_bias)?,
                     o: w.linear(&format!("{p}.self_attn.o_proj"), cfg.o_bias)?,
                     post_norm: RmsNorm::load(
@@ -142,8 +150,8 @@ impl LlamaModel {
             let q = layer.q.forward(&hs)?.reshape((t, h, d))?;
             let k = layer.k.forward(&hs)?.reshape((t, kvh, d))?;
             let v = layer.v.forward(&hs)?.reshape((t, kvh, d))?;
-            let q = self.rotary.apply(&q.contiguous()?, &cos, &sin)?;
-            let k = self.rotary.apply(&k.contiguous()?, &cos, &sin)?;
+            let q = self.rotary.apply(&q, &cos, &sin)?;
+            let k = self.rotary.apply(&k, &cos, &sin)?;
             let (k_cache, v_cache) = kv.layer(i);
             meta.write_kv(&k, &v.contiguous()?, k_cache, v_cache)?;
             let attn = paged_attention(&q, k_cache, v_cache, meta, scale, cfg.sliding_window)?;

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use candle_core::quantized::{gguf_file, QMatMul};
+use candle_core::quantized::{gguf_file, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
@@ -93,13 +93,15 @@ impl Weights {
         }
     }
 
-    fn gguf_qtensor(&self, full: &str) -> Result<candle_core::quantized::QTensor> {
-        let Weights::Gguf {
-            content,
-            path,
-            device,
-        } = self
-        else {
+    fn gguf_qtensor(&self, full: &str) -> Result<QTensor> {
+        let Weights::Gguf { device, .. } = self else {
+            unreachable!()
+        };
+        self.gguf_qtensor_on(full, device)
+    }
+
+    fn gguf_qtensor_on(&self, full: &str, device: &Device) -> Result<QTensor> {
+        let Weights::Gguf { content, path, .. } = self else {
             unreachable!()
         };
         let mut f = File::open(path)?;
@@ -139,12 +141,65 @@ impl Weights {
         Ok(Linear::new(w, b))
     }
 
+    /// Like [`Weights::linear`] for q/k projections, whose rows llama.cpp stores permuted for
+    /// interleaved (GPT-J) rotary in `llama`-arch GGUF files: the rows are put back in HF's
+    /// half-split order, so one rotary convention serves every format.
+    pub fn rotary_linear(&self, name: &str, num_heads: usize, bias: bool) -> Result<Linear> {
+        let Weights::Gguf {
+            content, device, ..
+        } = self
+        else {
+            return self.linear(name, bias);
+        };
+        let arch = content
+            .metadata
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok());
+        if arch.map(String::as_str) != Some("llama") {
+            return self.linear(name, bias);
+        }
+        let q = self.gguf_qtensor_on(&format!("{}.weight", gguf_name(name)), &Device::Cpu)?;
+        let (rows, cols) = q.shape().dims2()?;
+        let dtype = q.dtype();
+        let row_bytes = cols / dtype.block_size() * dtype.type_size();
+        let order = unpermute_rows(rows, num_heads);
+        let data = q.data()?;
+        let mut out = Vec::with_capacity(data.len());
+        for &r in &order {
+            out.extend_from_slice(&data[r * row_bytes..(r + 1) * row_bytes]);
+        }
+        let storage = QStorage::from_data(std::borrow::Cow::Owned(out), device, dtype)?;
+        let w = QMatMul::from_qtensor(QTensor::new(storage, (rows, cols))?)?;
+        let b = if bias {
+            let idx: Vec<u32> = order.iter().map(|&r| r as u32).collect();
+            let idx = Tensor::from_vec(idx, rows, device)?;
+            Some(self.tensor(name, "bias")?.index_select(&idx, 0)?)
+        } else {
+            None
+        };
+        Ok(Linear::new(w, b))
+    }
+
     pub fn gguf_content(&self) -> Option<&gguf_file::Content> {
         match self {
             Weights::Gguf { content, .. } => Some(content),
             _ => None,
         }
     }
+}
+
+/// For each HF row, the GGUF row holding it. llama.cpp's convert script maps HF row
+/// `j * d/2 + i` of each head (half-split rotary pairs) to row `2i + j` (adjacent pairs).
+fn unpermute_rows(rows: usize, num_heads: usize) -> Vec<usize> {
+    let d = rows / num_heads;
+    let half = d / 2;
+    (0..rows)
+        .map(|r| {
+            let (h, within) = (r / d, r % d);
+            let (j, i) = (within / half, within % half);
+            h * d + 2 * i + j
+        })
+        .collect()
 }
 
 /// The safetensors files of an HF checkpoint directory: the index's shards, or the one file.
@@ -177,6 +232,13 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn unpermutes_llama_cpp_rotary_rows() {
+        // One head of dim 4: GGUF rows [a0, b0, a1, b1] hold HF rows [a0, a1, b0, b1].
+        assert_eq!(super::unpermute_rows(4, 1), vec![0, 2, 1, 3]);
+        assert_eq!(super::unpermute_rows(8, 2), vec![0, 2, 1, 3, 4, 6, 5, 7]);
+    }
+
     #[test]
     fn maps_hf_names_to_gguf() {
         assert_eq!(

@@ -28,7 +28,7 @@ use crate::request::FinishReason;
 use waiting::WaitingQueue;
 
 /// Numbers for metrics.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct SchedulerStats {
     pub num_running: usize,
     /// Including preempted sequences.

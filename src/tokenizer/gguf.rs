@@ -1,18 +1,25 @@
 //! Builds a `tokenizers::Tokenizer` from the vocabulary a GGUF file carries in its metadata.
 //!
-//! Two vocabulary kinds are supported, named by `tokenizer.ggml.model`:
+//! Vocabulary kinds, named by `tokenizer.ggml.model`:
 //!
 //! - `gpt2`: byte-level BPE. Tokens and merges are stored in the byte-level alphabet already, so
 //!   they go straight into a BPE model. What the file does not store is how text is split before
 //!   BPE runs; `tokenizer.ggml.pre` names it, and we map each name to the pre-tokenizer of the
 //!   model's own `tokenizer.json` (candle's converter gets this wrong for SmolLM2).
-//! - `llama`: SentencePiece BPE (Llama-2, Gemma), with scores and `<0xXX>` byte-fallback tokens
-//!   but usually no merges. SentencePiece repeatedly merges the adjacent pair whose concatenation
+//! - `llama`: SentencePiece BPE (Llama-2, Gemma 2/3), with scores and `<0xXX>` byte-fallback
+//!   tokens but no merges. SentencePiece repeatedly merges the adjacent pair whose concatenation
 //!   is the best-scoring piece; a HF BPE model whose merge ranks follow that score does the same,
 //!   so we derive merges from the vocabulary: every split of a piece into two pieces becomes a
-//!   merge ranked by the piece's score (Gemma: by its position, since its scores do not follow
-//!   merge order). Ties between equal-score merges are broken by rank here and by position in
-//!   SentencePiece, which can differ on rare inputs.
+//!   merge ranked by the piece's score. Gemma's scores do not follow its merge order but its token
+//!   order does, so for Gemma the rank is the token's position. Ties between merges of equal
+//!   priority are broken by rank here and by position in the text in SentencePiece, which can
+//!   differ on rare inputs.
+//! - `gemma4`: the same SentencePiece-style BPE, with the merges stored in the file.
+//!
+//! Checked against llama.cpp and against HF `tokenizer.json` outputs on llama.cpp's vocab-only
+//! test files (llama-spm, phi-3, llama-bpe, qwen2, starcoder, refact, gpt-2, gemma-4, and gemma-4
+//! with its merges removed to exercise the position-ranked derivation). The one known difference
+//! is deliberate: Qwen2's `tokenizer.json` normalizes to NFC and llama.cpp does not.
 //!
 //! Control tokens (type 3) become special added tokens so chat markup like `<|im_start|>` is one
 //! token; user-defined tokens (type 4) become plain added tokens.
@@ -107,17 +114,21 @@ impl GgufVocab {
                     .ok_or_else(|| TokenizerError::Invalid(format!("merge without a space: {m:?}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let is_spm = model == "llama";
-        let gemma = architecture.starts_with("gemma");
+        let pre = string(ct, "tokenizer.ggml.pre")?;
+        let is_spm = matches!(model.as_str(), "llama" | "gemma4");
+        let gemma = architecture.starts_with("gemma") || model == "gemma4";
+        // llama.cpp's defaults: SentencePiece and Llama-3-style vocabularies want BOS.
+        let default_bos = model == "llama"
+            || model == "gemma4"
+            || pre.as_deref().is_some_and(|p| LLAMA3_PRES.contains(&p));
         Ok(Self {
-            pre: string(ct, "tokenizer.ggml.pre")?,
+            pre,
             bos_token_id: id(ct, "tokenizer.ggml.bos_token_id")?,
             eos_token_id: id(ct, "tokenizer.ggml.eos_token_id")?,
             eot_token_id: id(ct, "tokenizer.ggml.eot_token_id")?,
             eom_token_id: id(ct, "tokenizer.ggml.eom_token_id")?,
             unknown_token_id: id(ct, "tokenizer.ggml.unknown_token_id")?,
-            // llama.cpp adds BOS for SentencePiece vocabularies that do not say otherwise.
-            add_bos_token: boolean(ct, "tokenizer.ggml.add_bos_token")?.unwrap_or(is_spm),
+            add_bos_token: boolean(ct, "tokenizer.ggml.add_bos_token")?.unwrap_or(default_bos),
             add_space_prefix: boolean(ct, "tokenizer.ggml.add_space_prefix")?
                 .unwrap_or(is_spm && !gemma),
             chat_template: string(ct, "tokenizer.chat_template")?,
@@ -143,7 +154,7 @@ impl GgufVocab {
     pub fn build(&self) -> Result<tokenizers::Tokenizer, TokenizerError> {
         match self.model.as_str() {
             "gpt2" => self.build_byte_level(),
-            "llama" => self.build_sentencepiece(),
+            "llama" | "gemma4" => self.build_sentencepiece(),
             other => Err(TokenizerError::UnsupportedModel(other.to_string())),
         }
     }
@@ -155,17 +166,17 @@ impl GgufVocab {
             .enumerate()
             .map(|(i, t)| (t.clone(), i as u32))
             .collect();
+        let pre = byte_level_pre_tokenizer(self.pre.as_deref().unwrap_or("gpt2"))?;
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, self.merges.clone())
+            .ignore_merges(pre.ignore_merges)
             .build()
             .map_err(tokenizers_err)?;
         let mut tok = tokenizers::Tokenizer::new(bpe);
-        let pre = self.pre.as_deref().unwrap_or("gpt2");
-        let (normalizer, pre_tokenizer) = byte_level_pre_tokenizer(pre)?;
-        if let Some(n) = normalizer {
+        if let Some(n) = pre.normalizer {
             tok.with_normalizer(Some(n)).map_err(tokenizers_err)?;
         }
-        tok.with_pre_tokenizer(Some(pre_tokenizer));
+        tok.with_pre_tokenizer(Some(pre.pre_tokenizer));
         tok.with_decoder(Some(ByteLevelDecoder::default()));
 
         // A token marked control that uses characters outside the byte alphabet cannot be a real
@@ -177,7 +188,7 @@ impl GgufVocab {
     }
 
     fn build_sentencepiece(&self) -> Result<tokenizers::Tokenizer, TokenizerError> {
-        let gemma = self.architecture.starts_with("gemma");
+        let gemma = self.architecture.starts_with("gemma") || self.model == "gemma4";
         // Gemma stores runs of spaces as real spaces while every other piece spells a space as
         // U+2581, so those runs must be respelled or no merge could ever reach them.
         let tokens: Vec<String> = self
@@ -274,10 +285,28 @@ impl GgufVocab {
     }
 }
 
-/// The normalizer and pre-tokenizer of a byte-level vocabulary, by its `tokenizer.ggml.pre` name.
-fn byte_level_pre_tokenizer(
-    pre: &str,
-) -> Result<(Option<NormalizerWrapper>, PreTokenizerWrapper), TokenizerError> {
+/// `tokenizer.ggml.pre` names that mean Llama-3's pre-tokenizer.
+const LLAMA3_PRES: [&str; 6] = [
+    "llama3",
+    "llama-v3",
+    "llama-bpe",
+    "falcon3",
+    "pixtral",
+    "lfm2",
+];
+
+/// How a byte-level vocabulary prepares text for BPE.
+struct BytePre {
+    normalizer: Option<NormalizerWrapper>,
+    pre_tokenizer: PreTokenizerWrapper,
+    /// Look a whole pre-token up in the vocabulary before merging (Llama-3 does; some of its
+    /// tokens are unreachable by merges).
+    ignore_merges: bool,
+}
+
+/// The text preparation of a byte-level vocabulary, by its `tokenizer.ggml.pre` name, as in the
+/// `tokenizer.json` of the models that use it.
+fn byte_level_pre_tokenizer(pre: &str) -> Result<BytePre, TokenizerError> {
     let split_then_bytes = |regex: &str| -> Result<PreTokenizerWrapper, TokenizerError> {
         let split = Split::new(
             SplitPattern::Regex(regex.to_string()),
@@ -291,26 +320,39 @@ fn byte_level_pre_tokenizer(
         ])
         .into())
     };
+    let gpt2 = || ByteLevel::new(false, true, true).into();
     Ok(match pre {
         // StarCoder-style: every digit alone, then GPT-2's regex without a prefix space.
-        "smollm" | "starcoder" | "refact" => (
-            None,
-            PreSequence::new(vec![
-                Digits::new(true).into(),
-                ByteLevel::new(false, true, true).into(),
-            ])
-            .into(),
-        ),
-        "llama3" | "llama-v3" | "llama-bpe" | "smaug-bpe" | "falcon3" | "dbrx" | "lfm2"
-        | "pixtral" => (None, split_then_bytes(LLAMA3_SPLIT)?),
-        "qwen2" | "deepseek-r1-qwen" | "megrez" => {
-            (Some(NFC.into()), split_then_bytes(QWEN2_SPLIT)?)
-        }
+        "smollm" | "starcoder" | "refact" => BytePre {
+            normalizer: None,
+            pre_tokenizer: PreSequence::new(vec![Digits::new(true).into(), gpt2()]).into(),
+            ignore_merges: false,
+        },
+        p if LLAMA3_PRES.contains(&p) => BytePre {
+            normalizer: None,
+            pre_tokenizer: split_then_bytes(LLAMA3_SPLIT)?,
+            ignore_merges: true,
+        },
+        "smaug-bpe" | "dbrx" => BytePre {
+            normalizer: None,
+            pre_tokenizer: split_then_bytes(LLAMA3_SPLIT)?,
+            ignore_merges: false,
+        },
+        // Qwen2's tokenizer.json normalizes to NFC first (llama.cpp does not).
+        "qwen2" | "deepseek-r1-qwen" | "megrez" => BytePre {
+            normalizer: Some(NFC.into()),
+            pre_tokenizer: split_then_bytes(QWEN2_SPLIT)?,
+            ignore_merges: false,
+        },
         other => {
-            if !matches!(other, "gpt2" | "default") {
+            if !matches!(other, "gpt2" | "gpt-2" | "default") {
                 tracing::warn!(pre = other, "unknown GGUF pre-tokenizer, using GPT-2's");
             }
-            (None, ByteLevel::new(false, true, true).into())
+            BytePre {
+                normalizer: None,
+                pre_tokenizer: gpt2(),
+                ignore_merges: false,
+            }
         }
     })
 }
@@ -435,7 +477,7 @@ mod tests {
     use crate::tokenizer::test_util;
     use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
 
-    fn pieces(tok: &tokenizers::Tokenizer, text: &str) -> Vec<String> {
+    fn pieces_of(tok: &tokenizers::Tokenizer, text: &str) -> Vec<String> {
         let enc = tok.encode(text, false).unwrap();
         enc.get_ids()
             .iter()
@@ -456,9 +498,9 @@ mod tests {
     fn smollm_byte_level_merges_digits_and_markup() {
         let vocab = GgufVocab::from_content(&test_util::byte_level_content()).unwrap();
         let tok = vocab.build().unwrap();
-        assert_eq!(pieces(&tok, "hello world"), ["hello", "Ġworld"]);
+        assert_eq!(pieces_of(&tok, "hello world"), ["hello", "Ġworld"]);
         // Digits one by one; no prefix space added to the first word.
-        assert_eq!(pieces(&tok, "12"), ["1", "2"]);
+        assert_eq!(pieces_of(&tok, "12"), ["1", "2"]);
         let ids = tok.encode("<|im_start|>hello<|im_end|>", false).unwrap();
         assert_eq!(ids.get_ids()[0], 1);
         assert_eq!(*ids.get_ids().last().unwrap(), 2);
@@ -480,14 +522,15 @@ mod tests {
 
     #[test]
     fn llama3_and_qwen2_regexes_compile_and_split() {
-        let (_, llama3) = byte_level_pre_tokenizer("llama-bpe").unwrap();
+        let llama3 = byte_level_pre_tokenizer("llama-bpe").unwrap();
+        assert!(llama3.ignore_merges);
         assert_eq!(
-            splits(&llama3, "DON'T 12345 go!!\n\n"),
+            splits(&llama3.pre_tokenizer, "DON'T 12345 go!!\n\n"),
             ["DON", "'T", "Ġ", "123", "45", "Ġgo", "!!ĊĊ"]
         );
-        let (norm, qwen2) = byte_level_pre_tokenizer("qwen2").unwrap();
-        assert!(norm.is_some());
-        assert_eq!(splits(&qwen2, "a 12"), ["a", "Ġ", "1", "2"]);
+        let qwen2 = byte_level_pre_tokenizer("qwen2").unwrap();
+        assert!(qwen2.normalizer.is_some() && !qwen2.ignore_merges);
+        assert_eq!(splits(&qwen2.pre_tokenizer, "a 12"), ["a", "Ġ", "1", "2"]);
     }
 
     #[test]
@@ -495,10 +538,10 @@ mod tests {
         let vocab = GgufVocab::from_content(&test_util::sentencepiece_content()).unwrap();
         assert!(vocab.add_bos_token && vocab.add_space_prefix);
         let tok = vocab.build().unwrap();
-        assert_eq!(pieces(&tok, "hello world"), ["▁hello", "▁world"]);
-        assert_eq!(pieces(&tok, "hold"), ["▁h", "o", "ld"]);
+        assert_eq!(pieces_of(&tok, "hello world"), ["▁hello", "▁world"]);
+        assert_eq!(pieces_of(&tok, "hold"), ["▁h", "o", "ld"]);
         // "é" is not a piece: its UTF-8 bytes stand in.
-        assert_eq!(pieces(&tok, "é"), ["▁", "<0xC3>", "<0xA9>"]);
+        assert_eq!(pieces_of(&tok, "é"), ["▁", "<0xC3>", "<0xA9>"]);
         let ids = tok
             .encode("hello é world", false)
             .unwrap()
@@ -508,6 +551,28 @@ mod tests {
         let ids = tok.encode("<s>hello", false).unwrap().get_ids().to_vec();
         assert_eq!(ids[0], 1);
         assert_eq!(tok.decode(&ids, true).unwrap(), "hello");
+    }
+
+    #[test]
+    fn gemma_ranks_derived_merges_by_position_not_score() {
+        // "ab" comes first in the file, "bc" scores better: the two orders disagree on "abc".
+        let pieces = [
+            ("▁", 0.0),
+            ("a", 0.0),
+            ("b", 0.0),
+            ("c", 0.0),
+            ("ab", -5.0),
+            ("bc", -1.0),
+        ];
+        let build = |arch| {
+            let ct = test_util::sentencepiece_content_with(&pieces, arch);
+            GgufVocab::from_content(&ct).unwrap().build().unwrap()
+        };
+        let gemma = build("gemma3");
+        let llama = build("llama");
+        // Gemma 3 files add no prefix space, Llama-2 ones do.
+        assert_eq!(pieces_of(&gemma, "abc"), ["ab", "c"]);
+        assert_eq!(pieces_of(&llama, "abc"), ["▁", "a", "bc"]);
     }
 
     #[test]

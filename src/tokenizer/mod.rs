@@ -182,8 +182,9 @@ impl Tokenizer {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod test_util;
+/// Tiny tokenizers built in code, for tests here and in tests/.
+#[doc(hidden)]
+pub mod test_util;
 
 #[cfg(test)]
 mod tests {
@@ -213,6 +214,14 @@ mod tests {
         // Already starting with BOS (e.g. a rendered chat prompt): no second one.
         let chat = tok.encode("<|im_start|>ab", true).unwrap();
         assert_eq!(chat.iter().filter(|&&id| id == 1).count(), 1);
+    }
+
+    #[test]
+    fn shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Tokenizer>();
+        assert_send_sync::<IncrementalDetokenizer>();
+        assert_send_sync::<StopStringMatcher>();
     }
 
     #[test]

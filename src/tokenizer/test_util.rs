@@ -108,8 +108,18 @@ pub const SPM_PIECES: [&str; 20] = [
 ];
 
 /// A SentencePiece BPE vocabulary in Llama-2's shape: `<unk>`, `<s>`, `</s>`, 256 byte tokens,
-/// then pieces with descending scores and no merges.
+/// then [`SPM_PIECES`] with descending scores and no merges.
 pub fn sentencepiece_content() -> Content {
+    let pieces: Vec<(&str, f32)> = SPM_PIECES
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (*p, -(i as f32)))
+        .collect();
+    sentencepiece_content_with(&pieces, "llama")
+}
+
+/// Like [`sentencepiece_content`] with the given pieces and scores, for `architecture`.
+pub fn sentencepiece_content_with(pieces: &[(&str, f32)], architecture: &str) -> Content {
     let mut tokens: Vec<String> = vec!["<unk>".into(), "<s>".into(), "</s>".into()];
     let mut types = vec![2, 3, 3];
     let mut scores = vec![0.0f32; 3];
@@ -118,13 +128,16 @@ pub fn sentencepiece_content() -> Content {
         types.push(6);
         scores.push(0.0);
     }
-    for (i, p) in SPM_PIECES.iter().enumerate() {
-        tokens.push(p.to_string());
+    for (piece, score) in pieces {
+        tokens.push(piece.to_string());
         types.push(1);
-        scores.push(-(i as f32));
+        scores.push(*score);
     }
     let mut md = HashMap::new();
-    md.insert("general.architecture".into(), Value::String("llama".into()));
+    md.insert(
+        "general.architecture".into(),
+        Value::String(architecture.into()),
+    );
     md.insert("tokenizer.ggml.model".into(), Value::String("llama".into()));
     md.insert("tokenizer.ggml.tokens".into(), strings(tokens));
     md.insert(
