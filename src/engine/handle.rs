@@ -33,6 +33,8 @@ pub struct EngineStats {
     pub alive: bool,
 }
 
+// Add is the common message and short-lived; boxing it would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     Add {
         prompt: Vec<u32>,
