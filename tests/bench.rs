@@ -10,6 +10,7 @@ use flare::bench::dataset::{
     file_requests, random_requests, FileSpec, RandomSpec, SampleRequest, TextTokenizer,
 };
 use flare::bench::error::Result as BenchResult;
+use flare::bench::figures::plot_result;
 use flare::bench::metrics::{compute, RequestRecord};
 use flare::bench::offline::{
     run_latency, run_throughput, LatencyConfig, LatencyIteration, LatencyMetrics, OfflineRequest,
@@ -326,6 +327,30 @@ fn saved_result_json_schema() {
     }
 
     assert_eq!(Saved::load(&path).unwrap(), result);
+
+    // Mixed kinds have no figure; one serve run gets its latency distributions, a serve sweep
+    // its throughput/latency-vs-concurrency panels.
+    let svg = scratch("result.svg");
+    assert!(plot_result(&result, &svg).is_err());
+    let serve_only = |runs: Vec<Run>| Saved::new(BenchKind::Serve, json!({}), runs);
+    let run = |c| {
+        let records = vec![serve_record()];
+        Run::Serve(ServeRun {
+            max_concurrency: Some(c),
+            request_rate: Some(2.0),
+            metrics: compute(&records, 1.0),
+            requests: records,
+        })
+    };
+    plot_result(&serve_only(vec![run(1)]), &svg).unwrap();
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(["TTFT", "TPOT", "ITL", "E2EL"]
+        .iter()
+        .all(|m| text.contains(m)));
+    plot_result(&serve_only(vec![run(1), run(2), run(4)]), &svg).unwrap();
+    assert!(std::fs::read_to_string(&svg)
+        .unwrap()
+        .contains("vs max concurrency"));
 }
 
 #[test]

@@ -6,6 +6,7 @@ pub mod client;
 pub mod dataset;
 pub mod env;
 pub mod error;
+pub mod figures;
 pub mod metrics;
 pub mod offline;
 pub mod plot;

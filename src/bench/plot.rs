@@ -60,6 +60,16 @@ fn canvas(path: &Path, n: usize) -> Result<((usize, usize), SVGBackend<'_>)> {
     Ok(((rows, cols), SVGBackend::new(path, size)))
 }
 
+/// Counts, concurrencies and batch sizes are whole numbers: label only the integer ticks
+/// (plotters also puts ticks between them, which would print as repeated integers).
+fn integer_label(v: &f64) -> String {
+    if (v - v.round()).abs() < 1e-6 {
+        format!("{v:.0}")
+    } else {
+        String::new()
+    }
+}
+
 /// A range around `[lo, hi]` that is never empty (plotters needs width for its ticks).
 fn padded(lo: f64, hi: f64, pad_frac: f64) -> (f64, f64) {
     if hi > lo {
@@ -117,7 +127,7 @@ fn histogram(
         .light_line_style(LIGHT_GRID)
         .x_desc(d.unit.as_str())
         .y_desc("count")
-        .y_label_formatter(&|y| format!("{y:.0}"))
+        .y_label_formatter(&integer_label)
         .draw()
         .map_err(plot_err)?;
     chart
@@ -195,7 +205,7 @@ fn sweep_panel(
         .light_line_style(LIGHT_GRID)
         .x_desc(x_desc)
         .y_desc(panel.y_desc.as_str())
-        .x_label_formatter(&|x| format!("{x:.0}"))
+        .x_label_formatter(&integer_label)
         .draw()
         .map_err(plot_err)?;
     for (i, (name, points)) in panel.lines.iter().enumerate() {

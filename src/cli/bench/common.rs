@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
+use flare::bench::result::BenchResult;
 use flare::engine::{build_engine, LoadedEngine};
 use flare::models::source::{self, ModelFiles};
 use flare::tokenizer::Tokenizer;
@@ -155,8 +156,12 @@ fn tokenizer_of(files: &ModelFiles) -> Result<Tokenizer> {
     })
 }
 
-/// Writes the result JSON if asked and says where.
-pub fn save(result: &flare::bench::result::BenchResult, out: &OutputArgs) -> Result<()> {
+/// Draws and writes what the flags ask for.
+pub fn finish(result: &BenchResult, out: &OutputArgs) -> Result<()> {
+    if let Some(path) = &out.plot {
+        flare::bench::figures::plot_result(result, path)?;
+        eprintln!("plotted {}", path.display());
+    }
     if let Some(path) = &out.save_result {
         result.save(path)?;
         eprintln!("saved {}", path.display());

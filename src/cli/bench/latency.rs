@@ -5,7 +5,6 @@ use anyhow::Result;
 use clap::Args;
 use flare::bench::dataset::TextTokenizer;
 use flare::bench::offline::{run_latency, LatencyConfig};
-use flare::bench::plot::{plot_distributions, plot_sweep, Distribution, SweepPanel};
 use flare::bench::result::{BenchKind, BenchResult, LatencyRun, Run};
 use serde_json::json;
 
@@ -67,68 +66,6 @@ pub fn run(args: LatencyArgs) -> Result<()> {
             iterations,
         });
     }
-    if let Some(path) = &args.out.plot {
-        if runs.len() > 1 {
-            let line = |f: fn(&LatencyRun) -> f64| -> Vec<(f64, f64)> {
-                runs.iter()
-                    .map(|r| (r.metrics.batch_size as f64, f(r)))
-                    .collect()
-            };
-            plot_sweep(
-                path,
-                "flare bench latency vs batch size",
-                "batch size",
-                &[
-                    SweepPanel {
-                        title: "decode tokens/s (batch / median step)".into(),
-                        y_desc: "tokens/s".into(),
-                        lines: vec![("decode".into(), line(|r| r.metrics.decode_tokens_per_s))],
-                    },
-                    SweepPanel {
-                        title: "decode step latency".into(),
-                        y_desc: "ms".into(),
-                        lines: vec![
-                            ("median".into(), line(|r| r.metrics.decode_step_ms.median)),
-                            ("p99".into(), line(|r| r.metrics.decode_step_ms.p99)),
-                        ],
-                    },
-                    SweepPanel {
-                        title: "prefill latency".into(),
-                        y_desc: "ms".into(),
-                        lines: vec![
-                            ("median".into(), line(|r| r.metrics.prefill_ms.median)),
-                            ("p99".into(), line(|r| r.metrics.prefill_ms.p99)),
-                        ],
-                    },
-                ],
-            )?;
-        } else {
-            let it = &runs[0].iterations;
-            plot_distributions(
-                path,
-                &format!(
-                    "flare bench latency: batch {}, input {}, output {}",
-                    runs[0].metrics.batch_size, args.input_len, args.output_len
-                ),
-                &[
-                    Distribution {
-                        name: "prefill".into(),
-                        unit: "ms".into(),
-                        values: it.iter().map(|i| i.prefill_s * 1e3).collect(),
-                    },
-                    Distribution {
-                        name: "decode step".into(),
-                        unit: "ms".into(),
-                        values: it
-                            .iter()
-                            .flat_map(|i| i.decode_steps_s.iter().map(|s| s * 1e3))
-                            .collect(),
-                    },
-                ],
-            )?;
-        }
-        eprintln!("plotted {}", path.display());
-    }
     let config = json!({
         "engine": common::model_config(&args.model, &args.load, &loaded),
         "input_len": args.input_len,
@@ -144,5 +81,5 @@ pub fn run(args: LatencyArgs) -> Result<()> {
         config,
         runs.into_iter().map(Run::Latency).collect(),
     );
-    common::save(&result, &args.out)
+    common::finish(&result, &args.out)
 }

@@ -3,6 +3,7 @@
 
 mod common;
 mod latency;
+mod plot;
 mod report;
 mod serve;
 mod throughput;
@@ -24,6 +25,8 @@ pub enum BenchCommand {
     Latency(latency::LatencyArgs),
     /// Serving benchmark against an OpenAI-compatible server (flare, vLLM, llama.cpp, ...).
     Serve(serve::ServeArgs),
+    /// Draw the figure of a saved result (--save-result JSON) again.
+    Plot(plot::PlotArgs),
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -31,5 +34,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
         BenchCommand::Throughput(a) => throughput::run(a),
         BenchCommand::Latency(a) => latency::run(a),
         BenchCommand::Serve(a) => serve::run(a),
+        BenchCommand::Plot(a) => plot::run(a),
     }
 }

@@ -8,8 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use flare::bench::client::{first_model, Client, ClientConfig, Endpoint, LoadConfig};
 use flare::bench::dataset::{file_requests, random_requests, FileSpec, RandomSpec, TextTokenizer};
-use flare::bench::metrics::{compute, tpot_s};
-use flare::bench::plot::{plot_distributions, plot_sweep, Distribution, SweepPanel};
+use flare::bench::metrics::compute;
 use flare::bench::result::{BenchKind, BenchResult, Run, ServeRun};
 use serde_json::{json, Map, Value};
 
@@ -230,10 +229,6 @@ async fn run_async(args: ServeArgs) -> Result<()> {
             requests: outcome.records,
         });
     }
-    if let Some(path) = &args.out.plot {
-        plot(path, &runs)?;
-        eprintln!("plotted {}", path.display());
-    }
     let config = json!({
         "base_url": args.base_url,
         "backend": format!("{:?}", args.backend).to_lowercase(),
@@ -259,83 +254,5 @@ async fn run_async(args: ServeArgs) -> Result<()> {
         config,
         runs.into_iter().map(Run::Serve).collect(),
     );
-    common::save(&result, &args.out)
-}
-
-fn plot(path: &std::path::Path, runs: &[ServeRun]) -> Result<()> {
-    if runs.len() > 1 {
-        let line = |f: fn(&ServeRun) -> f64| -> Vec<(f64, f64)> {
-            runs.iter()
-                .filter_map(|r| r.max_concurrency.map(|c| (c as f64, f(r))))
-                .collect()
-        };
-        plot_sweep(
-            path,
-            "flare bench serve: throughput and latency vs max concurrency",
-            "max concurrency",
-            &[
-                SweepPanel {
-                    title: "token throughput".into(),
-                    y_desc: "tokens/s".into(),
-                    lines: vec![
-                        ("output".into(), line(|r| r.metrics.output_throughput)),
-                        ("total".into(), line(|r| r.metrics.total_token_throughput)),
-                    ],
-                },
-                SweepPanel {
-                    title: "TTFT".into(),
-                    y_desc: "ms".into(),
-                    lines: vec![
-                        ("median".into(), line(|r| r.metrics.ttft_ms.median)),
-                        ("p99".into(), line(|r| r.metrics.ttft_ms.p99)),
-                    ],
-                },
-                SweepPanel {
-                    title: "TPOT".into(),
-                    y_desc: "ms".into(),
-                    lines: vec![
-                        ("median".into(), line(|r| r.metrics.tpot_ms.median)),
-                        ("p99".into(), line(|r| r.metrics.tpot_ms.p99)),
-                    ],
-                },
-                SweepPanel {
-                    title: "ITL".into(),
-                    y_desc: "ms".into(),
-                    lines: vec![
-                        ("median".into(), line(|r| r.metrics.itl_ms.median)),
-                        ("p99".into(), line(|r| r.metrics.itl_ms.p99)),
-                    ],
-                },
-            ],
-        )?;
-        return Ok(());
-    }
-    let ok: Vec<_> = runs[0].requests.iter().filter(|r| r.success).collect();
-    let ms = |v: Vec<f64>| v.into_iter().map(|s| s * 1e3).collect::<Vec<_>>();
-    let dist = |name: &str, values: Vec<f64>| Distribution {
-        name: name.into(),
-        unit: "ms".into(),
-        values: ms(values),
-    };
-    let title = format!(
-        "flare bench serve: {} requests, max concurrency {}",
-        ok.len(),
-        runs[0]
-            .max_concurrency
-            .map_or("unlimited".into(), |c| c.to_string())
-    );
-    plot_distributions(
-        path,
-        &title,
-        &[
-            dist("TTFT", ok.iter().map(|r| r.ttft_s).collect()),
-            dist("TPOT", ok.iter().filter_map(|r| tpot_s(r)).collect()),
-            dist(
-                "ITL",
-                ok.iter().flat_map(|r| r.itl_s.iter().copied()).collect(),
-            ),
-            dist("E2EL", ok.iter().map(|r| r.latency_s).collect()),
-        ],
-    )?;
-    Ok(())
+    common::finish(&result, &args.out)
 }

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use flare::bench::dataset::{file_requests, random_requests, FileSpec, RandomSpec};
-use flare::bench::plot::{plot_distributions, plot_sweep, Distribution, SweepPanel};
 use flare::bench::result::{BenchKind, BenchResult, Run, ThroughputRun};
 use serde_json::json;
 
@@ -108,56 +107,10 @@ pub fn run(args: ThroughputArgs) -> Result<()> {
             requests: records,
         });
     }
-    if let Some(path) = &args.out.plot {
-        if runs.len() > 1 {
-            let line = |f: fn(&ThroughputRun) -> f64| -> Vec<(f64, f64)> {
-                runs.iter().map(|r| (r.max_num_seqs as f64, f(r))).collect()
-            };
-            plot_sweep(
-                path,
-                "flare bench throughput: offline throughput vs max_num_seqs",
-                "max_num_seqs",
-                &[
-                    SweepPanel {
-                        title: "tokens/s".into(),
-                        y_desc: "tokens/s".into(),
-                        lines: vec![
-                            ("output".into(), line(|r| r.metrics.output_tokens_per_s)),
-                            ("total".into(), line(|r| r.metrics.total_tokens_per_s)),
-                        ],
-                    },
-                    SweepPanel {
-                        title: "requests/s".into(),
-                        y_desc: "requests/s".into(),
-                        lines: vec![("requests".into(), line(|r| r.metrics.requests_per_s))],
-                    },
-                ],
-            )?;
-        } else {
-            let r = &runs[0].requests;
-            plot_distributions(
-                path,
-                "flare bench throughput: per-request timing",
-                &[
-                    Distribution {
-                        name: "time to first token".into(),
-                        unit: "s".into(),
-                        values: r.iter().map(|x| x.first_token_s).collect(),
-                    },
-                    Distribution {
-                        name: "finish time".into(),
-                        unit: "s".into(),
-                        values: r.iter().map(|x| x.finish_s).collect(),
-                    },
-                ],
-            )?;
-        }
-        eprintln!("plotted {}", path.display());
-    }
     let result = BenchResult::new(
         BenchKind::Throughput,
         config.unwrap_or_default(),
         runs.into_iter().map(Run::Throughput).collect(),
     );
-    common::save(&result, &args.out)
+    common::finish(&result, &args.out)
 }
