@@ -1,5 +1,6 @@
 //! flare: continuous-batching inference engine for Llama-family models on candle.
 
+pub mod bench;
 pub mod chat_template;
 pub mod engine;
 pub mod kv;

@@ -22,6 +22,8 @@ enum Command {
     Generate(cli::generate::GenerateArgs),
     /// Serve the OpenAI-compatible HTTP API (chat and text completions) for one model.
     Serve(cli::serve::ServeArgs),
+    /// Benchmarks: offline throughput, batch latency, or a client against a serving endpoint.
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -35,5 +37,6 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Generate(args) => cli::generate::run(args),
         Command::Serve(args) => cli::serve::run(args),
+        Command::Bench(args) => cli::bench::run(args),
     }
 }

@@ -32,6 +32,18 @@ pub const PRESETS: &[(&str, &str)] = &[
         "qwen2.5-7b",
         include_str!("../../models/presets/qwen2.5-7b.json"),
     ),
+    (
+        "qwen2.5-0.5b",
+        include_str!("../../models/presets/qwen2.5-0.5b.json"),
+    ),
+    (
+        "smollm2-135m",
+        include_str!("../../models/presets/smollm2-135m.json"),
+    ),
+    (
+        "smollm2-360m",
+        include_str!("../../models/presets/smollm2-360m.json"),
+    ),
 ];
 
 /// Prefix of a model argument that names a bundled preset.

@@ -1,0 +1,114 @@
+//! `flare bench throughput`: every prompt queued at once on the in-process engine.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use flare::bench::dataset::{file_requests, random_requests, FileSpec, RandomSpec};
+use flare::bench::result::{BenchKind, BenchResult, Run, ThroughputRun};
+use serde_json::json;
+
+use super::common::{self, OutputArgs};
+use super::report;
+use crate::cli::common::ModelArgs;
+
+#[derive(Args, Debug)]
+pub struct ThroughputArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// ShareGPT-style JSON/JSONL prompts instead of random ones.
+    #[arg(long, value_name = "FILE")]
+    pub dataset_path: Option<PathBuf>,
+    /// Prompt tokens of each random prompt.
+    #[arg(long, default_value_t = 128)]
+    pub input_len: usize,
+    /// Output tokens per request (EOS ignored); with --dataset-path, overrides the reference
+    /// completion's length.
+    #[arg(long)]
+    pub output_len: Option<usize>,
+    #[arg(long, default_value_t = 64)]
+    pub num_prompts: usize,
+    /// Random lengths vary uniformly within len * (1 ± ratio).
+    #[arg(long, default_value_t = 0.0)]
+    pub range_ratio: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+const DEFAULT_OUTPUT_LEN: usize = 128;
+
+pub fn run(args: ThroughputArgs) -> Result<()> {
+    let points: Vec<Option<usize>> = if args.out.sweep_concurrency.is_empty() {
+        vec![None]
+    } else {
+        args.out
+            .sweep_concurrency
+            .iter()
+            .copied()
+            .map(Some)
+            .collect()
+    };
+    let mut runs = Vec::new();
+    let mut config = None;
+    for point in points {
+        let mut loaded = common::load_engine(&args.model, point)?;
+        let tok = loaded.tokenizer.clone();
+        let requests = match &args.dataset_path {
+            Some(path) => file_requests(
+                &*tok,
+                path,
+                &FileSpec {
+                    num_prompts: args.num_prompts,
+                    output_len: args.output_len,
+                    seed: args.seed,
+                },
+            )?,
+            None => random_requests(
+                &*tok,
+                &RandomSpec {
+                    num_prompts: args.num_prompts,
+                    input_len: args.input_len,
+                    output_len: args.output_len.unwrap_or(DEFAULT_OUTPUT_LEN),
+                    range_ratio: args.range_ratio,
+                    seed: args.seed,
+                },
+            )?,
+        };
+        let max_num_seqs = point.unwrap_or(args.model.max_num_seqs);
+        let pb = common::progress(
+            requests.len(),
+            args.out.no_progress,
+            &format!("max_num_seqs {max_num_seqs}"),
+        );
+        let (metrics, records) =
+            flare::bench::offline::run_throughput(&mut loaded.engine, &requests, &pb)?;
+        pb.finish_and_clear();
+        report::throughput(&metrics, max_num_seqs);
+        config.get_or_insert_with(|| {
+            json!({
+                "engine": common::model_config(&args.model, &loaded),
+                "dataset": args.dataset_path.as_ref().map_or("random".into(), |p| p.display().to_string()),
+                "input_len": args.input_len,
+                "output_len": args.output_len.unwrap_or(DEFAULT_OUTPUT_LEN),
+                "num_prompts": args.num_prompts,
+                "range_ratio": args.range_ratio,
+                "seed": args.seed,
+                "sweep_max_num_seqs": args.out.sweep_concurrency,
+                "sampling": "temperature 1.0, ignore_eos, seed = request index",
+            })
+        });
+        runs.push(ThroughputRun {
+            max_num_seqs,
+            metrics,
+            requests: records,
+        });
+    }
+    let result = BenchResult::new(
+        BenchKind::Throughput,
+        config.unwrap_or_default(),
+        runs.into_iter().map(Run::Throughput).collect(),
+    );
+    common::finish(&result, &args.out)
+}
