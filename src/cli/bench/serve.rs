@@ -102,7 +102,7 @@ fn tokenizer(args: &ServeArgs, model: &str) -> Result<Arc<dyn TextTokenizer>> {
         Ok(t) => Ok(Arc::new(t)),
         Err(e) => {
             tracing::warn!(
-                "no tokenizer for `{model}` ({e:#}); using the default model's; pass --tokenizer"
+                "{e:#}; counting prompt tokens with the default model's tokenizer"
             );
             Ok(Arc::new(common::load_tokenizer(None)?))
         }
