@@ -101,9 +101,7 @@ fn tokenizer(args: &ServeArgs, model: &str) -> Result<Arc<dyn TextTokenizer>> {
     match common::load_tokenizer(Some(model)) {
         Ok(t) => Ok(Arc::new(t)),
         Err(e) => {
-            tracing::warn!(
-                "{e:#}; counting prompt tokens with the default model's tokenizer"
-            );
+            tracing::warn!("{e:#}; counting prompt tokens with the default model's tokenizer");
             Ok(Arc::new(common::load_tokenizer(None)?))
         }
     }
