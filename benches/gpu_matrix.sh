@@ -58,6 +58,16 @@ model_args() {
         echo "preset:$entry"
     fi
 }
+# `flare serve` takes a model path but (so far) neither --preset nor --load-format: presets
+# reach the serve step only once it does.
+serve_model_args() {
+    local entry="$1"
+    if [[ "$entry" == *=* ]]; then
+        echo "${entry#*=}"
+    else
+        echo "--preset $entry --load-format $LOAD_FORMAT"
+    fi
+}
 label_of() { echo "${1%%=*}"; }
 want() { [[ ",$STEPS," == *",$1,"* ]]; }
 
@@ -81,6 +91,8 @@ for entry in $MODELS; do
     label="$(label_of "$entry")"
     # shellcheck disable=SC2207 # word splitting of the model flags is intended
     margs=($(model_args "$entry"))
+    # shellcheck disable=SC2207
+    sargs=($(serve_model_args "$entry"))
 
     if want latency; then
         step "$label-latency-in128-out128" "$FLARE" bench latency "${margs[@]}" "${ENGINE[@]}" \
@@ -105,7 +117,7 @@ for entry in $MODELS; do
 
     if want serve; then
         LOG="$DIR/$label-serve.server.log"
-        "$FLARE" serve "${margs[@]}" "${ENGINE[@]}" --host 127.0.0.1 --port "$PORT" >"$LOG" 2>&1 &
+        "$FLARE" serve "${sargs[@]}" "${ENGINE[@]}" --host 127.0.0.1 --port "$PORT" >"$LOG" 2>&1 &
         SERVER=$!
         for _ in $(seq 1 600); do
             curl -sf --noproxy '*' "http://127.0.0.1:$PORT/health" >/dev/null && break

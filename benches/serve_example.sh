@@ -8,7 +8,8 @@
 #
 # Knobs (environment): PORT, MODEL (server's model argument; empty: the default model),
 # SERVE_ARGS (extra `flare serve` flags), CANDLE_NUM_THREADS, NUM_PROMPTS, INPUT_LEN,
-# OUTPUT_LEN, SWEEP, CONCURRENCY, OUT (result directory), TAG (file name prefix), FLARE (binary).
+# OUTPUT_LEN, SWEEP, CONCURRENCY, OUT (result directory), TAG (file name prefix), FLARE (the
+# binary; default: cargo build --release), SERVER_FLARE (binary for `flare serve`; default FLARE).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,9 +19,10 @@ export CANDLE_NUM_THREADS="${CANDLE_NUM_THREADS:-2}"
 PORT="${PORT:-8765}"
 MODEL="${MODEL:-}"
 SERVE_ARGS="${SERVE_ARGS:-}"
-NUM_PROMPTS="${NUM_PROMPTS:-32}"
-INPUT_LEN="${INPUT_LEN:-128}"
-OUTPUT_LEN="${OUTPUT_LEN:-64}"
+# Small enough that the sweep's concurrency-1 point finishes in a few minutes on 2 CPU cores.
+NUM_PROMPTS="${NUM_PROMPTS:-16}"
+INPUT_LEN="${INPUT_LEN:-64}"
+OUTPUT_LEN="${OUTPUT_LEN:-32}"
 SWEEP="${SWEEP:-1,2,4,8}"
 CONCURRENCY="${CONCURRENCY:-4}"
 OUT="${OUT:-benches/results}"
@@ -31,11 +33,12 @@ if [[ -z "${FLARE:-}" ]]; then
     cargo build --release --quiet
     FLARE="${CARGO_TARGET_DIR:-target}/release/flare"
 fi
+SERVER_FLARE="${SERVER_FLARE:-$FLARE}"
 mkdir -p "$OUT"
-LOG="$OUT/$TAG.server.log"
+LOG="${TMPDIR:-/tmp}/$TAG.server.log"
 
 # shellcheck disable=SC2086 # MODEL and SERVE_ARGS are word lists on purpose
-"$FLARE" serve $MODEL --host 127.0.0.1 --port "$PORT" $SERVE_ARGS >"$LOG" 2>&1 &
+"$SERVER_FLARE" serve $MODEL --host 127.0.0.1 --port "$PORT" $SERVE_ARGS >"$LOG" 2>&1 &
 SERVER=$!
 stop_server() {
     kill "$SERVER" 2>/dev/null || true

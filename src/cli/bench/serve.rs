@@ -92,19 +92,19 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .block_on(run_async(args))
 }
 
-fn tokenizer(args: &ServeArgs) -> Result<Arc<dyn TextTokenizer>> {
+/// `--tokenizer`, else the served model's name if it names a local path or cached repo, else
+/// flare's default model's (right for a `flare serve` of the default model).
+fn tokenizer(args: &ServeArgs, model: &str) -> Result<Arc<dyn TextTokenizer>> {
     if let Some(spec) = args.tokenizer.as_deref() {
         return Ok(Arc::new(common::load_tokenizer(Some(spec))?));
     }
-    if let Some(model) = args.model.as_deref() {
-        match common::load_tokenizer(Some(model)) {
-            Ok(t) => return Ok(Arc::new(t)),
-            Err(e) => tracing::warn!(
-                "no tokenizer for `{model}` ({e:#}); using the default model's; pass --tokenizer"
-            ),
+    match common::load_tokenizer(Some(model)) {
+        Ok(t) => Ok(Arc::new(t)),
+        Err(e) => {
+            tracing::warn!("{e:#}; counting prompt tokens with the default model's tokenizer");
+            Ok(Arc::new(common::load_tokenizer(None)?))
         }
     }
-    Ok(Arc::new(common::load_tokenizer(None)?))
 }
 
 async fn ready_check(
@@ -129,7 +129,7 @@ async fn run_async(args: ServeArgs) -> Result<()> {
             .await
             .context("--model not given and the server's model list is unavailable")?,
     };
-    let tok = tokenizer(&args)?;
+    let tok = tokenizer(&args, &model)?;
     let requests = match &args.dataset_path {
         Some(path) => file_requests(
             &*tok,
