@@ -58,16 +58,6 @@ model_args() {
         echo "preset:$entry"
     fi
 }
-# `flare serve` takes a model path but (so far) neither --preset nor --load-format: presets
-# reach the serve step only once it does.
-serve_model_args() {
-    local entry="$1"
-    if [[ "$entry" == *=* ]]; then
-        echo "${entry#*=}"
-    else
-        echo "--preset $entry --load-format $LOAD_FORMAT"
-    fi
-}
 label_of() { echo "${1%%=*}"; }
 want() { [[ ",$STEPS," == *",$1,"* ]]; }
 
@@ -92,7 +82,7 @@ for entry in $MODELS; do
     # shellcheck disable=SC2207 # word splitting of the model flags is intended
     margs=($(model_args "$entry"))
     # shellcheck disable=SC2207
-    sargs=($(serve_model_args "$entry"))
+    sargs=($(model_args "$entry"))
 
     if want latency; then
         step "$label-latency-in128-out128" "$FLARE" bench latency "${margs[@]}" "${ENGINE[@]}" \
