@@ -373,3 +373,66 @@ pub fn paged_attention_tensor_ops(
     }
     Tensor::cat(&outs, 0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CPU kernel and the tensor-op version agree on a ragged batch (a decode, a chunk
+    /// after cached context, a fresh prompt) over scattered blocks, with and without a window.
+    #[test]
+    fn cpu_kernel_matches_tensor_ops_with_and_without_window() {
+        let dev = Device::Cpu;
+        let (bs, kvh, heads, d) = (4, 2, 6, 8);
+        let k_cache = Tensor::randn(0f32, 1.0, (16 * bs, kvh, d), &dev).unwrap();
+        let v_cache = Tensor::randn(0f32, 1.0, (16 * bs, kvh, d), &dev).unwrap();
+        let seqs = vec![
+            SeqAttn {
+                query_start: 0,
+                query_len: 1,
+                context_len: 9,
+                block_table: vec![7, 2, 11],
+            },
+            SeqAttn {
+                query_start: 1,
+                query_len: 5,
+                context_len: 11,
+                block_table: vec![0, 15, 3],
+            },
+            SeqAttn {
+                query_start: 6,
+                query_len: 7,
+                context_len: 7,
+                block_table: vec![9, 4],
+            },
+        ];
+        let meta = AttnMetadata::new(seqs, bs, &dev).unwrap();
+        let q = Tensor::randn(0f32, 1.0, (13, heads, d), &dev).unwrap();
+        for window in [None, Some(3)] {
+            let a = paged_attention(&q, &k_cache, &v_cache, &meta, 0.35, window).unwrap();
+            let b =
+                paged_attention_tensor_ops(&q, &k_cache, &v_cache, &meta, 0.35, window).unwrap();
+            let diff = (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-5, "window {window:?}: {diff}");
+        }
+        // The window changes the result for queries with more than 3 earlier positions.
+        let full = paged_attention(&q, &k_cache, &v_cache, &meta, 0.35, None).unwrap();
+        let windowed = paged_attention(&q, &k_cache, &v_cache, &meta, 0.35, Some(3)).unwrap();
+        let diff = (full - windowed)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff > 1e-3);
+    }
+}
