@@ -185,6 +185,14 @@ fn tiny_mistral_matches_transformers() {
     check_model("tiny-mistral");
 }
 
+/// Mistral with a 4-token sliding window, shorter than two of the prompts.
+#[test]
+fn tiny_mistral_sliding_window_matches_transformers() {
+    let (model, _) = load("tiny-mistral-swa");
+    assert_eq!(model.config().sliding_window, Some(4));
+    check_model("tiny-mistral-swa");
+}
+
 /// bf16 and f16 weights and activations stay close to the f32 reference (half precision
 /// rounds every matmul input, so the bound is loose but still catches dtype bugs).
 #[test]
