@@ -27,6 +27,10 @@ pub struct ModelArgs {
     /// Bytes of memory for the KV cache.
     #[arg(long)]
     pub kv_cache_memory: Option<usize>,
+    /// On a GPU without --kv-cache-memory: the fraction of device memory to use in all; the KV
+    /// cache gets what the weights, a profiling forward and an activation reserve leave.
+    #[arg(long, default_value_t = 0.9)]
+    pub gpu_memory_utilization: f64,
     #[arg(long)]
     pub max_model_len: Option<usize>,
     #[arg(long, default_value_t = 256)]
@@ -74,6 +78,7 @@ impl ModelArgs {
             dtype,
             device,
             kv_cache_memory: self.kv_cache_memory,
+            gpu_memory_utilization: self.gpu_memory_utilization,
             max_model_len: self.max_model_len,
             scheduler: SchedulerConfig {
                 max_num_seqs: self.max_num_seqs,

@@ -22,6 +22,9 @@ pub struct EngineArgs {
     pub device: Device,
     /// Bytes for K/V; None: enough for `max_num_seqs` full-length sequences, at most 2 GiB.
     pub kv_cache_memory: Option<usize>,
+    /// On a GPU without `kv_cache_memory`: the fraction of device memory flare may use in all
+    /// (weights, activations, KV); the KV cache gets what is left of it.
+    pub gpu_memory_utilization: f64,
     /// Cap on prompt + output tokens; None: the model's context length (as far as the cache holds).
     pub max_model_len: Option<usize>,
     pub scheduler: SchedulerConfig,
@@ -47,6 +50,7 @@ impl Default for EngineArgs {
             dtype: DType::F32,
             device: Device::Cpu,
             kv_cache_memory: None,
+            gpu_memory_utilization: 0.9,
             max_model_len: None,
             scheduler: SchedulerConfig::default(),
             load_format: LoadFormat::Auto,
@@ -88,9 +92,15 @@ pub fn build_engine(args: &EngineArgs) -> Result<LoadedEngine> {
     let bytes_per_token = cfg.kv_bytes_per_token(kv_dtype.size_in_bytes());
     let block_size = args.scheduler.block_size;
     let wanted_len = args.max_model_len.unwrap_or(cfg.max_position_embeddings);
-    let kv_bytes = args.kv_cache_memory.unwrap_or_else(|| {
-        (wanted_len * args.scheduler.max_num_seqs.min(16) * bytes_per_token).min(DEFAULT_KV_CAP)
-    });
+    let kv_bytes = match (args.kv_cache_memory, &args.device) {
+        (Some(bytes), _) => bytes,
+        (None, Device::Cpu) => {
+            (wanted_len * args.scheduler.max_num_seqs.min(16) * bytes_per_token).min(DEFAULT_KV_CAP)
+        }
+        (None, device) => {
+            gpu_kv_budget(&model, &args.scheduler, args.gpu_memory_utilization, device)?
+        }
+    };
     let num_blocks = kv_bytes / (bytes_per_token * block_size);
     anyhow::ensure!(
         num_blocks > 0,
@@ -128,4 +138,75 @@ pub fn build_engine(args: &EngineArgs) -> Result<LoadedEngine> {
         num_blocks,
         max_model_len,
     })
+}
+
+/// KV bytes on a GPU (vLLM's `--gpu-memory-utilization`): after the weights are loaded, one
+/// profiling forward of the largest step (`max_num_batched_tokens` tokens) initialises kernels and
+/// cuBLAS workspaces; then `utilization * total - used - activation reserve` is left for the cache.
+/// candle frees activations as soon as they drop, so their peak is not observable afterwards:
+/// the reserve is estimated from the step's widest intermediate tensors instead.
+#[cfg(feature = "cuda")]
+fn gpu_kv_budget(
+    model: &crate::models::llama::LlamaModel,
+    sched: &SchedulerConfig,
+    utilization: f64,
+    device: &Device,
+) -> Result<usize> {
+    use crate::layers::attention::{AttnMetadata, SeqAttn};
+    use candle_core::Tensor;
+    let Device::Cuda(cuda) = device else {
+        anyhow::bail!("gpu_kv_budget on {device:?}")
+    };
+    let context = cuda.cuda_stream().context().clone();
+    let cfg = model.config();
+    let tokens = sched
+        .max_num_batched_tokens
+        .min(cfg.max_position_embeddings)
+        .max(1);
+    {
+        let blocks = tokens.div_ceil(sched.block_size);
+        let kv = model.new_kv_cache(blocks, sched.block_size, model.dtype())?;
+        let ids: Vec<u32> = (0..tokens as u32)
+            .map(|i| i % cfg.vocab_size as u32)
+            .collect();
+        let seq = SeqAttn {
+            query_start: 0,
+            query_len: tokens,
+            context_len: tokens,
+            block_table: (0..blocks as u32).collect(),
+        };
+        let meta = AttnMetadata::new(vec![seq], sched.block_size, device)?;
+        let rows = Tensor::new(&[tokens as u32 - 1], device)?;
+        model.forward(&Tensor::new(ids, device)?, &meta, &kv, &rows)?;
+        device.synchronize()?;
+    }
+    let (free, total) = context.mem_get_info()?;
+    let used = total - free;
+    let width = cfg.hidden_size * 4
+        + cfg.intermediate_size * 3
+        + (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim;
+    let reserve = tokens * width * model.dtype().size_in_bytes()
+        + sched.max_num_seqs * cfg.vocab_size * 4 * 2;
+    let budget = (total as f64 * utilization) as usize;
+    let kv = budget.checked_sub(used + reserve).with_context(|| {
+        format!(
+            "no room for a KV cache: {used} bytes in use and {reserve} reserved for activations exceed \
+             {utilization} of {total} bytes; raise --gpu-memory-utilization or lower --max-num-batched-tokens"
+        )
+    })?;
+    tracing::info!(
+        "GPU memory: total {} MiB, in use after load and profiling {} MiB, activation reserve {} MiB, KV cache {} MiB",
+        total >> 20, used >> 20, reserve >> 20, kv >> 20
+    );
+    Ok(kv)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_kv_budget(
+    _: &crate::models::llama::LlamaModel,
+    _: &SchedulerConfig,
+    _: f64,
+    device: &Device,
+) -> Result<usize> {
+    anyhow::bail!("device {device:?} needs flare built with the cuda feature")
 }
