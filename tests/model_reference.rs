@@ -219,3 +219,29 @@ fn half_precision_dtypes_track_the_reference() {
         assert!(worst > 0.0, "{dtype:?} computed in f32?");
     }
 }
+
+/// A prompt chunk that samples nothing still fills the cache: the next chunk's logits match.
+#[test]
+fn chunk_without_logits_still_writes_the_cache() {
+    use flare::runner::candle::{CandleForward, StepSeq};
+    let (model, fx) = load("tiny-llama");
+    let fwd = CandleForward::new(model, 16, BLOCK, DType::F32).unwrap();
+    let p = &fx.prompts[2];
+    let table: Vec<u32> = shuffled_pool(16);
+    let first = StepSeq {
+        new_tokens: &p[..10],
+        num_computed: 0,
+        block_table: &table,
+        wants_logits: false,
+    };
+    assert!(fwd.step(&[first]).unwrap().is_empty());
+    let rest = StepSeq {
+        new_tokens: &p[10..],
+        num_computed: 10,
+        block_table: &table,
+        wants_logits: true,
+    };
+    let got = fwd.step(&[rest]).unwrap();
+    let d = max_abs(&got[0], fx.logits[2].last().unwrap());
+    assert!(d < 1e-4, "max abs diff {d}");
+}

@@ -55,10 +55,6 @@ impl<R: ModelRunner> EngineCore<R> {
         &self.scheduler
     }
 
-    pub fn runner(&self) -> &R {
-        &self.runner
-    }
-
     pub fn tokenizer(&self) -> &Arc<Tokenizer> {
         &self.tokenizer
     }

@@ -147,7 +147,7 @@ impl LlamaModel {
     /// `tokens: [num_tokens]` u32, the new tokens of every sequence back to back as `meta`
     /// lays them out; their K/V are written into `kv` before attention reads it.
     /// `logit_rows: [n]` u32 picks the token rows to compute logits for (usually the last
-    /// new token of each sequence). Returns f32 logits `[n, vocab]`.
+    /// new token of each sequence). Returns f32 logits `[n, vocab]`. May be empty.
     pub fn forward(
         &self,
         tokens: &Tensor,
@@ -207,6 +207,14 @@ impl LlamaModel {
             };
             x = residual;
             pending = Some(layer.down.forward(&mlp)?);
+        }
+        if logit_rows.dim(0)? == 0 {
+            // A prompt chunk that samples nothing: its K/V are in the cache, skip the head.
+            return Ok(Tensor::zeros(
+                (0, self.cfg.vocab_size),
+                DType::F32,
+                &self.device,
+            )?);
         }
         let x = x.index_select(logit_rows, 0)?;
         let pending = pending.map(|p| p.index_select(logit_rows, 0)).transpose()?;

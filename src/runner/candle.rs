@@ -83,15 +83,10 @@ impl CandleForward {
         }
         let meta = AttnMetadata::new(metas, self.kv.block_size, device)?;
         let tokens = Tensor::new(ids, device)?;
-        if rows.is_empty() {
-            // Still run the layers so the prompt chunk's K/V land in the cache.
-            let last = Tensor::new(&[meta.num_tokens as u32 - 1], device)?;
-            self.model.forward(&tokens, &meta, &self.kv, &last)?;
-            return Ok(None);
-        }
         let n = rows.len();
         let rows = Tensor::from_vec(rows, n, device)?;
-        Ok(Some(self.model.forward(&tokens, &meta, &self.kv, &rows)?))
+        let logits = self.model.forward(&tokens, &meta, &self.kv, &rows)?;
+        Ok((n > 0).then_some(logits))
     }
 }
 
