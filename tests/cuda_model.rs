@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use flare::engine::{build_engine, EngineArgs};
 use flare::layers::attention::{AttnMetadata, SeqAttn};
-use flare::models::{llama::LlamaModel, load_model, source, source::ModelFiles};
+use flare::models::{load_model, source, source::ModelFiles, CausalLm};
 use flare::request::SamplingParams;
 
 const BLOCK: usize = 4;
@@ -38,7 +38,7 @@ fn reference(name: &str) -> (Vec<Vec<u32>>, Vec<Vec<Vec<f32>>>) {
 
 /// Runs all prompts as one ragged batch in steps of `chunk` tokens each (chunked prefill,
 /// then decode); returns the logits of every position of every prompt.
-fn run(model: &LlamaModel, prompts: &[Vec<u32>], chunk: usize) -> Vec<Vec<Vec<f32>>> {
+fn run(model: &dyn CausalLm, prompts: &[Vec<u32>], chunk: usize) -> Vec<Vec<Vec<f32>>> {
     let dev = model.device().clone();
     let kv = model.new_kv_cache(64, BLOCK, model.dtype()).unwrap();
     // Blocks handed out back to front so neighbouring positions are not in adjacent blocks.
@@ -107,7 +107,7 @@ fn tiny_models_on_cuda_match_transformers_and_the_cpu() {
         let files = ModelFiles::HfDir(fixture(name));
         let f32_model = load_model(&files, DType::F32, &dev).unwrap();
         for chunk in [usize::MAX, 5, 1] {
-            let got = run(&f32_model, &prompts, chunk);
+            let got = run(&*f32_model, &prompts, chunk);
             let d = max_abs_diff(&got, &want);
             eprintln!("{name} f32 cuda chunk {chunk}: max abs diff {d:.2e}");
             assert!(d < 1e-3, "{name} f32 chunk {chunk}: {d}");
@@ -116,8 +116,8 @@ fn tiny_models_on_cuda_match_transformers_and_the_cpu() {
         // except the fused kernels' single roundings.
         let cpu = load_model(&files, DType::BF16, &Device::Cpu).unwrap();
         let gpu_bf16 = load_model(&files, DType::BF16, &dev).unwrap();
-        let want_bf16 = run(&cpu, &prompts, 5);
-        let got_bf16 = run(&gpu_bf16, &prompts, 5);
+        let want_bf16 = run(&*cpu, &prompts, 5);
+        let got_bf16 = run(&*gpu_bf16, &prompts, 5);
         let d = max_abs_diff(&got_bf16, &want_bf16);
         let d_ref = max_abs_diff(&want_bf16, &want);
         eprintln!("{name} bf16: cuda vs cpu {d:.3}, cpu bf16 vs f32 reference {d_ref:.3}");

@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, IndexOp, Tensor, D};
 use flare::layers::attention::{AttnMetadata, SeqAttn};
 use flare::layers::rope::{rope_reference, Rotary};
-use flare::models::config::LlamaConfig;
+use flare::models::config::ModelConfig;
 use flare::ops;
 
 fn randn(shape: &[usize], dtype: DType) -> Tensor {
@@ -65,7 +65,7 @@ fn add_rms_norm_is_add_then_candle_rms_norm() {
 
 #[test]
 fn rotary_inplace_matches_rotary_apply_in_both_conventions() {
-    let cfg = LlamaConfig::from_hf_json(
+    let cfg = ModelConfig::from_hf_json(
         r#"{"vocab_size":10,"hidden_size":64,"intermediate_size":16,"num_hidden_layers":1,
         "num_attention_heads":2,"rope_theta":10000.0}"#,
     )

@@ -29,7 +29,7 @@ async fn health_is_503_until_the_model_is_loaded() {
     assert_eq!(s, 503);
     assert_eq!(v["error"]["code"], "model_not_ready");
     let (engine, tok) = mock_engine(&MockOpts::default());
-    state.set_loaded(engine, tok, 256);
+    state.set_loaded(engine, tok, 256, "mock".into());
     // The engine thread marks itself alive when its loop starts, just after the handle returns.
     let start = std::time::Instant::now();
     while get(&c, &server.url("/health")).await.0 != 200 {
@@ -64,6 +64,7 @@ async fn models_lists_the_served_names() {
     assert_eq!(v["data"][0]["object"], "model");
     assert_eq!(v["data"][0]["owned_by"], "flare");
     assert_eq!(v["data"][0]["max_model_len"], 256);
+    assert_eq!(v["data"][0]["architecture"], "mock");
     let (s, body) = get(&c, &server.url("/v1/models/mock-alias")).await;
     assert_eq!(s, 200, "{body}");
     let (s, body) = get(&c, &server.url("/v1/models/nope")).await;

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 
 use super::EngineCore;
-use crate::models::{config::LlamaConfig, dummy, load_model, source};
+use crate::models::{config::ModelConfig, dummy, load_model, source};
 use crate::runner::candle::{CandleForward, CandleRunner};
 use crate::scheduler::{config::SchedulerConfig, Scheduler};
 use crate::tokenizer::Tokenizer;
@@ -61,7 +61,7 @@ impl Default for EngineArgs {
 pub struct LoadedEngine {
     pub engine: EngineCore<CandleRunner>,
     pub tokenizer: Arc<Tokenizer>,
-    pub config: LlamaConfig,
+    pub config: ModelConfig,
     pub model_files: source::ModelFiles,
     pub num_blocks: usize,
     pub max_model_len: usize,
@@ -97,9 +97,12 @@ pub fn build_engine(args: &EngineArgs) -> Result<LoadedEngine> {
         (None, Device::Cpu) => {
             (wanted_len * args.scheduler.max_num_seqs.min(16) * bytes_per_token).min(DEFAULT_KV_CAP)
         }
-        (None, device) => {
-            gpu_kv_budget(&model, &args.scheduler, args.gpu_memory_utilization, device)?
-        }
+        (None, device) => gpu_kv_budget(
+            model.as_ref(),
+            &args.scheduler,
+            args.gpu_memory_utilization,
+            device,
+        )?,
     };
     let num_blocks = kv_bytes / (bytes_per_token * block_size);
     anyhow::ensure!(
@@ -147,7 +150,7 @@ pub fn build_engine(args: &EngineArgs) -> Result<LoadedEngine> {
 /// the reserve is estimated from the step's widest intermediate tensors instead.
 #[cfg(feature = "cuda")]
 fn gpu_kv_budget(
-    model: &crate::models::llama::LlamaModel,
+    model: &dyn crate::models::CausalLm,
     sched: &SchedulerConfig,
     utilization: f64,
     device: &Device,
@@ -203,7 +206,7 @@ fn gpu_kv_budget(
 
 #[cfg(not(feature = "cuda"))]
 fn gpu_kv_budget(
-    _: &crate::models::llama::LlamaModel,
+    _: &dyn crate::models::CausalLm,
     _: &SchedulerConfig,
     _: f64,
     device: &Device,

@@ -6,7 +6,7 @@
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
-use crate::models::config::{LlamaConfig, RopeScaling};
+use crate::models::config::{ModelConfig, RopeScaling};
 
 #[derive(Debug, Clone)]
 pub struct Rotary {
@@ -16,12 +16,15 @@ pub struct Rotary {
 }
 
 /// Inverse frequencies with the config's scaling applied (HF `_compute_*_parameters`).
-pub fn inv_freqs(cfg: &LlamaConfig) -> Vec<f64> {
-    let d = cfg.head_dim;
+pub fn inv_freqs(cfg: &ModelConfig) -> Vec<f64> {
+    inv_freqs_of(cfg.head_dim, cfg.rope_theta, &cfg.rope_scaling)
+}
+
+fn inv_freqs_of(d: usize, theta: f64, scaling: &RopeScaling) -> Vec<f64> {
     let base: Vec<f64> = (0..d / 2)
-        .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / d as f64))
+        .map(|i| 1.0 / theta.powf(2.0 * i as f64 / d as f64))
         .collect();
-    match cfg.rope_scaling {
+    match *scaling {
         RopeScaling::None | RopeScaling::Linear { .. } => base,
         RopeScaling::Llama3 {
             factor,
@@ -51,10 +54,23 @@ pub fn inv_freqs(cfg: &LlamaConfig) -> Vec<f64> {
 }
 
 impl Rotary {
-    pub fn new(cfg: &LlamaConfig, device: &Device) -> Result<Self> {
-        let inv: Vec<f32> = inv_freqs(cfg).into_iter().map(|f| f as f32).collect();
+    /// The model's rotary (its `rope_theta` and scaling).
+    pub fn new(cfg: &ModelConfig, device: &Device) -> Result<Self> {
+        Self::with_base(cfg.head_dim, cfg.rope_theta, &cfg.rope_scaling, device)
+    }
+
+    pub fn with_base(
+        head_dim: usize,
+        theta: f64,
+        scaling: &RopeScaling,
+        device: &Device,
+    ) -> Result<Self> {
+        let inv: Vec<f32> = inv_freqs_of(head_dim, theta, scaling)
+            .into_iter()
+            .map(|f| f as f32)
+            .collect();
         let n = inv.len();
-        let position_scale = match cfg.rope_scaling {
+        let position_scale = match *scaling {
             RopeScaling::Linear { factor } => 1.0 / factor,
             _ => 1.0,
         };
@@ -104,10 +120,10 @@ pub fn rope_reference(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::config::LlamaConfig;
+    use crate::models::config::ModelConfig;
 
-    fn cfg() -> LlamaConfig {
-        LlamaConfig::from_hf_json(
+    fn cfg() -> ModelConfig {
+        ModelConfig::from_hf_json(
             r#"{"vocab_size":10,"hidden_size":32,"intermediate_size":16,"num_hidden_layers":1,
             "num_attention_heads":2,"rope_theta":10000.0}"#,
         )

@@ -1,4 +1,5 @@
-//! Llama-family model configuration, read from an HF `config.json` or from GGUF metadata.
+//! The decoder configuration every family fills in, read from an HF `config.json` (common keys
+//! here, family-specific ones in the family's file through the registry) or from GGUF metadata.
 
 use std::collections::HashMap;
 
@@ -7,13 +8,12 @@ use candle_core::quantized::gguf_file;
 use serde::Deserialize;
 
 /// How rotary frequencies are scaled for long contexts.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub enum RopeScaling {
+    #[default]
     None,
     /// Positions divided by `factor`.
-    Linear {
-        factor: f64,
-    },
+    Linear { factor: f64 },
     /// Llama 3.1: low frequencies divided by `factor`, high ones kept, smooth in between.
     Llama3 {
         factor: f64,
@@ -23,9 +23,44 @@ pub enum RopeScaling {
     },
 }
 
-/// Everything the Llama forward needs; one struct for Llama 2/3, Mistral, Qwen2 and SmolLM.
-#[derive(Debug, Clone)]
-pub struct LlamaConfig {
+/// The MLP's activation: `act(gate) * up`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Activation {
+    #[default]
+    Silu,
+    /// GELU with the tanh approximation (Gemma's `gelu_pytorch_tanh`).
+    GeluTanh,
+}
+
+/// Checkpoint tensor names of one MoE family, below `model.layers.N.`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExpertNames {
+    /// The router linear (`[num_experts, hidden]`).
+    pub router: &'static str,
+    /// Expert `j` lives at `{experts}.{j}.{gate|up|down}`.
+    pub experts: &'static str,
+    pub gate: &'static str,
+    pub up: &'static str,
+    pub down: &'static str,
+}
+
+/// A sparse MLP: softmax over experts, the top `top_k` per token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoeConfig {
+    pub num_experts: usize,
+    pub top_k: usize,
+    /// Renormalise the chosen experts' weights to sum to one (Mixtral always, Qwen3-MoE by flag).
+    pub norm_topk_prob: bool,
+    pub expert_intermediate_size: usize,
+    /// Per layer: whether its MLP is the sparse one (else dense with `intermediate_size`).
+    pub sparse_layers: Vec<bool>,
+    pub names: ExpertNames,
+}
+
+/// Everything the decoder forward needs, for every family in the registry. `Default` is only
+/// a base for struct updates: the family options off (plain Llama), every size zero.
+#[derive(Debug, Clone, Default)]
+pub struct ModelConfig {
     pub model_type: String,
     pub vocab_size: usize,
     pub hidden_size: usize,
@@ -44,16 +79,31 @@ pub struct LlamaConfig {
     /// o_proj carries a bias (Llama `attention_bias`).
     pub o_bias: bool,
     pub mlp_bias: bool,
-    /// Attend only to the last `sliding_window` positions (Mistral v0.1).
-    pub sliding_window: Option<usize>,
+    /// Per layer: attend only to the last `w` positions (Mistral v0.1, Gemma 3's local layers).
+    pub layer_windows: Vec<Option<usize>>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
+    /// RMSNorm over each head of q and k before rotary (Qwen3, Gemma 3).
+    pub qk_norm: bool,
+    /// Norms scale by `1 + w` instead of `w` (Gemma's checkpoints store `w - 1`).
+    pub norm_unit_offset: bool,
+    /// Gemma 3's extra norms on the attention and MLP outputs before they join the residual.
+    pub sandwich_norms: bool,
+    pub activation: Activation,
+    /// Embeddings are multiplied by this (Gemma: sqrt(hidden), rounded to the activation dtype).
+    pub embed_scale: Option<f64>,
+    /// Attention score scale; `head_dim^-0.5` when None (Gemma: `query_pre_attn_scalar^-0.5`).
+    pub query_scale: Option<f64>,
+    /// Rotary base of the sliding-window layers when it differs from `rope_theta` (Gemma 3's
+    /// `rope_local_base_freq`); those layers use no scaling.
+    pub sliding_rope_theta: Option<f64>,
+    /// `cap * tanh(logits / cap)` on the final logits (Gemma).
+    pub final_logit_softcapping: Option<f64>,
+    pub moe: Option<MoeConfig>,
 }
 
 #[derive(Deserialize)]
 struct HfConfig {
-    #[serde(default)]
-    model_type: Option<String>,
     vocab_size: usize,
     hidden_size: usize,
     intermediate_size: usize,
@@ -81,10 +131,6 @@ struct HfConfig {
     #[serde(default)]
     mlp_bias: Option<bool>,
     #[serde(default)]
-    sliding_window: Option<usize>,
-    #[serde(default)]
-    use_sliding_window: Option<bool>,
-    #[serde(default)]
     bos_token_id: Option<serde_json::Value>,
     #[serde(default)]
     eos_token_id: Option<serde_json::Value>,
@@ -109,6 +155,39 @@ pub(crate) fn token_ids(v: &Option<serde_json::Value>) -> Vec<u32> {
             .collect(),
         _ => Vec::new(),
     }
+}
+
+/// A key of a raw `config.json`, for the keys only some families have.
+pub(crate) fn raw_usize(raw: &serde_json::Value, key: &str) -> Option<usize> {
+    raw.get(key).and_then(|v| v.as_u64()).map(|v| v as usize)
+}
+pub(crate) fn raw_f64(raw: &serde_json::Value, key: &str) -> Option<f64> {
+    raw.get(key).and_then(|v| v.as_f64())
+}
+pub(crate) fn raw_bool(raw: &serde_json::Value, key: &str) -> Option<bool> {
+    raw.get(key).and_then(|v| v.as_bool())
+}
+
+/// Per-layer windows from transformers' `layer_types` (`"sliding_attention"` layers get
+/// `window`); None when the config has no `layer_types`.
+pub(crate) fn windows_from_layer_types(
+    raw: &serde_json::Value,
+    window: Option<usize>,
+) -> Result<Option<Vec<Option<usize>>>> {
+    let Some(types) = raw.get("layer_types").and_then(|v| v.as_array()) else {
+        return Ok(None);
+    };
+    types
+        .iter()
+        .map(|t| match t.as_str() {
+            Some("full_attention") => Ok(None),
+            Some("sliding_attention") => window
+                .map(Some)
+                .context("`sliding_attention` layers without `sliding_window`"),
+            other => bail!("unsupported layer type {other:?}"),
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
 }
 
 fn get_f64(m: &HashMap<String, serde_json::Value>, key: &str) -> Option<f64> {
@@ -138,15 +217,40 @@ fn parse_rope_scaling(m: &HashMap<String, serde_json::Value>) -> Result<RopeScal
     })
 }
 
-impl LlamaConfig {
+impl ModelConfig {
+    /// Parses `config.json`: the common keys here, then the family's own through the registry.
     pub fn from_hf_json(text: &str) -> Result<Self> {
-        let c: HfConfig = serde_json::from_str(text).context("parsing config.json")?;
-        let model_type = c.model_type.unwrap_or_else(|| "llama".to_string());
-        match model_type.as_str() {
-            "llama" | "mistral" | "qwen2" => {}
-            other => bail!("unsupported model_type `{other}` (supported: llama, mistral, qwen2)"),
-        }
-        let rope_params = c.rope_parameters.as_ref();
+        let raw: serde_json::Value = serde_json::from_str(text).context("parsing config.json")?;
+        // Multimodal wrappers (Gemma 3 4B+) nest the language model's keys.
+        let raw = match raw.get("text_config") {
+            Some(t) if raw.get("vocab_size").is_none() => t.clone(),
+            _ => raw,
+        };
+        let model_type = raw
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("llama")
+            .to_string();
+        let family = super::registry::family_for_model_type(&model_type)?;
+        let mut cfg = Self::common_from_hf(&raw, model_type)?;
+        (family.configure)(&raw, &mut cfg)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The keys every family shares, with Llama's meaning.
+    fn common_from_hf(raw: &serde_json::Value, model_type: String) -> Result<Self> {
+        let c = HfConfig::deserialize(raw).context("parsing config.json")?;
+        // transformers 5 keys rope settings by layer type when they differ (Gemma 3): the
+        // global layers' set is the model's; a family reads the others itself.
+        let full_attention: Option<HashMap<String, serde_json::Value>> = c
+            .rope_parameters
+            .as_ref()
+            .and_then(|m| m.get("full_attention"))
+            .map(|v| serde_json::from_value(v.clone()))
+            .transpose()
+            .context("rope_parameters.full_attention")?;
+        let rope_params = full_attention.as_ref().or(c.rope_parameters.as_ref());
         let rope_theta = c
             .rope_theta
             .or_else(|| rope_params.and_then(|m| get_f64(m, "rope_theta")))
@@ -156,12 +260,7 @@ impl LlamaConfig {
             (None, None) => RopeScaling::None,
         };
         let attention_bias = c.attention_bias.unwrap_or(false);
-        let is_qwen2 = model_type == "qwen2";
-        let sliding_window = match model_type.as_str() {
-            "mistral" => c.sliding_window,
-            "qwen2" if c.use_sliding_window == Some(true) => c.sliding_window,
-            _ => None,
-        };
+        let head_dim = c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads);
         Ok(Self {
             vocab_size: c.vocab_size,
             hidden_size: c.hidden_size,
@@ -169,20 +268,52 @@ impl LlamaConfig {
             num_hidden_layers: c.num_hidden_layers,
             num_attention_heads: c.num_attention_heads,
             num_key_value_heads: c.num_key_value_heads.unwrap_or(c.num_attention_heads),
-            head_dim: c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads),
+            head_dim,
             rms_norm_eps: c.rms_norm_eps,
             rope_theta,
             rope_scaling,
             max_position_embeddings: c.max_position_embeddings,
             tie_word_embeddings: c.tie_word_embeddings.unwrap_or(false),
-            qkv_bias: attention_bias || is_qwen2,
+            qkv_bias: attention_bias,
             o_bias: attention_bias,
             mlp_bias: c.mlp_bias.unwrap_or(false),
-            sliding_window,
+            layer_windows: vec![None; c.num_hidden_layers],
             bos_token_id: token_ids(&c.bos_token_id).first().copied(),
             eos_token_ids: token_ids(&c.eos_token_id),
             model_type,
+            ..Self::default()
         })
+    }
+
+    /// Refuses what the decoder cannot honour rather than running a different model.
+    fn validate(&self) -> Result<()> {
+        anyhow::ensure!(
+            self.layer_windows.len() == self.num_hidden_layers,
+            "{} layer types for {} layers",
+            self.layer_windows.len(),
+            self.num_hidden_layers
+        );
+        anyhow::ensure!(
+            self.num_attention_heads
+                .is_multiple_of(self.num_key_value_heads),
+            "{} attention heads are not a multiple of {} KV heads",
+            self.num_attention_heads,
+            self.num_key_value_heads
+        );
+        if let Some(m) = &self.moe {
+            anyhow::ensure!(
+                m.top_k >= 1 && m.top_k <= m.num_experts,
+                "MoE top_k {} with {} experts",
+                m.top_k,
+                m.num_experts
+            );
+        }
+        Ok(())
+    }
+
+    /// The sliding window of layer `i`, if it has one.
+    pub fn window(&self, layer: usize) -> Option<usize> {
+        self.layer_windows[layer]
     }
 
     /// Reads `<arch>.*` keys of a GGUF file (llama.cpp's names).
@@ -243,9 +374,10 @@ impl LlamaConfig {
             qkv_bias: content.tensor_infos.contains_key("blk.0.attn_q.bias"),
             o_bias: content.tensor_infos.contains_key("blk.0.attn_output.bias"),
             mlp_bias: false,
-            sliding_window: None,
+            layer_windows: vec![None; u("block_count")?],
             bos_token_id: tok("tokenizer.ggml.bos_token_id"),
             eos_token_ids: tok("tokenizer.ggml.eos_token_id").into_iter().collect(),
+            ..Self::default()
         })
     }
 
@@ -270,7 +402,7 @@ mod tests {
             "rope_parameters":{"rope_type":"llama3","rope_theta":500000.0,"factor":8.0,
             "low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":64},
             "eos_token_id":[1,2]}"#;
-        let c = LlamaConfig::from_hf_json(json).unwrap();
+        let c = ModelConfig::from_hf_json(json).unwrap();
         assert_eq!(c.rope_theta, 500000.0);
         assert_eq!(c.eos_token_ids, vec![1, 2]);
         assert_eq!(c.head_dim, 4);
@@ -287,8 +419,8 @@ mod tests {
     fn qwen2_has_qkv_bias_and_rejects_unknown_types() {
         let base = r#"{"vocab_size":10,"hidden_size":8,"intermediate_size":16,
             "num_hidden_layers":1,"num_attention_heads":2,"model_type":"#;
-        let c = LlamaConfig::from_hf_json(&format!("{base}\"qwen2\"}}")).unwrap();
+        let c = ModelConfig::from_hf_json(&format!("{base}\"qwen2\"}}")).unwrap();
         assert!(c.qkv_bias && !c.o_bias);
-        assert!(LlamaConfig::from_hf_json(&format!("{base}\"gpt2\"}}")).is_err());
+        assert!(ModelConfig::from_hf_json(&format!("{base}\"gpt2\"}}")).is_err());
     }
 }

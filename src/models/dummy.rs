@@ -13,9 +13,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Shape, Tensor};
 use rand::{Rng, SeedableRng};
 
-use super::config::LlamaConfig;
-use super::llama::LlamaModel;
+use super::config::ModelConfig;
 use super::weights::Weights;
+use super::CausalLm;
 use crate::tokenizer::Tokenizer;
 
 /// Bundled HF `config.json` files of real models (`preset:NAME`).
@@ -73,7 +73,7 @@ fn preset_names() -> String {
 /// Where a dummy model's config comes from, and the directory holding its tokenizer if any.
 #[derive(Debug, Clone)]
 pub struct DummySource {
-    pub config: LlamaConfig,
+    pub config: ModelConfig,
     /// A directory with the config (and perhaps tokenizer.json); None for presets.
     pub dir: Option<PathBuf>,
 }
@@ -84,7 +84,7 @@ pub fn resolve(spec: &str) -> Result<DummySource> {
     let name = spec.strip_prefix(PRESET_PREFIX);
     if let Some(json) = preset(name.unwrap_or(spec)) {
         return Ok(DummySource {
-            config: LlamaConfig::from_hf_json(json)?,
+            config: ModelConfig::from_hf_json(json)?,
             dir: None,
         });
     }
@@ -106,16 +106,21 @@ pub fn resolve(spec: &str) -> Result<DummySource> {
     let text = std::fs::read_to_string(&cfg_path)
         .with_context(|| format!("reading {}", cfg_path.display()))?;
     Ok(DummySource {
-        config: LlamaConfig::from_hf_json(&text)?,
+        config: ModelConfig::from_hf_json(&text)?,
         dir: Some(dir),
     })
 }
 
 /// A model of `cfg` with random weights on `device` in `dtype`. `seed` makes CPU weights
 /// reproducible; on CUDA it seeds the device generator.
-pub fn load(cfg: &LlamaConfig, dtype: DType, device: &Device, seed: u64) -> Result<LlamaModel> {
+pub fn load(
+    cfg: &ModelConfig,
+    dtype: DType,
+    device: &Device,
+    seed: u64,
+) -> Result<Box<dyn CausalLm>> {
     let w = Weights::Dummy(Box::new(DummyWeights::new(cfg, dtype, device, seed)?));
-    LlamaModel::load(cfg.clone(), &w)
+    super::registry::build(cfg.clone(), &w)
 }
 
 /// The tokenizer next to the config if there is one, else a byte-level tokenizer (ids 0..256
@@ -129,7 +134,7 @@ pub fn tokenizer(src: &DummySource) -> Result<Tokenizer> {
     byte_tokenizer(&src.config)
 }
 
-fn byte_tokenizer(cfg: &LlamaConfig) -> Result<Tokenizer> {
+fn byte_tokenizer(cfg: &ModelConfig) -> Result<Tokenizer> {
     use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
     use tokenizers::models::bpe::BPE;
     use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -178,7 +183,7 @@ fn byte_of(c: char) -> u32 {
 
 /// Random parameters by HF name for `Weights::Dummy`.
 pub struct DummyWeights {
-    cfg: LlamaConfig,
+    cfg: ModelConfig,
     dtype: DType,
     device: Device,
     rng: Mutex<rand::rngs::StdRng>,
@@ -187,7 +192,7 @@ pub struct DummyWeights {
 }
 
 impl DummyWeights {
-    pub fn new(cfg: &LlamaConfig, dtype: DType, device: &Device, seed: u64) -> Result<Self> {
+    pub fn new(cfg: &ModelConfig, dtype: DType, device: &Device, seed: u64) -> Result<Self> {
         if device.is_cuda() {
             device.set_seed(seed)?;
         }
@@ -267,6 +272,9 @@ impl DummyWeights {
         }
         match tail {
             "input_layernorm" | "post_attention_layernorm" if !bias => Some(Shape::from(hidden)),
+            "self_attn.q_norm" | "self_attn.k_norm" if !bias && c.qk_norm => {
+                Some(Shape::from(c.head_dim))
+            }
             "self_attn.q_proj" => matrix(q, hidden, c.qkv_bias),
             "self_attn.k_proj" | "self_attn.v_proj" => matrix(kv, hidden, c.qkv_bias),
             "self_attn.o_proj" => matrix(hidden, q, c.o_bias),

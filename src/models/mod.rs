@@ -1,37 +1,73 @@
-//! Model definitions and loading: configs, weights, the Llama family.
+//! Model definitions and loading: the `CausalLm` trait, the family registry, configs, weights.
 
 pub mod config;
+pub mod decoder;
 pub mod dummy;
+pub mod gemma3;
 pub mod llama;
+pub mod mixtral;
+pub mod qwen3;
+pub mod qwen3_moe;
+pub mod registry;
 pub mod source;
 pub mod weights;
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 
-use config::LlamaConfig;
-use llama::LlamaModel;
+use crate::kv::KvCache;
+use crate::layers::attention::AttnMetadata;
+use config::ModelConfig;
 use source::ModelFiles;
 use weights::Weights;
 
-/// Loads the model weights of `files` in `dtype`. GGUF in f32 keeps its quantized weights
-/// (candle's quantized matmuls, f32 activations); in bf16/f16 it is dequantized to dense.
-pub fn load_model(files: &ModelFiles, dtype: DType, device: &Device) -> Result<LlamaModel> {
+/// A causal language model over a ragged batch and a paged KV cache: all the runner and the
+/// engine know of a model.
+pub trait CausalLm: Send {
+    /// One step over a ragged batch.
+    ///
+    /// `tokens: [num_tokens]` u32, the new tokens of every sequence back to back as `meta`
+    /// lays them out; their K/V are written into `kv` before attention reads it.
+    /// `logit_rows: [n]` u32 picks the token rows to compute logits for (usually the last
+    /// new token of each sequence). Returns f32 logits `[n, vocab]`. May be empty.
+    fn forward(
+        &self,
+        tokens: &Tensor,
+        meta: &AttnMetadata,
+        kv: &KvCache,
+        logit_rows: &Tensor,
+    ) -> Result<Tensor>;
+
+    /// Vocabulary, layer and KV shapes, EOS ids, context length, architecture.
+    fn config(&self) -> &ModelConfig;
+
+    fn dtype(&self) -> DType;
+
+    fn device(&self) -> &Device;
+
+    /// A KV cache shaped for this model.
+    fn new_kv_cache(&self, num_blocks: usize, block_size: usize, dtype: DType) -> Result<KvCache>;
+}
+
+/// Loads the model of `files` in `dtype`, through the family registry. GGUF in f32 keeps its
+/// quantized weights (candle's quantized matmuls, f32 activations); in bf16/f16 it is
+/// dequantized to dense.
+pub fn load_model(files: &ModelFiles, dtype: DType, device: &Device) -> Result<Box<dyn CausalLm>> {
     match files {
         ModelFiles::HfDir(dir) => {
             let cfg_path = dir.join("config.json");
             let text = std::fs::read_to_string(&cfg_path)
                 .with_context(|| format!("reading {}", cfg_path.display()))?;
-            let cfg = LlamaConfig::from_hf_json(&text)?;
+            let cfg = ModelConfig::from_hf_json(&text)?;
             let w = Weights::safetensors(&weights::safetensors_files(dir)?, dtype, device)?;
-            LlamaModel::load(cfg, &w)
+            registry::build(cfg, &w)
         }
         ModelFiles::Gguf(path) => {
             // f32: candle's quantized matmuls; bf16/f16: weights dequantized to dense.
             let dense = (dtype != DType::F32).then_some(dtype);
             let w = Weights::gguf(path, device, dense)?;
-            let cfg = LlamaConfig::from_gguf(w.gguf_content().expect("gguf"))?;
-            LlamaModel::load(cfg, &w)
+            let cfg = ModelConfig::from_gguf(w.gguf_content().expect("gguf"))?;
+            registry::build(cfg, &w)
         }
         ModelFiles::Dummy(spec) => dummy::load(&dummy::resolve(spec)?.config, dtype, device, 0),
     }

@@ -12,7 +12,7 @@ use crate::sample::{SampleContext, SequenceSampler};
 
 use crate::kv::KvCache;
 use crate::layers::attention::{AttnMetadata, SeqAttn};
-use crate::models::llama::LlamaModel;
+use crate::models::CausalLm;
 
 /// One sequence's share of a step, as the scheduler hands it out.
 #[derive(Debug, Clone, Copy)]
@@ -27,13 +27,13 @@ pub struct StepSeq<'a> {
 }
 
 pub struct CandleForward {
-    model: LlamaModel,
+    model: Box<dyn CausalLm>,
     kv: KvCache,
 }
 
 impl CandleForward {
     pub fn new(
-        model: LlamaModel,
+        model: Box<dyn CausalLm>,
         num_blocks: usize,
         block_size: usize,
         kv_dtype: DType,
@@ -42,8 +42,8 @@ impl CandleForward {
         Ok(Self { model, kv })
     }
 
-    pub fn model(&self) -> &LlamaModel {
-        &self.model
+    pub fn model(&self) -> &dyn CausalLm {
+        self.model.as_ref()
     }
 
     pub fn kv_cache(&self) -> &KvCache {

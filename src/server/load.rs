@@ -9,21 +9,31 @@ use super::state::AppState;
 use crate::engine::{build_engine, EngineArgs, EngineHandle};
 use crate::tokenizer::Tokenizer;
 
-/// A running engine for `args`, its tokenizer and its max_model_len.
-pub fn spawn_engine(args: EngineArgs) -> Result<(EngineHandle, Arc<Tokenizer>, usize)> {
+/// What the server reports about a loaded model besides its engine and tokenizer.
+pub struct LoadedInfo {
+    pub max_model_len: usize,
+    pub architecture: String,
+}
+
+/// A running engine for `args`, its tokenizer and what /v1/models reports about it.
+pub fn spawn_engine(args: EngineArgs) -> Result<(EngineHandle, Arc<Tokenizer>, LoadedInfo)> {
     let (tx, rx) = std::sync::mpsc::channel();
     let engine = EngineHandle::spawn(move || {
         let loaded = build_engine(&args)?;
-        let _ = tx.send((loaded.tokenizer.clone(), loaded.max_model_len));
+        let info = LoadedInfo {
+            max_model_len: loaded.max_model_len,
+            architecture: loaded.config.model_type.clone(),
+        };
+        let _ = tx.send((loaded.tokenizer.clone(), info));
         Ok(loaded.engine)
     })?;
-    let (tokenizer, max_model_len) = rx.recv().context("engine built without a tokenizer")?;
-    Ok((engine, tokenizer, max_model_len))
+    let (tokenizer, info) = rx.recv().context("engine built without a tokenizer")?;
+    Ok((engine, tokenizer, info))
 }
 
 /// Loads the model and makes it available to `state` (blocking; /health turns 200 after).
 pub fn load_into(state: &AppState, args: EngineArgs) -> Result<()> {
-    let (engine, tokenizer, max_model_len) = spawn_engine(args)?;
-    state.set_loaded(engine, tokenizer, max_model_len);
+    let (engine, tokenizer, info) = spawn_engine(args)?;
+    state.set_loaded(engine, tokenizer, info.max_model_len, info.architecture);
     Ok(())
 }

@@ -46,6 +46,8 @@ pub struct Loaded {
     /// Err: the model has no chat template, or one we cannot compile (the reason).
     pub template: Result<ChatTemplate, String>,
     pub max_model_len: usize,
+    /// The checkpoint's `model_type` (`llama`, `qwen3_moe`, ...), for /v1/models.
+    pub architecture: String,
 }
 
 pub struct AppState {
@@ -78,6 +80,7 @@ impl AppState {
         engine: EngineHandle,
         tokenizer: Arc<Tokenizer>,
         max_model_len: usize,
+        architecture: String,
     ) {
         let template = match ChatTemplate::from_tokenizer(&tokenizer) {
             Ok(Some(t)) => Ok(t),
@@ -92,6 +95,7 @@ impl AppState {
             tokenizer,
             template,
             max_model_len,
+            architecture,
         };
         if self.loaded.set(loaded).is_err() {
             tracing::warn!("model was already loaded; ignoring the second one");

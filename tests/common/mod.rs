@@ -164,7 +164,7 @@ pub async fn mock_server(config: ServerConfig, opts: MockOpts) -> TestServer {
         ..config
     });
     let (engine, tok) = mock_engine(&opts);
-    state.set_loaded(engine, tok, opts.max_model_len);
+    state.set_loaded(engine, tok, opts.max_model_len, "mock".into());
     serve(state).await
 }
 

@@ -11,7 +11,7 @@ use crate::server::state::AppState;
 use crate::server::wire::{ErrorResponse, ModelCard, ModelList};
 
 fn cards(state: &AppState) -> Result<Vec<ModelCard>, ApiError> {
-    let max_model_len = state.loaded()?.max_model_len;
+    let loaded = state.loaded()?;
     Ok(state
         .config
         .served_model_names
@@ -22,7 +22,8 @@ fn cards(state: &AppState) -> Result<Vec<ModelCard>, ApiError> {
             created: unix_now(),
             owned_by: "flare".into(),
             root: state.config.model_root.clone(),
-            max_model_len,
+            max_model_len: loaded.max_model_len,
+            architecture: loaded.architecture.clone(),
         })
         .collect())
 }

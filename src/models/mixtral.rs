@@ -1,0 +1,33 @@
+//! Mixtral: Mistral attention with a sparse MLP in every layer (softmax top-2, renormalised).
+
+use anyhow::{Context, Result};
+
+use super::config::{raw_usize, ExpertNames, ModelConfig, MoeConfig};
+use super::registry::Family;
+
+pub static FAMILY: Family = Family {
+    name: "mixtral",
+    model_types: &["mixtral"],
+    configure,
+    build: super::decoder::build,
+};
+
+fn configure(raw: &serde_json::Value, cfg: &mut ModelConfig) -> Result<()> {
+    cfg.layer_windows = vec![raw_usize(raw, "sliding_window"); cfg.num_hidden_layers];
+    cfg.moe = Some(MoeConfig {
+        num_experts: raw_usize(raw, "num_local_experts")
+            .context("mixtral without num_local_experts")?,
+        top_k: raw_usize(raw, "num_experts_per_tok").unwrap_or(2),
+        norm_topk_prob: true,
+        expert_intermediate_size: cfg.intermediate_size,
+        sparse_layers: vec![true; cfg.num_hidden_layers],
+        names: ExpertNames {
+            router: "block_sparse_moe.gate",
+            experts: "block_sparse_moe.experts",
+            gate: "w1",
+            up: "w3",
+            down: "w2",
+        },
+    });
+    Ok(())
+}
