@@ -14,7 +14,7 @@ use flare::server::{AppState, ServerConfig};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-const FAMILIES: [&str; 8] = [
+const FAMILIES: [&str; 9] = [
     "tiny-llama",
     "tiny-qwen2",
     "tiny-mistral-swa",
@@ -23,6 +23,7 @@ const FAMILIES: [&str; 8] = [
     "tiny-mixtral",
     "tiny-qwen3-moe",
     "tiny-mistral",
+    "tiny-phi3",
 ];
 /// Margins below this are ties at f32 noise (our logits differ from the reference by ~1e-5).
 const NEAR_TIE: f32 = 1e-3;

@@ -227,6 +227,17 @@ fn tiny_qwen3_moe_matches_transformers() {
     check_model("tiny-qwen3-moe");
 }
 
+/// Fused qkv_proj and gate_up_proj split at load; a 5-token window on both layers.
+#[test]
+fn tiny_phi3_matches_transformers() {
+    let (model, _) = load("tiny-phi3");
+    assert_eq!(
+        (model.config().window(0), model.config().window(1)),
+        (Some(5), Some(5))
+    );
+    check_model("tiny-phi3");
+}
+
 /// A sequence's logits alone and in a ragged batch with others, under the same chunk schedule,
 /// differ only by float rounding (MoE routing groups tokens by expert across the batch, so a
 /// routing bug would show up as a large difference). Not bit-identical on the CPU: candle's f32

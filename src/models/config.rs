@@ -100,6 +100,8 @@ pub struct ModelConfig {
     /// `cap * tanh(logits / cap)` on the final logits (Gemma).
     pub final_logit_softcapping: Option<f64>,
     pub moe: Option<MoeConfig>,
+    /// Phi-3's checkpoints hold q/k/v as one `qkv_proj` and gate/up as one `gate_up_proj`.
+    pub fused_projections: bool,
 }
 
 #[derive(Deserialize)]
@@ -324,9 +326,7 @@ impl ModelConfig {
             .context("GGUF without general.architecture")?
             .to_string()?
             .clone();
-        if arch != "llama" && arch != "qwen2" {
-            bail!("unsupported GGUF architecture `{arch}` (supported: llama, qwen2)");
-        }
+        let family = super::registry::family_for_gguf_architecture(&arch)?;
         let get = |k: &str| {
             md.get(&format!("{arch}.{k}"))
                 .with_context(|| format!("GGUF misses {arch}.{k}"))
@@ -335,7 +335,9 @@ impl ModelConfig {
         let heads = u("attention.head_count")?;
         let hidden = u("embedding_length")?;
         let kv_heads = u("attention.head_count_kv").unwrap_or(heads);
-        let head_dim = u("rope.dimension_count").unwrap_or(hidden / heads);
+        let head_dim = u("attention.key_length")
+            .or_else(|_| u("rope.dimension_count"))
+            .unwrap_or(hidden / heads);
         let vocab_size = match md.get(&format!("{arch}.vocab_size")) {
             Some(v) => v.to_u32()? as usize,
             None => md
@@ -355,7 +357,7 @@ impl ModelConfig {
         };
         let has_output = content.tensor_infos.contains_key("output.weight");
         let tok = |k: &str| md.get(k).and_then(|v| v.to_u32().ok());
-        Ok(Self {
+        let mut cfg = Self {
             model_type: arch.clone(),
             vocab_size,
             hidden_size: hidden,
@@ -378,7 +380,10 @@ impl ModelConfig {
             bos_token_id: tok("tokenizer.ggml.bos_token_id"),
             eos_token_ids: tok("tokenizer.ggml.eos_token_id").into_iter().collect(),
             ..Self::default()
-        })
+        };
+        (family.configure_gguf)(content, &mut cfg)?;
+        cfg.validate()?;
+        Ok(cfg)
     }
 
     pub fn num_queries_per_kv(&self) -> usize {

@@ -98,6 +98,30 @@ pub fn build(cfg: ModelConfig, w: &Weights) -> Result<Box<dyn CausalLm>> {
     Ok(Box::new(Decoder::load(cfg, w)?))
 }
 
+/// q, k, v of one attention block (`prefix` = `model.layers.N.self_attn`), from separate
+/// projections or split from a fused `qkv_proj` (q rows, then k, then v).
+fn load_qkv(w: &Weights, cfg: &ModelConfig, prefix: &str) -> Result<(Linear, Linear, Linear)> {
+    let (heads, kv_heads, bias) = (
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.qkv_bias,
+    );
+    if cfg.fused_projections {
+        let name = format!("{prefix}.qkv_proj");
+        let (q_rows, kv_rows) = (heads * cfg.head_dim, kv_heads * cfg.head_dim);
+        return Ok((
+            w.linear_rows(&name, 0, q_rows, bias)?,
+            w.linear_rows(&name, q_rows, kv_rows, bias)?,
+            w.linear_rows(&name, q_rows + kv_rows, kv_rows, bias)?,
+        ));
+    }
+    Ok((
+        w.rotary_linear(&format!("{prefix}.q_proj"), heads, bias)?,
+        w.rotary_linear(&format!("{prefix}.k_proj"), kv_heads, bias)?,
+        w.linear(&format!("{prefix}.v_proj"), bias)?,
+    ))
+}
+
 fn load_mlp(w: &Weights, cfg: &ModelConfig, layer: usize) -> Result<Mlp> {
     let p = format!("model.layers.{layer}");
     let dense = |prefix: &str, gate: &str, up: &str, down: &str| -> Result<GatedMlp> {
@@ -119,6 +143,16 @@ fn load_mlp(w: &Weights, cfg: &ModelConfig, layer: usize) -> Result<Mlp> {
                 experts,
                 top_k: m.top_k,
                 norm_topk_prob: m.norm_topk_prob,
+            }))
+        }
+        // Phi-3: gate rows, then up rows, in one `gate_up_proj`.
+        _ if cfg.fused_projections => {
+            let (name, n) = (format!("{p}.mlp.gate_up_proj"), cfg.intermediate_size);
+            Ok(Mlp::Dense(GatedMlp {
+                gate: w.linear_rows(&name, 0, n, cfg.mlp_bias)?,
+                up: w.linear_rows(&name, n, n, cfg.mlp_bias)?,
+                down: w.linear(&format!("{p}.mlp.down_proj"), cfg.mlp_bias)?,
+                activation: cfg.activation,
             }))
         }
         _ => Ok(Mlp::Dense(dense(
@@ -153,19 +187,12 @@ impl Decoder {
                 let a = format!("{p}.self_attn");
                 let window = cfg.window(i);
                 let sandwich = cfg.sandwich_norms;
+                let (q, k, v) = load_qkv(w, &cfg, &a)?;
                 Ok(Layer {
                     input_norm: RmsNorm::load(w, &format!("{p}.input_layernorm"), &cfg)?,
-                    q: w.rotary_linear(
-                        &format!("{a}.q_proj"),
-                        cfg.num_attention_heads,
-                        cfg.qkv_bias,
-                    )?,
-                    k: w.rotary_linear(
-                        &format!("{a}.k_proj"),
-                        cfg.num_key_value_heads,
-                        cfg.qkv_bias,
-                    )?,
-                    v: w.linear(&format!("{a}.v_proj"), cfg.qkv_bias)?,
+                    q,
+                    k,
+                    v,
                     o: w.linear(&format!("{a}.o_proj"), cfg.o_bias)?,
                     q_norm: norm_if(cfg.qk_norm, format!("{a}.q_norm"))?,
                     k_norm: norm_if(cfg.qk_norm, format!("{a}.k_norm"))?,

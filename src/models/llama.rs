@@ -9,6 +9,8 @@ pub static FAMILY: Family = Family {
     name: "llama",
     model_types: &["llama", "mistral", "qwen2"],
     configure,
+    gguf_architectures: &["llama", "qwen2"],
+    configure_gguf: super::registry::no_gguf_keys,
     build: super::decoder::build,
 };
 

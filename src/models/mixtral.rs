@@ -9,6 +9,8 @@ pub static FAMILY: Family = Family {
     name: "mixtral",
     model_types: &["mixtral"],
     configure,
+    gguf_architectures: &[],
+    configure_gguf: super::registry::no_gguf_keys,
     build: super::decoder::build,
 };
 

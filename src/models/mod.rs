@@ -6,6 +6,7 @@ pub mod dummy;
 pub mod gemma3;
 pub mod llama;
 pub mod mixtral;
+pub mod phi3;
 pub mod qwen3;
 pub mod qwen3_moe;
 pub mod registry;

@@ -9,6 +9,8 @@ pub static FAMILY: Family = Family {
     name: "qwen3",
     model_types: &["qwen3"],
     configure,
+    gguf_architectures: &[],
+    configure_gguf: super::registry::no_gguf_keys,
     build: super::decoder::build,
 };
 

@@ -10,6 +10,8 @@ pub static FAMILY: Family = Family {
     name: "qwen3_moe",
     model_types: &["qwen3_moe"],
     configure,
+    gguf_architectures: &[],
+    configure_gguf: super::registry::no_gguf_keys,
     build: super::decoder::build,
 };
 

@@ -4,6 +4,8 @@
 
 use anyhow::{bail, Result};
 
+use candle_core::quantized::gguf_file;
+
 use super::config::ModelConfig;
 use super::weights::Weights;
 use super::CausalLm;
@@ -14,6 +16,10 @@ pub struct Family {
     pub model_types: &'static [&'static str],
     /// Fills the family's own keys into a config whose common (Llama) keys are already read.
     pub configure: fn(&serde_json::Value, &mut ModelConfig) -> Result<()>,
+    /// GGUF `general.architecture` values this family reads (empty: no GGUF support yet).
+    pub gguf_architectures: &'static [&'static str],
+    /// Like `configure`, from GGUF metadata (`<arch>.*` keys) after the common keys.
+    pub configure_gguf: fn(&gguf_file::Content, &mut ModelConfig) -> Result<()>,
     pub build: fn(ModelConfig, &Weights) -> Result<Box<dyn CausalLm>>,
 }
 
@@ -23,6 +29,7 @@ pub static FAMILIES: &[&Family] = &[
     &super::gemma3::FAMILY,
     &super::mixtral::FAMILY,
     &super::qwen3_moe::FAMILY,
+    &super::phi3::FAMILY,
 ];
 
 pub fn family_for_model_type(model_type: &str) -> Result<&'static Family> {
@@ -42,6 +49,30 @@ pub fn family_for_model_type(model_type: &str) -> Result<&'static Family> {
             )
         }
     }
+}
+
+pub fn family_for_gguf_architecture(arch: &str) -> Result<&'static Family> {
+    match FAMILIES
+        .iter()
+        .find(|f| f.gguf_architectures.contains(&arch))
+    {
+        Some(f) => Ok(f),
+        None => {
+            let known: Vec<&str> = FAMILIES
+                .iter()
+                .flat_map(|f| f.gguf_architectures.iter().copied())
+                .collect();
+            bail!(
+                "unsupported GGUF architecture `{arch}` (supported: {})",
+                known.join(", ")
+            )
+        }
+    }
+}
+
+/// For families whose GGUF needs nothing beyond the common keys.
+pub fn no_gguf_keys(_: &gguf_file::Content, _: &mut ModelConfig) -> Result<()> {
+    Ok(())
 }
 
 /// Builds the model of a parsed config.

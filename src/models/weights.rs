@@ -18,6 +18,8 @@ pub enum Weights {
     },
     Gguf {
         content: gguf_file::Content,
+        /// `general.architecture`: tensor names and row order differ by it.
+        arch: String,
         path: PathBuf,
         device: Device,
         /// Dequantize every weight to this dtype (dense matmuls, e.g. bf16 on a GPU) instead
@@ -28,11 +30,19 @@ pub enum Weights {
     Dummy(Box<super::dummy::DummyWeights>),
 }
 
-/// llama.cpp's tensor name for an HF parameter path (without `.weight`/`.bias`).
-fn gguf_name(hf: &str) -> String {
+/// llama.cpp's tensor name for an HF parameter path (without `.weight`/`.bias`) in a GGUF of
+/// architecture `arch`. Gemma's sandwich norms reuse HF's `post_attention_layernorm` for the
+/// norm after attention, which in Llama is the norm before the MLP.
+fn gguf_name(arch: &str, hf: &str) -> String {
     if let Some(rest) = hf.strip_prefix("model.layers.") {
         let (idx, tail) = rest.split_once('.').unwrap_or((rest, ""));
+        let gemma = arch.starts_with("gemma");
         let t = match tail {
+            "post_attention_layernorm" if gemma => "post_attention_norm",
+            "pre_feedforward_layernorm" => "ffn_norm",
+            "post_feedforward_layernorm" => "post_ffw_norm",
+            "self_attn.q_norm" => "attn_q_norm",
+            "self_attn.k_norm" => "attn_k_norm",
             "self_attn.q_proj" => "attn_q",
             "self_attn.k_proj" => "attn_k",
             "self_attn.v_proj" => "attn_v",
@@ -68,8 +78,15 @@ impl Weights {
         let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let content = gguf_file::Content::read(&mut f)
             .with_context(|| format!("reading GGUF {}", path.display()))?;
+        let arch = content
+            .metadata
+            .get("general.architecture")
+            .context("GGUF without general.architecture")?
+            .to_string()?
+            .clone();
         Ok(Self::Gguf {
             content,
+            arch,
             path: path.to_path_buf(),
             device: device.clone(),
             dense,
@@ -96,11 +113,19 @@ impl Weights {
     pub fn contains(&self, name: &str) -> bool {
         match self {
             Weights::Safetensors { vb, .. } => vb.contains_tensor(&format!("{name}.weight")),
-            Weights::Gguf { content, .. } => content
+            Weights::Gguf { content, arch, .. } => content
                 .tensor_infos
-                .contains_key(&format!("{}.weight", gguf_name(name))),
+                .contains_key(&format!("{}.weight", gguf_name(arch, name))),
             Weights::Dummy(d) => d.contains(name),
         }
+    }
+
+    /// The GGUF tensor `{hf name}.{suffix}` (`weight`, `bias`) on the weights' device.
+    fn gguf_param(&self, name: &str, suffix: &str) -> Result<QTensor> {
+        let Weights::Gguf { arch, .. } = self else {
+            unreachable!()
+        };
+        self.gguf_qtensor(&format!("{}.{suffix}", gguf_name(arch, name)))
     }
 
     fn gguf_qtensor(&self, full: &str) -> Result<QTensor> {
@@ -129,7 +154,7 @@ impl Weights {
                     .with_context(|| format!("missing tensor {full}"))
             }
             Weights::Gguf { device, .. } => {
-                let q = self.gguf_qtensor(&format!("{}.{suffix}", gguf_name(name)))?;
+                let q = self.gguf_param(name, suffix)?;
                 Ok(q.dequantize(device)?.to_dtype(self.activation_dtype())?)
             }
             Weights::Dummy(d) => d.tensor(name, suffix),
@@ -149,30 +174,39 @@ impl Weights {
             }
             Weights::Gguf { dense: Some(_), .. } => QMatMul::Tensor(self.tensor(name, "weight")?),
             Weights::Gguf { dense: None, .. } => {
-                QMatMul::from_qtensor(self.gguf_qtensor(&format!("{}.weight", gguf_name(name)))?)?
+                QMatMul::from_qtensor(self.gguf_param(name, "weight")?)?
             }
         };
         Ok(Linear::new(w, b))
+    }
+
+    /// Rows `start..start + len` of the dense `name.weight` (and bias): one part of a fused
+    /// projection such as Phi-3's `qkv_proj`.
+    pub fn linear_rows(&self, name: &str, start: usize, len: usize, bias: bool) -> Result<Linear> {
+        if let Weights::Gguf { arch, .. } = self {
+            anyhow::bail!("fused projection {name} in a `{arch}` GGUF is not supported");
+        }
+        let part = |suffix: &str| -> Result<Tensor> {
+            Ok(self
+                .tensor(name, suffix)?
+                .narrow(0, start, len)?
+                .contiguous()?)
+        };
+        let b = if bias { Some(part("bias")?) } else { None };
+        Ok(Linear::new(QMatMul::Tensor(part("weight")?), b))
     }
 
     /// Like [`Weights::linear`] for q/k projections, whose rows llama.cpp stores permuted for
     /// interleaved (GPT-J) rotary in `llama`-arch GGUF files: the rows are put back in HF's
     /// half-split order, so one rotary convention serves every format.
     pub fn rotary_linear(&self, name: &str, num_heads: usize, bias: bool) -> Result<Linear> {
-        let Weights::Gguf {
-            content, device, ..
-        } = self
-        else {
+        let Weights::Gguf { arch, device, .. } = self else {
             return self.linear(name, bias);
         };
-        let arch = content
-            .metadata
-            .get("general.architecture")
-            .and_then(|v| v.to_string().ok());
-        if arch.map(String::as_str) != Some("llama") {
+        if arch != "llama" {
             return self.linear(name, bias);
         }
-        let q = self.gguf_qtensor_on(&format!("{}.weight", gguf_name(name)), &Device::Cpu)?;
+        let q = self.gguf_qtensor_on(&format!("{}.weight", gguf_name(arch, name)), &Device::Cpu)?;
         let (rows, cols) = q.shape().dims2()?;
         let dtype = q.dtype();
         let row_bytes = cols / dtype.block_size() * dtype.type_size();
@@ -262,13 +296,21 @@ mod tests {
     #[test]
     fn maps_hf_names_to_gguf() {
         assert_eq!(
-            super::gguf_name("model.layers.12.self_attn.o_proj"),
+            super::gguf_name("llama", "model.layers.12.self_attn.o_proj"),
             "blk.12.attn_output"
         );
         assert_eq!(
-            super::gguf_name("model.layers.0.post_attention_layernorm"),
+            super::gguf_name("llama", "model.layers.0.post_attention_layernorm"),
             "blk.0.ffn_norm"
         );
-        assert_eq!(super::gguf_name("lm_head"), "output");
+        assert_eq!(super::gguf_name("llama", "lm_head"), "output");
+        assert_eq!(
+            super::gguf_name("gemma3", "model.layers.3.post_attention_layernorm"),
+            "blk.3.post_attention_norm"
+        );
+        assert_eq!(
+            super::gguf_name("gemma3", "model.layers.3.pre_feedforward_layernorm"),
+            "blk.3.ffn_norm"
+        );
     }
 }

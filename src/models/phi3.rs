@@ -1,0 +1,39 @@
+//! Phi-3 and Phi-4: the Llama layout with q/k/v fused into `qkv_proj` and gate/up into
+//! `gate_up_proj` (split at load), and a sliding window on every layer when configured.
+//! Longrope scaling (the 128k variants, Phi-4-mini) is refused by the rope parser until it is
+//! implemented; partial rotary is refused here.
+
+use anyhow::{bail, Result};
+
+use super::config::{raw_f64, raw_usize, ModelConfig};
+use super::registry::Family;
+
+pub static FAMILY: Family = Family {
+    name: "phi3",
+    model_types: &["phi3"],
+    configure,
+    gguf_architectures: &[],
+    configure_gguf: super::registry::no_gguf_keys,
+    build: super::decoder::build,
+};
+
+fn configure(raw: &serde_json::Value, cfg: &mut ModelConfig) -> Result<()> {
+    cfg.fused_projections = true;
+    let partial = raw_f64(raw, "partial_rotary_factor").or_else(|| {
+        raw.get("rope_parameters")
+            .and_then(|p| raw_f64(p, "partial_rotary_factor"))
+    });
+    if partial.is_some_and(|f| f != 1.0) {
+        bail!(
+            "phi3 with partial_rotary_factor {} is not supported",
+            partial.unwrap()
+        );
+    }
+    if let Some(act) = raw.get("hidden_act").and_then(|v| v.as_str()) {
+        if act != "silu" {
+            bail!("phi3 with hidden_act `{act}` is not supported");
+        }
+    }
+    cfg.layer_windows = vec![raw_usize(raw, "sliding_window"); cfg.num_hidden_layers];
+    Ok(())
+}
