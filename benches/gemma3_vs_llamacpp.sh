@@ -12,16 +12,22 @@ peers=$cache/peers/lcpp
 python3 models/fetch_gemma3.py >/dev/null
 gguf=$cache/models/gemma-3-270m-q4_k_m.gguf
 
-if [ ! -x "$peers/build/bin/llama-bench" ]; then
-  python3 -m venv "$peers"
-  "$peers/bin/pip" install -q cmake ninja scikit-build-core
-  "$peers/bin/pip" download -q --no-deps --no-binary llama-cpp-python --no-build-isolation \
-    -d "$peers" llama-cpp-python==0.3.36
-  tar xzf "$peers"/llama_cpp_python-0.3.36.tar.gz -C "$peers"
+# Not -march=native: on this VM the CPU reports AMX but the kernel does not grant it, so
+# llama.cpp's native build dies with SIGILL in its AMX kernels (tilezero). The same AVX-512
+# levels without AMX, as listed in the flags line of the output.
+if [ ! -x "$peers/build/bin/llama-bench" ] || [ "$(cat "$peers/build/.flare-flags" 2>/dev/null)" != noamx ]; then
+  [ -x "$peers/bin/cmake" ] || { python3 -m venv "$peers" && "$peers/bin/pip" install -q cmake ninja scikit-build-core; }
+  [ -f "$peers"/llama_cpp_python-0.3.36.tar.gz ] || "$peers/bin/pip" download -q --no-deps \
+    --no-binary llama-cpp-python --no-build-isolation -d "$peers" llama-cpp-python==0.3.36
+  [ -d "$peers/llama_cpp_python-0.3.36" ] || tar xzf "$peers"/llama_cpp_python-0.3.36.tar.gz -C "$peers"
   src=$peers/llama_cpp_python-0.3.36/vendor/llama.cpp
   PATH=$peers/bin:$PATH cmake -S "$src" -B "$peers/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >/dev/null
+    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+    -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+    -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON \
+    -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF >/dev/null
   PATH=$peers/bin:$PATH cmake --build "$peers/build" -j2 --target llama-bench >/dev/null
+  echo noamx > "$peers/build/.flare-flags"
 fi
 cargo build --release -q
 

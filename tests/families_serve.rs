@@ -14,7 +14,7 @@ use flare::server::{AppState, ServerConfig};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-const FAMILIES: [&str; 9] = [
+const FAMILIES: [&str; 10] = [
     "tiny-llama",
     "tiny-qwen2",
     "tiny-mistral-swa",
@@ -24,6 +24,7 @@ const FAMILIES: [&str; 9] = [
     "tiny-qwen3-moe",
     "tiny-mistral",
     "tiny-phi3",
+    "tiny-gpt-oss",
 ];
 /// Margins below this are ties at f32 noise (our logits differ from the reference by ~1e-5).
 const NEAR_TIE: f32 = 1e-3;

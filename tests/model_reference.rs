@@ -238,6 +238,16 @@ fn tiny_phi3_matches_transformers() {
     check_model("tiny-phi3");
 }
 
+/// Sinks, yarn, biased router and clamped-SwiGLU experts stacked in four tensors.
+#[test]
+fn tiny_gpt_oss_matches_transformers() {
+    let (model, _) = load("tiny-gpt-oss");
+    let c = model.config();
+    assert!(c.attention_sinks);
+    assert_eq!((c.window(0), c.window(1)), (Some(4), None));
+    check_model("tiny-gpt-oss");
+}
+
 /// A sequence's logits alone and in a ragged batch with others, under the same chunk schedule,
 /// differ only by float rounding (MoE routing groups tokens by expert across the batch, so a
 /// routing bug would show up as a large difference). Not bit-identical on the CPU: candle's f32

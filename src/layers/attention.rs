@@ -117,19 +117,37 @@ pub fn paged_attention(
     scale: f32,
     sliding_window: Option<usize>,
 ) -> Result<Tensor> {
+    paged_attention_with_sinks(q, k_cache, v_cache, meta, scale, sliding_window, None)
+}
+
+/// [`paged_attention`] where `sinks[h]`, when given, is one more logit in head `h`'s softmax
+/// that has no value (gpt-oss): probability mass the head may spend on nothing.
+pub fn paged_attention_with_sinks(
+    q: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    meta: &AttnMetadata,
+    scale: f32,
+    sliding_window: Option<usize>,
+    sinks: Option<&[f32]>,
+) -> Result<Tensor> {
     let op = PagedAttention {
         meta: meta.clone(),
         scale,
         sliding_window,
+        sinks: sinks.map(<[f32]>::to_vec),
     };
     let (_, heads, d) = q.dims3()?;
     let kv_heads = k_cache.dim(1)?;
+    // The CUDA kernel has no sinks yet: those models take the tensor-op path there.
     let kernel = q.device().is_cpu()
-        || (q.device().is_cuda() && cuda_supports(q.dtype(), heads, kv_heads, d));
+        || (q.device().is_cuda()
+            && sinks.is_none()
+            && cuda_supports(q.dtype(), heads, kv_heads, d));
     if kernel {
         q.contiguous()?.apply_op3_no_bwd(k_cache, v_cache, &op)
     } else {
-        paged_attention_tensor_ops(q, k_cache, v_cache, meta, scale, sliding_window)
+        paged_attention_tensor_ops(q, k_cache, v_cache, meta, scale, sliding_window, sinks)
     }
 }
 
@@ -137,6 +155,7 @@ struct PagedAttention {
     meta: AttnMetadata,
     scale: f32,
     sliding_window: Option<usize>,
+    sinks: Option<Vec<f32>>,
 }
 
 trait Element: Copy + Send + Sync {
@@ -201,7 +220,8 @@ impl PagedAttention {
                         *x = y.to_f32() * self.scale;
                     }
                     scores.clear();
-                    let mut max = f32::NEG_INFINITY;
+                    let sink = self.sinks.as_ref().map(|s| s[h]);
+                    let mut max = sink.unwrap_or(f32::NEG_INFINITY);
                     for p in lo..=pos {
                         let ko = (slot_row(&s.block_table, p) * kv_heads + kvh) * d;
                         let dot: f32 = qf
@@ -212,7 +232,7 @@ impl PagedAttention {
                         max = max.max(dot);
                         scores.push(dot);
                     }
-                    let mut sum = 0f32;
+                    let mut sum = sink.map_or(0.0, |s| (s - max).exp());
                     for x in scores.iter_mut() {
                         *x = (*x - max).exp();
                         sum += *x;
@@ -318,10 +338,15 @@ pub fn paged_attention_tensor_ops(
     meta: &AttnMetadata,
     scale: f32,
     sliding_window: Option<usize>,
+    sinks: Option<&[f32]>,
 ) -> Result<Tensor> {
     let (_, heads, d) = q.dims3()?;
     let kv_heads = k_cache.dim(1)?;
     let group = heads / kv_heads;
+    // `[kv_heads, group, 1, 1]`, head `kvh * group + g` at `[kvh, g]` as the query heads are.
+    let sinks = sinks
+        .map(|s| Tensor::from_slice(s, (kv_heads, group, 1, 1), q.device()))
+        .transpose()?;
     let bs = meta.block_size;
     let mut outs = Vec::with_capacity(meta.seqs.len());
     for s in meta.seqs.iter() {
@@ -363,7 +388,15 @@ pub fn paged_attention_tensor_ops(
             })
             .collect();
         let mask = Tensor::from_vec(mask, (n, ctx), q.device())?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?)?;
+        let scores = scores.broadcast_add(&mask)?;
+        let probs = match &sinks {
+            Some(sk) => {
+                let sk = sk.broadcast_as((kv_heads, group, n, 1))?.contiguous()?;
+                let p = candle_nn::ops::softmax_last_dim(&Tensor::cat(&[&scores, &sk], 3)?)?;
+                p.narrow(3, 0, ctx)?
+            }
+            None => candle_nn::ops::softmax_last_dim(&scores)?,
+        };
         let o = probs.reshape((kv_heads, group * n, ctx))?.matmul(&v)?;
         let o = o
             .reshape((heads, n, d))?
@@ -410,8 +443,8 @@ mod tests {
         let q = Tensor::randn(0f32, 1.0, (13, heads, d), &dev).unwrap();
         for window in [None, Some(3)] {
             let a = paged_attention(&q, &k_cache, &v_cache, &meta, 0.35, window).unwrap();
-            let b =
-                paged_attention_tensor_ops(&q, &k_cache, &v_cache, &meta, 0.35, window).unwrap();
+            let b = paged_attention_tensor_ops(&q, &k_cache, &v_cache, &meta, 0.35, window, None)
+                .unwrap();
             let diff = (a - b)
                 .unwrap()
                 .abs()
@@ -434,5 +467,78 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(diff > 1e-3);
+    }
+
+    /// Sinks: the CPU kernel agrees with the tensor-op version, and a sink takes mass away
+    /// (outputs shrink toward zero as the sink logit grows).
+    #[test]
+    fn sinks_agree_between_kernel_and_tensor_ops_and_matter() {
+        let dev = Device::Cpu;
+        let (bs, kvh, heads, d) = (4, 2, 4, 8);
+        let k_cache = Tensor::randn(0f32, 1.0, (8 * bs, kvh, d), &dev).unwrap();
+        let v_cache = Tensor::randn(0f32, 1.0, (8 * bs, kvh, d), &dev).unwrap();
+        let seqs = vec![
+            SeqAttn {
+                query_start: 0,
+                query_len: 2,
+                context_len: 6,
+                block_table: vec![3, 1],
+            },
+            SeqAttn {
+                query_start: 2,
+                query_len: 5,
+                context_len: 5,
+                block_table: vec![6, 0],
+            },
+        ];
+        let meta = AttnMetadata::new(seqs, bs, &dev).unwrap();
+        let q = Tensor::randn(0f32, 1.0, (7, heads, d), &dev).unwrap();
+        let max_diff = |a: &Tensor, b: &Tensor| {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        let sinks = [0.5f32, -1.0, 2.0, 0.0];
+        for window in [None, Some(2)] {
+            let a = paged_attention_with_sinks(
+                &q,
+                &k_cache,
+                &v_cache,
+                &meta,
+                0.35,
+                window,
+                Some(&sinks),
+            )
+            .unwrap();
+            let b = paged_attention_tensor_ops(
+                &q,
+                &k_cache,
+                &v_cache,
+                &meta,
+                0.35,
+                window,
+                Some(&sinks),
+            )
+            .unwrap();
+            assert!(max_diff(&a, &b) < 1e-5, "window {window:?}");
+        }
+        let plain = paged_attention(&q, &k_cache, &v_cache, &meta, 0.35, None).unwrap();
+        let sunk =
+            paged_attention_with_sinks(&q, &k_cache, &v_cache, &meta, 0.35, None, Some(&[30.0; 4]))
+                .unwrap();
+        assert!(max_diff(&plain, &sunk) > 1e-2);
+        let abs = sunk
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(abs < 1e-6, "a huge sink leaves nothing: {abs}");
     }
 }

@@ -13,6 +13,9 @@ pub struct Rotary {
     /// `[1, head_dim / 2]`, f32.
     inv_freq: Tensor,
     position_scale: f64,
+    /// YaRN's scale of cos/sin; rotating both q and k by it scales the attention logits by
+    /// its square, which the attention applies instead (same math, every kernel).
+    pub attention_factor: f64,
 }
 
 /// Inverse frequencies with the config's scaling applied (HF `_compute_*_parameters`).
@@ -26,6 +29,38 @@ fn inv_freqs_of(d: usize, theta: f64, scaling: &RopeScaling) -> Vec<f64> {
         .collect();
     match *scaling {
         RopeScaling::None | RopeScaling::Linear { .. } => base,
+        RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings,
+            beta_fast,
+            beta_slow,
+            truncate,
+            ..
+        } => {
+            // The dimension whose wavelength turns `rotations` times over the original context.
+            let correction_dim = |rotations: f64| {
+                let ctx = original_max_position_embeddings as f64;
+                d as f64 * (ctx / (rotations * 2.0 * std::f64::consts::PI)).ln()
+                    / (2.0 * theta.ln())
+            };
+            let (mut low, mut high) = (correction_dim(beta_fast), correction_dim(beta_slow));
+            if truncate {
+                (low, high) = (low.floor(), high.ceil());
+            }
+            let (low, mut high) = (low.max(0.0), high.min(d as f64 - 1.0));
+            if low == high {
+                high += 0.001;
+            }
+            base.into_iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    // 0 keeps the original frequency (fast dims), 1 interpolates it by factor.
+                    let ramp = ((i as f64 - low) / (high - low)).clamp(0.0, 1.0);
+                    let extrapolation = 1.0 - ramp;
+                    (f / factor) * (1.0 - extrapolation) + f * extrapolation
+                })
+                .collect()
+        }
         RopeScaling::Llama3 {
             factor,
             low_freq_factor,
@@ -74,9 +109,16 @@ impl Rotary {
             RopeScaling::Linear { factor } => 1.0 / factor,
             _ => 1.0,
         };
+        let attention_factor = match *scaling {
+            RopeScaling::Yarn {
+                attention_factor, ..
+            } => attention_factor,
+            _ => 1.0,
+        };
         Ok(Self {
             inv_freq: Tensor::from_vec(inv, (1, n), device)?,
             position_scale,
+            attention_factor,
         })
     }
 

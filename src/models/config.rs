@@ -21,6 +21,16 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original_max_position_embeddings: usize,
     },
+    /// YaRN (gpt-oss, DeepSeek): frequencies blended between interpolated and original over a
+    /// ramp of dimensions; attention logits scaled by `attention_factor²` (HF scales cos/sin).
+    Yarn {
+        factor: f64,
+        original_max_position_embeddings: usize,
+        beta_fast: f64,
+        beta_slow: f64,
+        attention_factor: f64,
+        truncate: bool,
+    },
 }
 
 /// The MLP's activation: `act(gate) * up`.
@@ -30,6 +40,8 @@ pub enum Activation {
     Silu,
     /// GELU with the tanh approximation (Gemma's `gelu_pytorch_tanh`).
     GeluTanh,
+    /// gpt-oss: `(clamp(up, ±limit) + 1) * g * sigmoid(alpha * g)` with `g = min(gate, limit)`.
+    ClampedSwiglu { alpha: f32, limit: f32 },
 }
 
 /// Checkpoint tensor names of one MoE family, below `model.layers.N.`.
@@ -44,7 +56,17 @@ pub struct ExpertNames {
     pub down: &'static str,
 }
 
-/// A sparse MLP: softmax over experts, the top `top_k` per token.
+/// How a router turns its logits into expert scores.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Scoring {
+    #[default]
+    Softmax,
+    /// DeepSeek-V3: independent sigmoids; the choice adds a per-expert correction bias but the
+    /// weights are the plain sigmoids.
+    Sigmoid,
+}
+
+/// A sparse MLP: the router scores experts, each token goes to its `top_k` best.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MoeConfig {
     pub num_experts: usize,
@@ -55,6 +77,39 @@ pub struct MoeConfig {
     /// Per layer: whether its MLP is the sparse one (else dense with `intermediate_size`).
     pub sparse_layers: Vec<bool>,
     pub names: ExpertNames,
+    /// The router linear has a bias (gpt-oss).
+    pub router_bias: bool,
+    pub scoring: Scoring,
+    /// DeepSeek's group-limited choice `(n_group, topk_group)`: experts come in `n_group`
+    /// equal groups, a group scores the sum of its two best, and only the best `topk_group`
+    /// groups are eligible.
+    pub groups: Option<(usize, usize)>,
+    /// `mlp.gate.e_score_correction_bias` joins the choice (DeepSeek-V3).
+    pub correction_bias: bool,
+    /// The chosen experts' weights are multiplied by this (DeepSeek's `routed_scaling_factor`).
+    pub routed_scaling_factor: f64,
+    /// Always-on experts' total FFN size (`{experts}` sibling `mlp.shared_experts`).
+    pub shared_intermediate_size: Option<usize>,
+    /// gpt-oss layout: all experts in `{experts}.gate_up_proj` `[E, hidden, 2 * inter]` (gate
+    /// and up interleaved by column), `{experts}.down_proj` `[E, inter, hidden]` and their
+    /// `_bias` tensors, instead of one `[out, in]` linear per expert.
+    pub stacked_experts: bool,
+}
+
+/// Multi-head latent attention (DeepSeek-V2/V3): keys and values are expanded per head from
+/// one `kv_lora_rank` latent per token, and a `qk_rope_head_dim` rotary key is shared by all
+/// heads. The cache holds just those two (`head_dim` is the rope part, for the rotary).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MlaConfig {
+    /// None: queries come straight from `q_proj` (V2-Lite).
+    pub q_lora_rank: Option<usize>,
+    pub kv_lora_rank: usize,
+    pub qk_nope_head_dim: usize,
+    pub qk_rope_head_dim: usize,
+    pub v_head_dim: usize,
+    /// The checkpoint lays rope dims out in adjacent pairs; rows are put in half-split order
+    /// at load (q·k is unchanged by permuting both alike).
+    pub rope_interleave: bool,
 }
 
 /// Everything the decoder forward needs, for every family in the registry. `Default` is only
@@ -102,6 +157,10 @@ pub struct ModelConfig {
     pub moe: Option<MoeConfig>,
     /// Phi-3's checkpoints hold q/k/v as one `qkv_proj` and gate/up as one `gate_up_proj`.
     pub fused_projections: bool,
+    /// gpt-oss: a learned logit per head (`self_attn.sinks`) joins every softmax's
+    /// denominator, letting a head attend to nothing.
+    pub attention_sinks: bool,
+    pub mla: Option<MlaConfig>,
 }
 
 #[derive(Deserialize)]
@@ -213,9 +272,40 @@ fn parse_rope_scaling(m: &HashMap<String, serde_json::Value>) -> Result<RopeScal
             original_max_position_embeddings: get_f64(m, "original_max_position_embeddings")
                 .unwrap_or(8192.0) as usize,
         },
-        other => {
-            bail!("unsupported rope scaling type `{other}` (supported: default, linear, llama3)")
+        "yarn" => {
+            let factor = factor()?;
+            let mscale = |scale: f64, m: f64| {
+                if scale <= 1.0 {
+                    1.0
+                } else {
+                    0.1 * m * scale.ln() + 1.0
+                }
+            };
+            let attention_factor = match (
+                get_f64(m, "attention_factor"),
+                get_f64(m, "mscale"),
+                get_f64(m, "mscale_all_dim"),
+            ) {
+                (Some(a), _, _) => a,
+                (None, Some(a), Some(b)) if a != 0.0 && b != 0.0 => {
+                    mscale(factor, a) / mscale(factor, b)
+                }
+                _ => mscale(factor, 1.0),
+            };
+            RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings: get_f64(m, "original_max_position_embeddings")
+                    .context("yarn rope scaling without `original_max_position_embeddings`")?
+                    as usize,
+                beta_fast: get_f64(m, "beta_fast").unwrap_or(32.0),
+                beta_slow: get_f64(m, "beta_slow").unwrap_or(1.0),
+                attention_factor,
+                truncate: m.get("truncate").and_then(|v| v.as_bool()).unwrap_or(true),
+            }
         }
+        other => bail!(
+            "unsupported rope scaling type `{other}` (supported: default, linear, llama3, yarn)"
+        ),
     })
 }
 
@@ -392,6 +482,9 @@ impl ModelConfig {
 
     /// Bytes of K and V one token takes across all layers, for a cache dtype size.
     pub fn kv_bytes_per_token(&self, dtype_size: usize) -> usize {
+        if let Some(m) = &self.mla {
+            return (m.kv_lora_rank + m.qk_rope_head_dim) * self.num_hidden_layers * dtype_size;
+        }
         2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim * dtype_size
     }
 }

@@ -10,7 +10,7 @@ use super::config::{ModelConfig, RopeScaling};
 use super::weights::Weights;
 use super::CausalLm;
 use crate::kv::KvCache;
-use crate::layers::attention::{paged_attention, AttnMetadata};
+use crate::layers::attention::{paged_attention_with_sinks, AttnMetadata};
 use crate::layers::linear::Linear;
 use crate::layers::mlp::{GatedMlp, Mlp, SparseMoe};
 use crate::layers::rope::Rotary;
@@ -76,6 +76,8 @@ struct Layer {
     post_mlp_norm: Option<RmsNorm>,
     mlp: Mlp,
     window: Option<usize>,
+    /// gpt-oss's per-head sink logits (f32).
+    sinks: Option<Vec<f32>>,
     /// Index into `Decoder::rotaries`.
     rotary: usize,
 }
@@ -122,6 +124,45 @@ fn load_qkv(w: &Weights, cfg: &ModelConfig, prefix: &str) -> Result<(Linear, Lin
     ))
 }
 
+/// gpt-oss's experts, all in four tensors under `prefix` (see `MoeConfig::stacked_experts`),
+/// as one `[out, in]` gated MLP each.
+fn stacked_experts(
+    w: &Weights,
+    cfg: &ModelConfig,
+    prefix: &str,
+    n: usize,
+) -> Result<Vec<GatedMlp>> {
+    let gate_up = w.tensor(prefix, "gate_up_proj")?;
+    let gate_up_bias = w.tensor(prefix, "gate_up_proj_bias")?;
+    let down = w.tensor(prefix, "down_proj")?;
+    let down_bias = w.tensor(prefix, "down_proj_bias")?;
+    let (e, hidden, two_inter) = gate_up.dims3()?;
+    anyhow::ensure!(
+        e == n && two_inter % 2 == 0,
+        "{prefix}.gate_up_proj has shape {:?}",
+        gate_up.shape()
+    );
+    let inter = two_inter / 2;
+    (0..n)
+        .map(|j| {
+            // Columns alternate gate, up: [hidden, inter, 2] -> the two [inter, hidden] halves.
+            let gu = gate_up.get(j)?.reshape((hidden, inter, 2))?;
+            let gub = gate_up_bias.get(j)?.reshape((inter, 2))?;
+            let half = |k: usize| -> Result<Linear> {
+                let weight = gu.narrow(2, k, 1)?.squeeze(2)?.t()?.contiguous()?;
+                let bias = gub.narrow(1, k, 1)?.squeeze(1)?.contiguous()?;
+                Ok(Linear::dense(weight, Some(bias)))
+            };
+            Ok(GatedMlp {
+                gate: half(0)?,
+                up: half(1)?,
+                down: Linear::dense(down.get(j)?.t()?.contiguous()?, Some(down_bias.get(j)?)),
+                activation: cfg.activation,
+            })
+        })
+        .collect()
+}
+
 fn load_mlp(w: &Weights, cfg: &ModelConfig, layer: usize) -> Result<Mlp> {
     let p = format!("model.layers.{layer}");
     let dense = |prefix: &str, gate: &str, up: &str, down: &str| -> Result<GatedMlp> {
@@ -135,14 +176,41 @@ fn load_mlp(w: &Weights, cfg: &ModelConfig, layer: usize) -> Result<Mlp> {
     match &cfg.moe {
         Some(m) if m.sparse_layers[layer] => {
             let n = &m.names;
-            let experts = (0..m.num_experts)
-                .map(|j| dense(&format!("{p}.{}.{j}", n.experts), n.gate, n.up, n.down))
-                .collect::<Result<Vec<_>>>()?;
+            let experts_prefix = format!("{p}.{}", n.experts);
+            let experts = match m.stacked_experts {
+                true => stacked_experts(w, cfg, &experts_prefix, m.num_experts)?,
+                false => (0..m.num_experts)
+                    .map(|j| dense(&format!("{experts_prefix}.{j}"), n.gate, n.up, n.down))
+                    .collect::<Result<Vec<_>>>()?,
+            };
+            let router = format!("{p}.{}", n.router);
+            let correction = match m.correction_bias {
+                true => Some(
+                    w.tensor(&router, "e_score_correction_bias")?
+                        .to_dtype(DType::F32)?
+                        .to_vec1()?,
+                ),
+                false => None,
+            };
+            let shared = match m.shared_intermediate_size {
+                Some(_) => Some(dense(
+                    &format!("{p}.mlp.shared_experts"),
+                    n.gate,
+                    n.up,
+                    n.down,
+                )?),
+                None => None,
+            };
             Ok(Mlp::Sparse(SparseMoe {
-                router: w.linear(&format!("{p}.{}", n.router), false)?,
+                router: w.linear(&router, m.router_bias)?,
                 experts,
                 top_k: m.top_k,
                 norm_topk_prob: m.norm_topk_prob,
+                scoring: m.scoring,
+                groups: m.groups,
+                correction,
+                routed_scaling_factor: m.routed_scaling_factor as f32,
+                shared,
             }))
         }
         // Phi-3: gate rows, then up rows, in one `gate_up_proj`.
@@ -208,6 +276,10 @@ impl Decoder {
                     post_mlp_norm: norm_if(sandwich, format!("{p}.post_feedforward_layernorm"))?,
                     mlp: load_mlp(w, &cfg, i)?,
                     window,
+                    sinks: match cfg.attention_sinks {
+                        true => Some(w.tensor(&a, "sinks")?.to_dtype(DType::F32)?.to_vec1()?),
+                        false => None,
+                    },
                     rotary: match window {
                         Some(_) if rotaries.len() > 1 => 1,
                         _ => 0,
@@ -307,7 +379,16 @@ impl CausalLm for Decoder {
                 }
                 _ => meta.write_kv(&k, &v, k_cache, v_cache)?,
             }
-            let attn = paged_attention(&q, k_cache, v_cache, meta, scale, layer.window)?;
+            let scale = scale * (rotary.attention_factor * rotary.attention_factor) as f32;
+            let attn = paged_attention_with_sinks(
+                &q,
+                k_cache,
+                v_cache,
+                meta,
+                scale,
+                layer.window,
+                layer.sinks.as_deref(),
+            )?;
             let mut attn = layer.o.forward(&attn.reshape((t, h * d))?)?;
             if let Some(n) = &layer.post_attn_norm {
                 attn = n.forward(&attn)?;

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 
-use super::config::{raw_usize, ExpertNames, ModelConfig, MoeConfig};
+use super::config::{raw_usize, ExpertNames, ModelConfig, MoeConfig, Scoring};
 use super::registry::Family;
 
 pub static FAMILY: Family = Family {
@@ -30,6 +30,13 @@ fn configure(raw: &serde_json::Value, cfg: &mut ModelConfig) -> Result<()> {
             up: "w3",
             down: "w2",
         },
+        router_bias: false,
+        scoring: Scoring::Softmax,
+        groups: None,
+        correction_bias: false,
+        routed_scaling_factor: 1.0,
+        shared_intermediate_size: None,
+        stacked_experts: false,
     });
     Ok(())
 }

@@ -4,6 +4,7 @@ pub mod config;
 pub mod decoder;
 pub mod dummy;
 pub mod gemma3;
+pub mod gpt_oss;
 pub mod llama;
 pub mod mixtral;
 pub mod phi3;

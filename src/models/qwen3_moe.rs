@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 
-use super::config::{raw_bool, raw_usize, ExpertNames, ModelConfig, MoeConfig};
+use super::config::{raw_bool, raw_usize, ExpertNames, ModelConfig, MoeConfig, Scoring};
 use super::registry::Family;
 
 pub static FAMILY: Family = Family {
@@ -48,6 +48,13 @@ fn configure(raw: &serde_json::Value, cfg: &mut ModelConfig) -> Result<()> {
             up: "up_proj",
             down: "down_proj",
         },
+        router_bias: false,
+        scoring: Scoring::Softmax,
+        groups: None,
+        correction_bias: false,
+        routed_scaling_factor: 1.0,
+        shared_intermediate_size: None,
+        stacked_experts: false,
     });
     Ok(())
 }

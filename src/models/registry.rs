@@ -30,6 +30,7 @@ pub static FAMILIES: &[&Family] = &[
     &super::mixtral::FAMILY,
     &super::qwen3_moe::FAMILY,
     &super::phi3::FAMILY,
+    &super::gpt_oss::FAMILY,
 ];
 
 pub fn family_for_model_type(model_type: &str) -> Result<&'static Family> {
