@@ -248,6 +248,24 @@ fn tiny_gpt_oss_matches_transformers() {
     check_model("tiny-gpt-oss");
 }
 
+/// MLA with a latent cache, interleaved yarn rope, grouped sigmoid routing, shared experts.
+#[test]
+fn tiny_deepseek_v3_matches_transformers() {
+    let (model, _) = load("tiny-deepseek-v3");
+    let c = model.config();
+    let mla = c.mla.clone().expect("mla");
+    // The cache holds the latent and the rotary key per token, nothing per head.
+    assert_eq!(
+        c.kv_bytes_per_token(4),
+        (mla.kv_lora_rank + mla.qk_rope_head_dim) * 3 * 4
+    );
+    assert_eq!(
+        c.moe.as_ref().unwrap().sparse_layers,
+        vec![false, true, true]
+    );
+    check_model("tiny-deepseek-v3");
+}
+
 /// A sequence's logits alone and in a ragged batch with others, under the same chunk schedule,
 /// differ only by float rounding (MoE routing groups tokens by expert across the batch, so a
 /// routing bug would show up as a large difference). Not bit-identical on the CPU: candle's f32

@@ -23,12 +23,28 @@ impl KvCache {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let shape = (num_blocks * block_size, num_kv_heads, head_dim);
+        let row = (num_kv_heads, head_dim);
+        Self::with_rows(num_layers, num_blocks, block_size, row, row, dtype, device)
+    }
+
+    /// K rows of `k_row = (heads, dim)` and V rows of `v_row` per slot; MLA keeps its latent
+    /// as "K" and its rotary key as "V", `(1, kv_lora_rank)` and `(1, qk_rope_head_dim)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_rows(
+        num_layers: usize,
+        num_blocks: usize,
+        block_size: usize,
+        k_row: (usize, usize),
+        v_row: (usize, usize),
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let slots = num_blocks * block_size;
         let layers = (0..num_layers)
             .map(|_| {
                 Ok((
-                    Tensor::zeros(shape, dtype, device)?,
-                    Tensor::zeros(shape, dtype, device)?,
+                    Tensor::zeros((slots, k_row.0, k_row.1), dtype, device)?,
+                    Tensor::zeros((slots, v_row.0, v_row.1), dtype, device)?,
                 ))
             })
             .collect::<Result<Vec<_>>>()?;

@@ -3,5 +3,6 @@
 
 pub mod attention;
 pub mod linear;
+pub mod mla;
 pub mod mlp;
 pub mod rope;

@@ -6,12 +6,13 @@
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 
-use super::config::{ModelConfig, RopeScaling};
+use super::config::{MlaConfig, ModelConfig, RopeScaling};
 use super::weights::Weights;
 use super::CausalLm;
 use crate::kv::KvCache;
 use crate::layers::attention::{paged_attention_with_sinks, AttnMetadata};
 use crate::layers::linear::Linear;
+use crate::layers::mla::{Mla, QueryProj};
 use crate::layers::mlp::{GatedMlp, Mlp, SparseMoe};
 use crate::layers::rope::Rotary;
 use crate::ops;
@@ -61,14 +62,27 @@ fn add_norm(
     }
 }
 
-struct Layer {
-    input_norm: RmsNorm,
+/// Attention with per-head keys and values in the cache (every family but DeepSeek).
+struct StandardAttn {
     q: Linear,
     k: Linear,
     v: Linear,
     o: Linear,
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
+    /// gpt-oss's per-head sink logits (f32).
+    sinks: Option<Vec<f32>>,
+}
+
+enum Attention {
+    Standard(StandardAttn),
+    /// DeepSeek's MLA: the cache holds a latent and a rotary key per token.
+    Latent(Mla),
+}
+
+struct Layer {
+    input_norm: RmsNorm,
+    attn: Attention,
     /// Gemma's norm of the attention output before it joins the residual.
     post_attn_norm: Option<RmsNorm>,
     /// The norm in front of the MLP (Llama's `post_attention_layernorm`).
@@ -76,8 +90,6 @@ struct Layer {
     post_mlp_norm: Option<RmsNorm>,
     mlp: Mlp,
     window: Option<usize>,
-    /// gpt-oss's per-head sink logits (f32).
-    sinks: Option<Vec<f32>>,
     /// Index into `Decoder::rotaries`.
     rotary: usize,
 }
@@ -161,6 +173,78 @@ fn stacked_experts(
             })
         })
         .collect()
+}
+
+/// DeepSeek's attention block under `prefix`, with the rotary rows of interleaved checkpoints
+/// put in half-split order and `kv_b_proj` split into the per-head absorbed matrices.
+fn load_mla(w: &Weights, cfg: &ModelConfig, m: &MlaConfig, prefix: &str) -> Result<Mla> {
+    let (h, nope, rope, lora, v_dim) = (
+        cfg.num_attention_heads,
+        m.qk_nope_head_dim,
+        m.qk_rope_head_dim,
+        m.kv_lora_rank,
+        m.v_head_dim,
+    );
+    let device = w.device();
+    // Row order taking a block whose last `rope` rows are interleaved pairs to half-split.
+    let rope_order = |start: usize, rows: usize| -> Vec<u32> {
+        let mut order: Vec<u32> = (0..rows as u32).collect();
+        if m.rope_interleave {
+            for i in 0..rope / 2 {
+                order[start + i] = (start + 2 * i) as u32;
+                order[start + rope / 2 + i] = (start + 2 * i + 1) as u32;
+            }
+        }
+        order
+    };
+    let rows_of = |name: &str, order: &[u32], bias: bool| -> Result<Linear> {
+        let idx = Tensor::from_slice(order, order.len(), &device)?;
+        let weight = w.tensor(name, "weight")?.index_select(&idx, 0)?;
+        let bias = match bias {
+            true => Some(w.tensor(name, "bias")?.index_select(&idx, 0)?),
+            false => None,
+        };
+        Ok(Linear::dense(weight, bias))
+    };
+    let qk = nope + rope;
+    let q_order: Vec<u32> = (0..h)
+        .flat_map(|hh| {
+            rope_order(nope, qk)
+                .into_iter()
+                .map(move |r| (hh * qk) as u32 + r)
+        })
+        .collect();
+    let q = match m.q_lora_rank {
+        Some(_) => QueryProj::LowRank {
+            a: w.linear(&format!("{prefix}.q_a_proj"), cfg.qkv_bias)?,
+            norm: w.tensor(&format!("{prefix}.q_a_layernorm"), "weight")?,
+            b: rows_of(&format!("{prefix}.q_b_proj"), &q_order, false)?,
+        },
+        None => QueryProj::Direct(rows_of(&format!("{prefix}.q_proj"), &q_order, false)?),
+    };
+    let kv_a = rows_of(
+        &format!("{prefix}.kv_a_proj_with_mqa"),
+        &rope_order(lora, lora + rope),
+        cfg.qkv_bias,
+    )?;
+    let kv_b = w
+        .tensor(&format!("{prefix}.kv_b_proj"), "weight")?
+        .to_dtype(DType::F32)?
+        .reshape((h, nope + v_dim, lora))?;
+    Ok(Mla {
+        q,
+        kv_a,
+        kv_a_norm: w.tensor(&format!("{prefix}.kv_a_layernorm"), "weight")?,
+        eps: cfg.rms_norm_eps as f32,
+        w_uk: kv_b.narrow(1, 0, nope)?.contiguous()?,
+        w_uv: kv_b.narrow(1, nope, v_dim)?.transpose(1, 2)?.contiguous()?,
+        o: w.linear(&format!("{prefix}.o_proj"), cfg.o_bias)?,
+        heads: h,
+        nope,
+        rope,
+        lora,
+        v_dim,
+    })
 }
 
 fn load_mlp(w: &Weights, cfg: &ModelConfig, layer: usize) -> Result<Mlp> {
@@ -255,15 +339,29 @@ impl Decoder {
                 let a = format!("{p}.self_attn");
                 let window = cfg.window(i);
                 let sandwich = cfg.sandwich_norms;
-                let (q, k, v) = load_qkv(w, &cfg, &a)?;
+                let attn = match &cfg.mla {
+                    Some(m) => Attention::Latent(load_mla(w, &cfg, m, &a)?),
+                    None => {
+                        let (q, k, v) = load_qkv(w, &cfg, &a)?;
+                        Attention::Standard(StandardAttn {
+                            q,
+                            k,
+                            v,
+                            o: w.linear(&format!("{a}.o_proj"), cfg.o_bias)?,
+                            q_norm: norm_if(cfg.qk_norm, format!("{a}.q_norm"))?,
+                            k_norm: norm_if(cfg.qk_norm, format!("{a}.k_norm"))?,
+                            sinks: match cfg.attention_sinks {
+                                true => {
+                                    Some(w.tensor(&a, "sinks")?.to_dtype(DType::F32)?.to_vec1()?)
+                                }
+                                false => None,
+                            },
+                        })
+                    }
+                };
                 Ok(Layer {
                     input_norm: RmsNorm::load(w, &format!("{p}.input_layernorm"), &cfg)?,
-                    q,
-                    k,
-                    v,
-                    o: w.linear(&format!("{a}.o_proj"), cfg.o_bias)?,
-                    q_norm: norm_if(cfg.qk_norm, format!("{a}.q_norm"))?,
-                    k_norm: norm_if(cfg.qk_norm, format!("{a}.k_norm"))?,
+                    attn,
                     post_attn_norm: norm_if(sandwich, format!("{p}.post_attention_layernorm"))?,
                     pre_mlp_norm: RmsNorm::load(
                         w,
@@ -276,10 +374,6 @@ impl Decoder {
                     post_mlp_norm: norm_if(sandwich, format!("{p}.post_feedforward_layernorm"))?,
                     mlp: load_mlp(w, &cfg, i)?,
                     window,
-                    sinks: match cfg.attention_sinks {
-                        true => Some(w.tensor(&a, "sinks")?.to_dtype(DType::F32)?.to_vec1()?),
-                        false => None,
-                    },
                     rotary: match window {
                         Some(_) if rotaries.len() > 1 => 1,
                         _ => 0,
@@ -306,6 +400,64 @@ impl Decoder {
     }
 }
 
+impl Decoder {
+    /// One layer's attention with per-head K/V: projections, q/k norms, rotary, cache write,
+    /// paged attention (with sinks where the model has them), output projection.
+    #[allow(clippy::too_many_arguments)]
+    fn standard_attention(
+        &self,
+        sa: &StandardAttn,
+        hs: &Tensor,
+        meta: &AttnMetadata,
+        (k_cache, v_cache): (&Tensor, &Tensor),
+        layer: &Layer,
+        cos_sin: Option<&(Tensor, Tensor)>,
+        scale: f32,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let t = meta.num_tokens;
+        let (h, kvh, d) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
+        let cuda = self.device.is_cuda();
+        let rotary = &self.rotaries[layer.rotary];
+        let mut q = sa.q.forward(hs)?.reshape((t, h, d))?;
+        let mut k = sa.k.forward(hs)?.reshape((t, kvh, d))?;
+        let v = sa.v.forward(hs)?.reshape((t, kvh, d))?.contiguous()?;
+        if let (Some(qn), Some(kn)) = (&sa.q_norm, &sa.k_norm) {
+            q = qn.forward(&q.contiguous()?)?;
+            k = kn.forward(&k.contiguous()?)?;
+        }
+        let (q, k) = match cos_sin {
+            Some((cos, sin)) => (rotary.apply(&q, cos, sin)?, rotary.apply(&k, cos, sin)?),
+            None => {
+                let (q, k) = (q.contiguous()?, k.contiguous()?);
+                rotary.apply_inplace(&q, &meta.positions)?;
+                rotary.apply_inplace(&k, &meta.positions)?;
+                (q, k)
+            }
+        };
+        match meta.slot_mapping() {
+            Some(slots) if cuda => {
+                ops::kv_write::reshape_and_cache(&k, &v, k_cache, v_cache, slots)?
+            }
+            _ => meta.write_kv(&k, &v, k_cache, v_cache)?,
+        }
+        let attn = paged_attention_with_sinks(
+            &q,
+            k_cache,
+            v_cache,
+            meta,
+            scale,
+            layer.window,
+            sa.sinks.as_deref(),
+        )?;
+        Ok(sa.o.forward(&attn.reshape((t, h * d))?)?)
+    }
+}
+
 impl CausalLm for Decoder {
     fn config(&self) -> &ModelConfig {
         &self.cfg
@@ -327,13 +479,9 @@ impl CausalLm for Decoder {
         logit_rows: &Tensor,
     ) -> Result<Tensor> {
         let cfg = &self.cfg;
-        let t = meta.num_tokens;
-        let (h, kvh, d) = (
-            cfg.num_attention_heads,
-            cfg.num_key_value_heads,
-            cfg.head_dim,
-        );
-        let scale = cfg.query_scale.unwrap_or(1.0 / (d as f64).sqrt()) as f32;
+        let scale = cfg
+            .query_scale
+            .unwrap_or(1.0 / (cfg.head_dim as f64).sqrt()) as f32;
         // On CUDA: fused kernels (src/ops); on the CPU: candle's stock ops.
         let cuda = self.device.is_cuda();
         let cos_sin = match cuda {
@@ -355,41 +503,24 @@ impl CausalLm for Decoder {
         let mut pending: Option<Tensor> = None;
         for (i, layer) in self.layers.iter().enumerate() {
             let (residual, hs) = add_norm(&x, pending.as_ref(), &layer.input_norm, cuda)?;
-            let mut q = layer.q.forward(&hs)?.reshape((t, h, d))?;
-            let mut k = layer.k.forward(&hs)?.reshape((t, kvh, d))?;
-            let v = layer.v.forward(&hs)?.reshape((t, kvh, d))?.contiguous()?;
-            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
-                q = qn.forward(&q.contiguous()?)?;
-                k = kn.forward(&k.contiguous()?)?;
-            }
             let (k_cache, v_cache) = kv.layer(i);
             let rotary = &self.rotaries[layer.rotary];
-            let (q, k) = match cos_sin.get(layer.rotary) {
-                Some((cos, sin)) => (rotary.apply(&q, cos, sin)?, rotary.apply(&k, cos, sin)?),
-                None => {
-                    let (q, k) = (q.contiguous()?, k.contiguous()?);
-                    rotary.apply_inplace(&q, &meta.positions)?;
-                    rotary.apply_inplace(&k, &meta.positions)?;
-                    (q, k)
+            // YaRN scales cos/sin by `attention_factor`, i.e. the rotary logits by its square.
+            let rope_scale = (rotary.attention_factor * rotary.attention_factor) as f32;
+            let mut attn = match &layer.attn {
+                Attention::Latent(m) => {
+                    m.forward(&hs, meta, k_cache, v_cache, rotary, scale, rope_scale)?
                 }
+                Attention::Standard(sa) => self.standard_attention(
+                    sa,
+                    &hs,
+                    meta,
+                    (k_cache, v_cache),
+                    layer,
+                    cos_sin.get(layer.rotary),
+                    scale * rope_scale,
+                )?,
             };
-            match meta.slot_mapping() {
-                Some(slots) if cuda => {
-                    ops::kv_write::reshape_and_cache(&k, &v, k_cache, v_cache, slots)?
-                }
-                _ => meta.write_kv(&k, &v, k_cache, v_cache)?,
-            }
-            let scale = scale * (rotary.attention_factor * rotary.attention_factor) as f32;
-            let attn = paged_attention_with_sinks(
-                &q,
-                k_cache,
-                v_cache,
-                meta,
-                scale,
-                layer.window,
-                layer.sinks.as_deref(),
-            )?;
-            let mut attn = layer.o.forward(&attn.reshape((t, h * d))?)?;
             if let Some(n) = &layer.post_attn_norm {
                 attn = n.forward(&attn)?;
             }
@@ -421,6 +552,17 @@ impl CausalLm for Decoder {
 
     fn new_kv_cache(&self, num_blocks: usize, block_size: usize, dtype: DType) -> Result<KvCache> {
         let c = &self.cfg;
+        if let Some(m) = &c.mla {
+            return Ok(KvCache::with_rows(
+                c.num_hidden_layers,
+                num_blocks,
+                block_size,
+                (1, m.kv_lora_rank),
+                (1, m.qk_rope_head_dim),
+                dtype,
+                &self.device,
+            )?);
+        }
         Ok(KvCache::new(
             c.num_hidden_layers,
             num_blocks,
