@@ -14,7 +14,7 @@ use flare::server::{AppState, ServerConfig};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-const FAMILIES: [&str; 11] = [
+const FAMILIES: [&str; 12] = [
     "tiny-llama",
     "tiny-qwen2",
     "tiny-mistral-swa",
@@ -26,6 +26,7 @@ const FAMILIES: [&str; 11] = [
     "tiny-phi3",
     "tiny-gpt-oss",
     "tiny-deepseek-v3",
+    "tiny-deepseek-v2",
 ];
 /// Margins below this are ties at f32 noise (our logits differ from the reference by ~1e-5).
 const NEAR_TIE: f32 = 1e-3;
@@ -211,11 +212,21 @@ fn deepseek_kv_cache_holds_only_the_latent_and_rope_key() {
     let out = Command::new(env!("CARGO_BIN_EXE_flare"))
         .arg("generate")
         .arg(dir("tiny-deepseek-v3"))
-        .args(["--prompt", "t1 t2 t3", "--max-tokens", "2", "--kv-cache-memory", "8000000"])
+        .args([
+            "--prompt",
+            "t1 t2 t3",
+            "--max-tokens",
+            "2",
+            "--kv-cache-memory",
+            "8000000",
+        ])
         .env("RUST_LOG", "info")
         .output()
         .unwrap();
     assert!(out.status.success());
     let log = String::from_utf8_lossy(&out.stderr);
-    assert!(log.contains(&format!("{} bytes per token", (24 + 8) * 3 * 4)), "{log}");
+    assert!(
+        log.contains(&format!("{} bytes per token", (24 + 8) * 3 * 4)),
+        "{log}"
+    );
 }

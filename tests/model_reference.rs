@@ -266,6 +266,16 @@ fn tiny_deepseek_v3_matches_transformers() {
     check_model("tiny-deepseek-v3");
 }
 
+/// V2-Lite-style MLA (plain q_proj), complex rope, softmax routing limited by groups' best.
+#[test]
+fn tiny_deepseek_v2_matches_transformers() {
+    let (model, _) = load("tiny-deepseek-v2");
+    let moe = model.config().moe.clone().expect("moe");
+    assert_eq!(moe.groups, Some((4, 2)));
+    assert!(moe.group_by_best && !moe.norm_topk_prob);
+    check_model("tiny-deepseek-v2");
+}
+
 /// A sequence's logits alone and in a ragged batch with others, under the same chunk schedule,
 /// differ only by float rounding (MoE routing groups tokens by expert across the batch, so a
 /// routing bug would show up as a large difference). Not bit-identical on the CPU: candle's f32

@@ -46,6 +46,8 @@ pub struct SparseMoe {
     pub scoring: Scoring,
     /// `(n_group, topk_group)`, see `MoeConfig::groups`.
     pub groups: Option<(usize, usize)>,
+    /// See `MoeConfig::group_by_best`.
+    pub group_by_best: bool,
     /// Added to the scores for the choice only (DeepSeek-V3's `e_score_correction_bias`).
     pub correction: Option<Vec<f32>>,
     pub routed_scaling_factor: f32,
@@ -84,7 +86,8 @@ impl SparseMoe {
             let group_score: Vec<f32> = choice
                 .chunks(per)
                 .map(|g| {
-                    top_indices(g, 2.min(per), order);
+                    let k = if self.group_by_best { 1 } else { 2.min(per) };
+                    top_indices(g, k, order);
                     order.iter().map(|&i| g[i]).sum()
                 })
                 .collect();

@@ -84,6 +84,8 @@ pub struct MoeConfig {
     /// equal groups, a group scores the sum of its two best, and only the best `topk_group`
     /// groups are eligible.
     pub groups: Option<(usize, usize)>,
+    /// A group scores its single best expert instead (DeepSeek-V2's `group_limited_greedy`).
+    pub group_by_best: bool,
     /// `mlp.gate.e_score_correction_bias` joins the choice (DeepSeek-V3).
     pub correction_bias: bool,
     /// The chosen experts' weights are multiplied by this (DeepSeek's `routed_scaling_factor`).

@@ -292,6 +292,7 @@ fn load_mlp(w: &Weights, cfg: &ModelConfig, layer: usize) -> Result<Mlp> {
                 norm_topk_prob: m.norm_topk_prob,
                 scoring: m.scoring,
                 groups: m.groups,
+                group_by_best: m.group_by_best,
                 correction,
                 routed_scaling_factor: m.routed_scaling_factor as f32,
                 shared,

@@ -64,6 +64,7 @@ fn configure(raw: &serde_json::Value, cfg: &mut ModelConfig) -> Result<()> {
         router_bias: true,
         scoring: Scoring::Softmax,
         groups: None,
+        group_by_best: false,
         correction_bias: false,
         routed_scaling_factor: 1.0,
         shared_intermediate_size: None,

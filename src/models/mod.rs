@@ -2,7 +2,7 @@
 
 pub mod config;
 pub mod decoder;
-pub mod deepseek_v3;
+pub mod deepseek;
 pub mod dummy;
 pub mod gemma3;
 pub mod gpt_oss;

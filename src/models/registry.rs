@@ -31,7 +31,8 @@ pub static FAMILIES: &[&Family] = &[
     &super::qwen3_moe::FAMILY,
     &super::phi3::FAMILY,
     &super::gpt_oss::FAMILY,
-    &super::deepseek_v3::FAMILY,
+    &super::deepseek::FAMILY_V3,
+    &super::deepseek::FAMILY_V2,
 ];
 
 pub fn family_for_model_type(model_type: &str) -> Result<&'static Family> {

@@ -1,7 +1,8 @@
-//! DeepSeek-V3/R1: multi-head latent attention (low-rank queries, a compressed KV latent and a
-//! shared rotary key; the cache holds only those), YaRN with mscale, dense MLPs for the first
-//! `first_k_dense_replace` layers and then a MoE with sigmoid scoring, a correction bias,
-//! group-limited choice, `routed_scaling_factor` and shared experts.
+//! DeepSeek-V2/V2-Lite and V3/R1: multi-head latent attention (low-rank queries, a compressed
+//! KV latent and a shared rotary key; the cache holds only those), YaRN with mscale, dense MLPs
+//! for the first `first_k_dense_replace` layers, then a MoE with shared experts and
+//! `routed_scaling_factor`. V3 scores experts by sigmoid with a correction bias and groups
+//! scored by their two best; V2 by softmax, greedy or group-limited by each group's best.
 
 use anyhow::{bail, Context, Result};
 
@@ -11,24 +12,40 @@ use super::config::{
 };
 use super::registry::Family;
 
-pub static FAMILY: Family = Family {
+pub static FAMILY_V3: Family = Family {
     name: "deepseek_v3",
     model_types: &["deepseek_v3"],
-    configure,
+    configure: |raw, cfg| configure(raw, cfg, Version::V3),
     gguf_architectures: &[],
     configure_gguf: super::registry::no_gguf_keys,
     build: super::decoder::build,
 };
 
-fn configure(raw: &serde_json::Value, cfg: &mut ModelConfig) -> Result<()> {
+pub static FAMILY_V2: Family = Family {
+    name: "deepseek_v2",
+    model_types: &["deepseek_v2"],
+    configure: |raw, cfg| configure(raw, cfg, Version::V2),
+    gguf_architectures: &[],
+    configure_gguf: super::registry::no_gguf_keys,
+    build: super::decoder::build,
+};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Version {
+    V2,
+    V3,
+}
+
+fn configure(raw: &serde_json::Value, cfg: &mut ModelConfig, version: Version) -> Result<()> {
+    let name = cfg.model_type.clone();
     if let Some(q) = raw.get("quantization_config").filter(|q| !q.is_null()) {
         let method = q
             .get("quant_method")
             .and_then(|m| m.as_str())
             .unwrap_or("?");
-        bail!("deepseek_v3 with quantization_config `{method}` (FP8 blocks) is not supported yet");
+        bail!("{name} with quantization_config `{method}` is not supported yet");
     }
-    let need = |k: &str| raw_usize(raw, k).with_context(|| format!("deepseek_v3 without {k}"));
+    let need = |k: &str| raw_usize(raw, k).with_context(|| format!("{name} without {k}"));
     let mla = MlaConfig {
         q_lora_rank: raw_usize(raw, "q_lora_rank"),
         kv_lora_rank: need("kv_lora_rank")?,
@@ -57,26 +74,30 @@ fn configure(raw: &serde_json::Value, cfg: &mut ModelConfig) -> Result<()> {
     // Heads do not share K/V here: the cache has one latent "head" (see MlaConfig).
     cfg.num_key_value_heads = cfg.num_attention_heads;
 
-    let experts = need("n_routed_experts")?;
+    let experts = need("n_routed_experts").or_else(|_| need("num_experts"))?;
     let first_dense = raw_usize(raw, "first_k_dense_replace").unwrap_or(0);
     let freq = raw_usize(raw, "moe_layer_freq").unwrap_or(1);
     let expert_inter = need("moe_intermediate_size")?;
+    // V3 always limits by group (`noaux_tc`); V2 when `topk_method` says so.
+    let method = raw.get("topk_method").and_then(|v| v.as_str());
+    let grouped = match (version, method) {
+        (Version::V3, None | Some("noaux_tc")) => true,
+        (Version::V2, None | Some("greedy")) => false,
+        (Version::V2, Some("group_limited_greedy")) => true,
+        (_, Some(other)) => bail!("{name} with topk_method `{other}` is not supported"),
+    };
     let groups = match (raw_usize(raw, "n_group"), raw_usize(raw, "topk_group")) {
-        (Some(n), Some(k)) if n > 1 => {
+        (Some(n), Some(k)) if grouped && n > 1 => {
             anyhow::ensure!(experts % n == 0, "{experts} experts in {n} groups");
             Some((n, k))
         }
         _ => None,
     };
-    if let Some(method) = raw.get("topk_method").and_then(|v| v.as_str()) {
-        if method != "noaux_tc" {
-            bail!("deepseek_v3 with topk_method `{method}` is not supported");
-        }
-    }
     cfg.moe = Some(MoeConfig {
         num_experts: experts,
         top_k: need("num_experts_per_tok")?,
-        norm_topk_prob: raw_bool(raw, "norm_topk_prob").unwrap_or(true),
+        // V2's reference renormalises only with the flag (false in V2 and V2-Lite).
+        norm_topk_prob: raw_bool(raw, "norm_topk_prob").unwrap_or(version == Version::V3),
         expert_intermediate_size: expert_inter,
         sparse_layers: (0..cfg.num_hidden_layers)
             .map(|i| i >= first_dense && i % freq == 0)
@@ -89,9 +110,13 @@ fn configure(raw: &serde_json::Value, cfg: &mut ModelConfig) -> Result<()> {
             down: "down_proj",
         },
         router_bias: false,
-        scoring: Scoring::Sigmoid,
+        scoring: match version {
+            Version::V3 => Scoring::Sigmoid,
+            Version::V2 => Scoring::Softmax,
+        },
         groups,
-        correction_bias: true,
+        group_by_best: version == Version::V2,
+        correction_bias: version == Version::V3,
         routed_scaling_factor: raw_f64(raw, "routed_scaling_factor").unwrap_or(1.0),
         shared_intermediate_size: raw_usize(raw, "n_shared_experts")
             .filter(|&n| n > 0)
