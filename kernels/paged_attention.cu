@@ -11,6 +11,8 @@
 // block_table[pos / block_size] * block_size + pos % block_size; items uint4
 // {first query row, query tokens, position of the first, sequence}; block_tables
 // [seqs, max_blocks]. Scores are in the log2 domain (q pre-scaled by scale * log2(e)).
+// sinks (nullable, [heads] f32, natural-log units): one more logit per head in the softmax's
+// denominator with no value (gpt-oss), applied where the rows are normalised.
 // Inside a block: 4 warps, each owning rows warp, warp + 4, ...; in the QK step lane j scores
 // key j of the 32-key tile, in the PV step lane j accumulates dims 2j, 2j+1 (+64 ...).
 #include "common.cuh"
@@ -36,7 +38,7 @@ __device__ void paged_attention(const T* __restrict__ q, const T* __restrict__ k
                                 const uint32_t* __restrict__ block_tables,
                                 const uint4* __restrict__ items, T* __restrict__ out,
                                 float* __restrict__ part_o, float* __restrict__ part_ml,
-                                int num_tokens, int heads, int kv_heads, int max_blocks,
+                                const float* __restrict__ sinks, int num_tokens, int heads, int kv_heads, int max_blocks,
                                 int block_size, int window, int part_len, float scale_log2) {
   constexpr int ROWS = NWARPS * RPW;
   // K rows padded so that lane j reading 4 bytes of key j hits bank (j * odd) % 32.
@@ -150,7 +152,14 @@ __device__ void paged_attention(const T* __restrict__ q, const T* __restrict__ k
     const int head = kvh * group + r % group;
     const int64_t row = token * heads + head;
     if (splits == 1) {
-      const float inv = l[rr] > 0.f ? 1.f / l[rr] : 0.f;
+      float den = l[rr], keep = 1.f;
+      if (sinks) {
+        const float sink = sinks[head] * 1.4426950408889634f;
+        const float mt = fmaxf(m[rr], sink);
+        keep = exp2f(m[rr] - mt);
+        den = den * keep + exp2f(sink - mt);
+      }
+      const float inv = den > 0.f ? keep / den : 0.f;
 #pragma unroll
       for (int i = 0; i < PAIRS; ++i) {
         const int c = 64 * i + 2 * lane;
@@ -176,18 +185,21 @@ __device__ void paged_attention(const T* __restrict__ q, const T* __restrict__ k
 // Combines the splits of every (token, head) row: one block of D threads per row.
 template <typename T, int D>
 __device__ void attn_reduce(const float* __restrict__ part_o, const float* __restrict__ part_ml,
-                            T* __restrict__ out, int num_rows, int splits) {
+                            const float* __restrict__ sinks, T* __restrict__ out, int num_rows,
+                            int heads, int splits) {
   const int64_t row = blockIdx.x;
   const int c = threadIdx.x;
   float m = -INFINITY;
   for (int s = 0; s < splits; ++s) m = fmaxf(m, part_ml[((int64_t)s * num_rows + row) * 2]);
-  float num = 0.f, den = 0.f;
+  const float sink = sinks ? sinks[row % heads] * 1.4426950408889634f : -INFINITY;
+  const float mt = fmaxf(m, sink);
+  float num = 0.f, den = sinks ? exp2f(sink - mt) : 0.f;
   if (m != -INFINITY) {
     for (int s = 0; s < splits; ++s) {
       const int64_t prow = (int64_t)s * num_rows + row;
       const float ms = part_ml[prow * 2];
       if (ms == -INFINITY) continue;
-      const float w = exp2f(ms - m);
+      const float w = exp2f(ms - mt);
       num = fmaf(w, part_o[prow * D + c], num);
       den = fmaf(w, part_ml[prow * 2 + 1], den);
     }
@@ -200,16 +212,17 @@ __device__ void attn_reduce(const float* __restrict__ part_o, const float* __res
 #define PAGED_ATTENTION(T, NAME, D, RPW)                                                   \
   extern "C" __global__ void __launch_bounds__(NTHREADS) paged_attention_##NAME##_d##D(     \
       const T* q, const T* k_cache, const T* v_cache, const uint32_t* block_tables,       \
-      const uint4* items, T* out, float* part_o, float* part_ml, int num_tokens,          \
-      int heads, int kv_heads, int max_blocks, int block_size, int window, int part_len,  \
-      float scale_log2) {                                                                  \
+      const uint4* items, T* out, float* part_o, float* part_ml, const float* sinks,      \
+      int num_tokens, int heads, int kv_heads, int max_blocks, int block_size, int window, \
+      int part_len, float scale_log2) {                                                    \
     paged_attention<T, D, RPW>(q, k_cache, v_cache, block_tables, items, out, part_o,     \
-                               part_ml, num_tokens, heads, kv_heads, max_blocks,          \
+                               part_ml, sinks, num_tokens, heads, kv_heads, max_blocks,   \
                                block_size, window, part_len, scale_log2);                 \
   }                                                                                        \
   extern "C" __global__ void attn_reduce_##NAME##_d##D(                                    \
-      const float* part_o, const float* part_ml, T* out, int num_rows, int splits) {       \
-    attn_reduce<T, D>(part_o, part_ml, out, num_rows, splits);                             \
+      const float* part_o, const float* part_ml, const float* sinks, T* out, int num_rows, \
+      int heads, int splits) {                                                             \
+    attn_reduce<T, D>(part_o, part_ml, sinks, out, num_rows, heads, splits);               \
   }
 
 // Rows per warp: 4 (16 rows a block), 2 for head_dim 256 so shared memory stays under 48 KiB.

@@ -5,7 +5,9 @@
 #![cfg(feature = "cuda")]
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use flare::layers::attention::{paged_attention, AttnMetadata, SeqAttn};
+use flare::layers::attention::{
+    paged_attention, paged_attention_with_sinks, AttnMetadata, SeqAttn,
+};
 use flare::ops;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -255,6 +257,44 @@ fn batch(
             s
         })
         .collect()
+}
+
+/// gpt-oss's sinks through the kernel (split and direct paths) against the CPU kernel.
+#[test]
+fn paged_attention_with_sinks_matches_reference() {
+    let dev = gpu();
+    let mut rng = rand::rng();
+    let (heads, kvh, d) = (64usize, 8usize, 64usize);
+    let (block_size, num_blocks) = (16, 512);
+    let sinks: Vec<f32> = (0..heads).map(|h| (h as f32 * 0.37).sin() * 3.0).collect();
+    let batches: [&[(usize, usize)]; 2] = [&[(0, 1), (300, 1), (5000, 1)], &[(0, 37), (64, 13)]];
+    for dtype in DTYPES {
+        let kc = randn(&[num_blocks * block_size, kvh, d], dtype);
+        let vc = randn(&[num_blocks * block_size, kvh, d], dtype);
+        let (kg, vg) = (kc.to_device(&dev).unwrap(), vc.to_device(&dev).unwrap());
+        for lens in batches {
+            for window in [None, Some(128)] {
+                let seqs = batch(lens, block_size, num_blocks, &mut rng);
+                let t: usize = lens.iter().map(|l| l.1).sum();
+                let q = randn(&[t, heads, d], dtype);
+                let meta_c = AttnMetadata::new(seqs.clone(), block_size, &Device::Cpu).unwrap();
+                let want =
+                    paged_attention_with_sinks(&q, &kc, &vc, &meta_c, 0.125, window, Some(&sinks))
+                        .unwrap();
+                let meta_g = AttnMetadata::new(seqs, block_size, &dev).unwrap();
+                let qg = q.to_device(&dev).unwrap();
+                let got =
+                    paged_attention_with_sinks(&qg, &kg, &vg, &meta_g, 0.125, window, Some(&sinks))
+                        .unwrap();
+                assert_close(
+                    &got,
+                    &want,
+                    dtype,
+                    &format!("sinks {dtype:?} {lens:?} {window:?}"),
+                );
+            }
+        }
+    }
 }
 
 #[test]

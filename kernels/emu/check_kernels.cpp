@@ -79,7 +79,7 @@ template <typename T>
 static std::vector<float> attention_reference(const std::vector<T>& q, const std::vector<T>& k,
                                               const std::vector<T>& v, const std::vector<Seq>& seqs,
                                               int heads, int kvh, int d, int bs, int window,
-                                              float scale) {
+                                              float scale, const std::vector<float>& sinks) {
   const int group = heads / kvh;
   int tokens = 0;
   for (auto& s : seqs) tokens += s.query_len;
@@ -100,7 +100,8 @@ static std::vector<float> attention_reference(const std::vector<T>& q, const std
           sc.push_back(dot);
           m = std::max(m, dot);
         }
-        float sum = 0;
+        if (!sinks.empty()) m = std::max(m, sinks[h]);
+        float sum = sinks.empty() ? 0.f : std::exp(sinks[h] - m);
         for (auto& x : sc) sum += (x = std::exp(x - m));
         for (int c = 0; c < d; ++c) {
           float acc = 0;
@@ -121,10 +122,11 @@ static std::vector<float> attention_reference(const std::vector<T>& q, const std
 
 template <typename Elem>
 static void check_attention(int heads, int kvh, int d, const std::vector<std::pair<int, int>>& lens,
-                            int window) {
+                            int window, bool with_sinks = false) {
   using AttnFn = void (*)(const Elem*, const Elem*, const Elem*, const uint32_t*, const uint4*,
-                          Elem*, float*, float*, int, int, int, int, int, int, int, float);
-  using ReduceFn = void (*)(const float*, const float*, Elem*, int, int);
+                          Elem*, float*, float*, const float*, int, int, int, int, int, int, int,
+                          float);
+  using ReduceFn = void (*)(const float*, const float*, const float*, Elem*, int, int, int);
   AttnFn attn = nullptr;
   ReduceFn reduce = nullptr;
   ATTN_KERNELS(__nv_bfloat16, bf16, 64)
@@ -156,7 +158,13 @@ static void check_attention(int heads, int kvh, int d, const std::vector<std::pa
   auto k = randn<Elem>(size_t(num_blocks) * bs * kvh * d);
   auto v = randn<Elem>(size_t(num_blocks) * bs * kvh * d);
   const float scale = 1.f / std::sqrt(float(d));
-  auto want = attention_reference(q, k, v, seqs, heads, kvh, d, bs, window, scale);
+  std::vector<float> sinks;
+  if (with_sinks) {
+    std::normal_distribution<float> nd(0.f, 2.f);
+    for (int h = 0; h < heads; ++h) sinks.push_back(nd(rng));
+  }
+  const float* sinks_p = with_sinks ? sinks.data() : nullptr;
+  auto want = attention_reference(q, k, v, seqs, heads, kvh, d, bs, window, scale, sinks);
 
   // Host plan, as src/ops/paged_attention.rs makes it.
   const int group = heads / kvh;
@@ -189,16 +197,17 @@ static void check_attention(int heads, int kvh, int d, const std::vector<std::pa
   }
   emu::launch({unsigned(items.size()), unsigned(kvh), unsigned(splits)}, {128, 1, 1}, [&] {
     attn(q.data(), k.data(), v.data(), tables.data(), items.data(), out.data(),
-         splits > 1 ? part_o.data() : nullptr, splits > 1 ? part_ml.data() : nullptr, tokens,
-         heads, kvh, int(max_blocks), bs, window, part_len, scale * 1.4426950408889634f);
+         splits > 1 ? part_o.data() : nullptr, splits > 1 ? part_ml.data() : nullptr, sinks_p,
+         tokens, heads, kvh, int(max_blocks), bs, window, part_len, scale * 1.4426950408889634f);
   });
   if (splits > 1)
     emu::launch({unsigned(tokens * heads), 1, 1}, {unsigned(d), 1, 1}, [&] {
-      reduce(part_o.data(), part_ml.data(), out.data(), tokens * heads, splits);
+      reduce(part_o.data(), part_ml.data(), sinks_p, out.data(), tokens * heads, heads, splits);
     });
   char what[160];
-  std::snprintf(what, sizeof what, "paged_attention %s h%d/%d d%d %zu seqs %d tokens window %d splits %d",
-                tname<Elem>(), heads, kvh, d, seqs.size(), tokens, window, splits);
+  std::snprintf(what, sizeof what, "paged_attention %s h%d/%d d%d %zu seqs %d tokens window %d splits %d%s",
+                tname<Elem>(), heads, kvh, d, seqs.size(), tokens, window, splits,
+                with_sinks ? " sinks" : "");
   check(out, want, what);
 }
 
@@ -342,6 +351,13 @@ int main() {
   check_attention<__nv_bfloat16>(16, 4, 64, std::vector<std::pair<int, int>>(70, {19, 1}), 0);
   check_attention<__half>(32, 8, 128, batches[0], 0);
   check_attention<__half>(8, 4, 256, batches[1], 50);
+  // Sinks (gpt-oss: 64 heads of 64 over 8 KV heads, window 128 on half the layers), through
+  // both the split (reduce) and the direct-output paths.
+  for (size_t b = 0; b < batches.size(); ++b) {
+    check_attention<__nv_bfloat16>(64, 8, 64, batches[b], b == 1 ? 50 : 0, true);
+    check_attention<float>(8, 2, 64, batches[b], 0, true);
+  }
+  check_attention<__nv_bfloat16>(16, 4, 64, std::vector<std::pair<int, int>>(70, {19, 1}), 5, true);
   std::printf("%s: %d failure(s)\n", failures ? "FAILED" : "all kernels ok", failures);
   return failures ? 1 : 0;
 }

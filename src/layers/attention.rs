@@ -319,6 +319,7 @@ impl CustomOp3 for PagedAttention {
             self.meta.block_size,
             self.scale,
             self.sliding_window,
+            self.sinks.as_deref(),
             q,
             lq,
             k,

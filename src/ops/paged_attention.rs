@@ -124,6 +124,8 @@ mod cuda {
         block_size: usize,
         window: i32,
         scale_log2: f32,
+        /// Per-head sink logits (gpt-oss), already on the device.
+        sinks: Option<CudaSlice<f32>>,
     }
 
     fn num_sms(dev: &CudaDevice) -> usize {
@@ -140,6 +142,7 @@ mod cuda {
         block_size: usize,
         scale: f32,
         sliding_window: Option<usize>,
+        sinks: Option<&[f32]>,
         q: &CudaStorage,
         lq: &Layout,
         k: &CudaStorage,
@@ -156,6 +159,12 @@ mod cuda {
                 lk.shape()
             );
         }
+        let dev = &q.device;
+        let sinks = match sinks {
+            Some(s) if s.len() == heads => Some(dev.clone_htod(s)?),
+            Some(s) => candle_core::bail!("paged attention: {} sinks for {heads} heads", s.len()),
+            None => None,
+        };
         let plan = Plan {
             meta,
             tokens,
@@ -165,8 +174,8 @@ mod cuda {
             block_size,
             window: sliding_window.map(|w| w as i32).unwrap_or(0),
             scale_log2: scale * std::f32::consts::LOG2_E,
+            sinks,
         };
-        let dev = &q.device;
         let dtype = candle_core::backend::BackendStorage::dtype(q);
         let out = match (&q.slice, &k.slice, &v.slice) {
             (S::BF16(q), S::BF16(k), S::BF16(v)) => {
@@ -264,6 +273,10 @@ mod cuda {
                     Some((po, pml)) => b.arg(po).arg(pml),
                     None => b.arg(&null).arg(&null),
                 };
+                match &p.sinks {
+                    Some(s) => b.arg(s),
+                    None => b.arg(&null),
+                };
                 for x in &ints {
                     b.arg(x);
                 }
@@ -286,8 +299,13 @@ mod cuda {
                 .into_cuda_function();
             let mut b = stream.launch_builder(&f);
             let rows = (p.tokens * p.heads) as i32;
-            let splits32 = splits as i32;
-            b.arg(po).arg(pml).arg(&mut out).arg(&rows).arg(&splits32);
+            let (heads32, splits32) = (p.heads as i32, splits as i32);
+            b.arg(po).arg(pml);
+            match &p.sinks {
+                Some(s) => b.arg(s),
+                None => b.arg(&null),
+            };
+            b.arg(&mut out).arg(&rows).arg(&heads32).arg(&splits32);
             let cfg = LaunchConfig {
                 grid_dim: (rows as u32, 1, 1),
                 block_dim: (p.d as u32, 1, 1),
