@@ -243,38 +243,63 @@ impl DummyWeights {
     fn shape(&self, full: &str) -> Option<Shape> {
         let c = &self.cfg;
         let (hidden, inter) = (c.hidden_size, c.intermediate_size);
-        let q = c.num_attention_heads * c.head_dim;
+        let heads = c.num_attention_heads;
+        let q = heads * c.head_dim;
         let kv = c.num_key_value_heads * c.head_dim;
         let (name, suffix) = full.rsplit_once('.')?;
         let bias = suffix == "bias";
-        if !bias && suffix != "weight" {
-            return None;
-        }
         let matrix = |out: usize, inp: usize, has_bias: bool| -> Option<Shape> {
-            match bias {
-                false => Some(Shape::from((out, inp))),
-                true if has_bias => Some(Shape::from(out)),
-                true => None,
+            match (suffix, bias) {
+                ("weight", _) => Some(Shape::from((out, inp))),
+                (_, true) if has_bias => Some(Shape::from(out)),
+                _ => None,
             }
         };
+        let vector = |n: usize| (suffix == "weight").then(|| Shape::from(n));
+        let table = (suffix == "weight").then(|| Shape::from((c.vocab_size, hidden)));
         match name {
-            "model.embed_tokens" if !bias => return Some(Shape::from((c.vocab_size, hidden))),
-            "lm_head" if !bias && !c.tie_word_embeddings => {
-                return Some(Shape::from((c.vocab_size, hidden)))
-            }
-            "model.norm" if !bias => return Some(Shape::from(hidden)),
+            "model.embed_tokens" => return table,
+            "lm_head" if !c.tie_word_embeddings => return table,
+            "model.norm" => return vector(hidden),
             _ => {}
         }
         let rest = name.strip_prefix("model.layers.")?;
         let (idx, tail) = rest.split_once('.')?;
-        if idx.parse::<usize>().ok()? >= c.num_hidden_layers {
+        let layer = idx.parse::<usize>().ok()?;
+        if layer >= c.num_hidden_layers {
             return None;
         }
-        match tail {
-            "input_layernorm" | "post_attention_layernorm" if !bias => Some(Shape::from(hidden)),
-            "self_attn.q_norm" | "self_attn.k_norm" if !bias && c.qk_norm => {
-                Some(Shape::from(c.head_dim))
+        if let Some(shape) = self.moe_shape(layer, tail, suffix) {
+            return shape;
+        }
+        if let Some(m) = &c.mla {
+            let qk = m.qk_nope_head_dim + m.qk_rope_head_dim;
+            let (lora, rope) = (m.kv_lora_rank, m.qk_rope_head_dim);
+            let ab = c.qkv_bias;
+            match (tail, m.q_lora_rank) {
+                ("self_attn.q_a_proj", Some(r)) => return matrix(r, hidden, ab),
+                ("self_attn.q_a_layernorm", Some(r)) => return vector(r),
+                ("self_attn.q_b_proj", Some(r)) => return matrix(heads * qk, r, false),
+                ("self_attn.q_proj", None) => return matrix(heads * qk, hidden, false),
+                ("self_attn.kv_a_proj_with_mqa", _) => return matrix(lora + rope, hidden, ab),
+                ("self_attn.kv_a_layernorm", _) => return vector(lora),
+                ("self_attn.kv_b_proj", _) => {
+                    return matrix(heads * (m.qk_nope_head_dim + m.v_head_dim), lora, false)
+                }
+                ("self_attn.o_proj", _) => return matrix(hidden, heads * m.v_head_dim, c.o_bias),
+                _ => {}
             }
+        }
+        let sandwich = c.sandwich_norms;
+        match tail {
+            "input_layernorm" | "post_attention_layernorm" => vector(hidden),
+            "pre_feedforward_layernorm" | "post_feedforward_layernorm" if sandwich => {
+                vector(hidden)
+            }
+            "self_attn.q_norm" | "self_attn.k_norm" if c.qk_norm => vector(c.head_dim),
+            "self_attn" if suffix == "sinks" && c.attention_sinks => Some(Shape::from(heads)),
+            "self_attn.qkv_proj" if c.fused_projections => matrix(q + 2 * kv, hidden, c.qkv_bias),
+            "mlp.gate_up_proj" if c.fused_projections => matrix(2 * inter, hidden, c.mlp_bias),
             "self_attn.q_proj" => matrix(q, hidden, c.qkv_bias),
             "self_attn.k_proj" | "self_attn.v_proj" => matrix(kv, hidden, c.qkv_bias),
             "self_attn.o_proj" => matrix(hidden, q, c.o_bias),
@@ -282,6 +307,62 @@ impl DummyWeights {
             "mlp.down_proj" => matrix(hidden, inter, c.mlp_bias),
             _ => None,
         }
+    }
+
+    /// Shapes under a sparse layer's MLP (`Some(None)`: such a tensor does not exist); None
+    /// when `tail` is not a MoE name of this config.
+    fn moe_shape(&self, layer: usize, tail: &str, suffix: &str) -> Option<Option<Shape>> {
+        let c = &self.cfg;
+        let m = c.moe.as_ref().filter(|m| m.sparse_layers[layer])?;
+        let (hidden, inter, e) = (c.hidden_size, m.expert_intermediate_size, m.num_experts);
+        let n = &m.names;
+        let gated = |rest: &str, inter: usize| -> Option<Shape> {
+            let (out, inp) = if rest == n.down {
+                (hidden, inter)
+            } else {
+                (inter, hidden)
+            };
+            match suffix {
+                "weight" if [n.gate, n.up, n.down].contains(&rest) => Some(Shape::from((out, inp))),
+                _ => None,
+            }
+        };
+        if tail == n.router {
+            return Some(match suffix {
+                "weight" => Some(Shape::from((e, hidden))),
+                "bias" if m.router_bias => Some(Shape::from(e)),
+                "e_score_correction_bias" if m.correction_bias => Some(Shape::from(e)),
+                _ => None,
+            });
+        }
+        if tail == n.experts && m.stacked_experts {
+            return Some(match suffix {
+                "gate_up_proj" => Some(Shape::from((e, hidden, 2 * inter))),
+                "gate_up_proj_bias" => Some(Shape::from((e, 2 * inter))),
+                "down_proj" => Some(Shape::from((e, inter, hidden))),
+                "down_proj_bias" => Some(Shape::from((e, hidden))),
+                _ => None,
+            });
+        }
+        if let Some(rest) = tail
+            .strip_prefix(n.experts)
+            .and_then(|r| r.strip_prefix('.'))
+        {
+            let (j, rest) = rest.split_once('.')?;
+            return Some(
+                j.parse::<usize>()
+                    .ok()
+                    .filter(|&j| j < e)
+                    .and_then(|_| gated(rest, inter)),
+            );
+        }
+        if let (Some(shared), Some(rest)) = (
+            m.shared_intermediate_size,
+            tail.strip_prefix("mlp.shared_experts."),
+        ) {
+            return Some(gated(rest, shared));
+        }
+        None
     }
 
     /// Uniform values of std `INIT_STD`, generated `CHUNK` elements at a time on the device.
