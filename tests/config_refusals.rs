@@ -1,0 +1,74 @@
+//! No silent acceptance at load: checkpoint features that flare does not implement are errors
+//! that name them (each case is a real tiny config with one key changed).
+
+use flare::models::config::ModelConfig;
+use serde_json::{json, Value};
+
+fn config(name: &str) -> Value {
+    let path = format!(
+        "{}/tests/fixtures/{name}/config.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn refused(name: &str, edit: impl FnOnce(&mut Value), needle: &str) {
+    let mut c = config(name);
+    ModelConfig::from_hf_json(&c.to_string()).unwrap_or_else(|e| panic!("{name} as is: {e:#}"));
+    edit(&mut c);
+    let err = ModelConfig::from_hf_json(&c.to_string())
+        .map(|_| ())
+        .expect_err(&format!("{name} with {needle} loaded"));
+    let msg = format!("{err:#}");
+    assert!(msg.contains(needle), "{name}: {msg}");
+}
+
+#[test]
+fn unimplemented_checkpoint_features_are_load_errors_naming_them() {
+    refused(
+        "tiny-phi3",
+        |c| {
+            let rope = json!({"rope_type": "longrope", "short_factor": vec![1.0; 8],
+                              "long_factor": vec![2.0; 8], "rope_theta": 10000.0});
+            c["rope_scaling"] = rope.clone();
+            c["rope_parameters"] = rope;
+        },
+        "longrope",
+    );
+    refused(
+        "tiny-phi3",
+        |c| c["partial_rotary_factor"] = json!(0.75),
+        "partial_rotary_factor",
+    );
+    refused(
+        "tiny-gpt-oss",
+        |c| c["quantization_config"] = json!({"quant_method": "mxfp4"}),
+        "mxfp4",
+    );
+    refused(
+        "tiny-deepseek-v3",
+        |c| c["quantization_config"] = json!({"quant_method": "fp8"}),
+        "fp8",
+    );
+    refused(
+        "tiny-deepseek-v2",
+        |c| c["topk_method"] = json!("sparsemixer"),
+        "sparsemixer",
+    );
+    refused(
+        "tiny-gemma3",
+        |c| c["attn_logit_softcapping"] = json!(50.0),
+        "attn_logit_softcapping",
+    );
+    refused(
+        "tiny-gemma3",
+        |c| c["use_bidirectional_attention"] = json!(true),
+        "use_bidirectional_attention",
+    );
+    refused(
+        "tiny-gemma3",
+        |c| c["hidden_activation"] = json!("relu"),
+        "relu",
+    );
+    refused("tiny-qwen3", |c| c["model_type"] = json!("mamba"), "mamba");
+}
