@@ -71,4 +71,9 @@ fn unimplemented_checkpoint_features_are_load_errors_naming_them() {
         "relu",
     );
     refused("tiny-qwen3", |c| c["model_type"] = json!("mamba"), "mamba");
+    refused(
+        "tiny-qwen3",
+        |c| c["architectures"] = json!(["Qwen3ForSequenceClassification"]),
+        "Qwen3ForSequenceClassification",
+    );
 }

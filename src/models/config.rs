@@ -325,6 +325,19 @@ impl ModelConfig {
             .and_then(|v| v.as_str())
             .unwrap_or("llama")
             .to_string();
+        // A classifier or encoder head on a known body is not a language model: refuse it
+        // rather than invent an output head.
+        if let Some(archs) = raw.get("architectures").and_then(|a| a.as_array()) {
+            let names: Vec<&str> = archs.iter().filter_map(|a| a.as_str()).collect();
+            let generative =
+                |a: &&str| a.ends_with("ForCausalLM") || a.ends_with("ForConditionalGeneration");
+            if !names.is_empty() && !names.iter().any(generative) {
+                bail!(
+                    "architectures {names:?} has no causal-LM head (expected *ForCausalLM or \
+                     *ForConditionalGeneration)"
+                );
+            }
+        }
         let family = super::registry::family_for_model_type(&model_type)?;
         let mut cfg = Self::common_from_hf(&raw, model_type)?;
         (family.configure)(&raw, &mut cfg)?;

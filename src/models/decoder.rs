@@ -383,10 +383,13 @@ impl Decoder {
             })
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::load(w, "model.norm", &cfg)?;
-        let lm_head = if cfg.tie_word_embeddings || !w.contains("lm_head") {
-            w.linear("model.embed_tokens", false)?
-        } else {
-            w.linear("lm_head", false)?
+        let lm_head = match (cfg.tie_word_embeddings, w.contains("lm_head")) {
+            (true, _) => w.linear("model.embed_tokens", false)?,
+            (false, true) => w.linear("lm_head", false)?,
+            (false, false) => anyhow::bail!(
+                "the config says tie_word_embeddings: false but the checkpoint has no \
+                 lm_head.weight"
+            ),
         };
         Ok(Self {
             cfg,
