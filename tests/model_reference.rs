@@ -143,7 +143,10 @@ fn run_chunked(
 }
 
 fn check_model(name: &str) {
-    let (model, fx) = load(name);
+    check_loaded(name, load(name));
+}
+
+fn check_loaded(name: &str, (model, fx): (Box<dyn CausalLm>, Fixture)) {
     let kv = model.new_kv_cache(64, BLOCK, DType::F32).unwrap();
     let tol = 1e-4;
 
@@ -274,6 +277,18 @@ fn tiny_deepseek_v2_matches_transformers() {
     assert_eq!(moe.groups, Some((4, 2)));
     assert!(moe.group_by_best && !moe.norm_topk_prob);
     check_model("tiny-deepseek-v2");
+}
+
+/// Qwen3 from a GGUF that llama.cpp's own converter wrote (f32, from tiny-qwen3; see
+/// make_gguf.py): its tensor names and layout give transformers' logits.
+#[test]
+fn tiny_qwen3_gguf_from_llama_cpp_matches_transformers() {
+    let gguf = fixture_dir("tiny-qwen3").join("model-f32.gguf");
+    let model = load_model(&ModelFiles::Gguf(gguf), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(model.config().model_type, "qwen3");
+    assert!(model.config().qk_norm);
+    let (_, fx) = load("tiny-qwen3");
+    check_loaded("tiny-qwen3 (GGUF)", (model, fx));
 }
 
 /// A sequence's logits alone and in a ragged batch with others, under the same chunk schedule,
