@@ -4,6 +4,7 @@
 //! implemented; partial rotary is refused here.
 
 use anyhow::{bail, Result};
+use candle_core::quantized::gguf_file;
 
 use super::config::{raw_f64, raw_usize, ModelConfig};
 use super::registry::Family;
@@ -12,8 +13,8 @@ pub static FAMILY: Family = Family {
     name: "phi3",
     model_types: &["phi3"],
     configure,
-    gguf_architectures: &[],
-    configure_gguf: super::registry::no_gguf_keys,
+    gguf_architectures: &["phi3"],
+    configure_gguf,
     build: super::decoder::build,
 };
 
@@ -35,5 +36,33 @@ fn configure(raw: &serde_json::Value, cfg: &mut ModelConfig) -> Result<()> {
         }
     }
     cfg.layer_windows = vec![raw_usize(raw, "sliding_window"); cfg.num_hidden_layers];
+    Ok(())
+}
+
+/// llama.cpp's `phi3`: `attn_qkv` and `ffn_up` (gate rows, then up rows) are the fused
+/// tensors; `sliding_window` 0 means none (Phi-4); longrope ships as `rope_factors_*` tensors.
+fn configure_gguf(content: &gguf_file::Content, cfg: &mut ModelConfig) -> Result<()> {
+    cfg.fused_projections = true;
+    cfg.head_dim = cfg.hidden_size / cfg.num_attention_heads;
+    let md = &content.metadata;
+    let u = |k: &str| md.get(&format!("phi3.{k}")).and_then(|v| v.to_u32().ok());
+    if let Some(rope) = u("rope.dimension_count") {
+        if rope as usize != cfg.head_dim {
+            bail!(
+                "phi3 GGUF with partial rotary ({rope} of {} dims) is not supported",
+                cfg.head_dim
+            );
+        }
+    }
+    if content
+        .tensor_infos
+        .contains_key("rope_factors_long.weight")
+    {
+        bail!("phi3 GGUF with longrope scaling (rope_factors_long) is not supported");
+    }
+    let window = u("attention.sliding_window")
+        .filter(|&w| w > 0)
+        .map(|w| w as usize);
+    cfg.layer_windows = vec![window; cfg.num_hidden_layers];
     Ok(())
 }

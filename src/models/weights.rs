@@ -42,6 +42,9 @@ fn gguf_name(arch: &str, hf: &str) -> String {
             "pre_feedforward_layernorm" => "ffn_norm",
             "post_feedforward_layernorm" => "post_ffw_norm",
             "self_attn.q_norm" => "attn_q_norm",
+            "self_attn.qkv_proj" => "attn_qkv",
+            // Phi-3's gate rows then up rows, as llama.cpp's fused up-projection holds them.
+            "mlp.gate_up_proj" => "ffn_up",
             "self_attn.k_norm" => "attn_k_norm",
             "self_attn.q_proj" => "attn_q",
             "self_attn.k_proj" => "attn_k",
@@ -183,8 +186,37 @@ impl Weights {
     /// Rows `start..start + len` of the dense `name.weight` (and bias): one part of a fused
     /// projection such as Phi-3's `qkv_proj`.
     pub fn linear_rows(&self, name: &str, start: usize, len: usize, bias: bool) -> Result<Linear> {
-        if let Weights::Gguf { arch, .. } = self {
-            anyhow::bail!("fused projection {name} in a `{arch}` GGUF is not supported");
+        if let Weights::Gguf {
+            arch,
+            device,
+            dense: None,
+            ..
+        } = self
+        {
+            // Quantized rows are whole blocks: the part is a byte range of the tensor.
+            let q =
+                self.gguf_qtensor_on(&format!("{}.weight", gguf_name(arch, name)), &Device::Cpu)?;
+            let (rows, cols) = q.shape().dims2()?;
+            anyhow::ensure!(
+                start + len <= rows,
+                "{name}: rows {start}..{} of {rows}",
+                start + len
+            );
+            let dtype = q.dtype();
+            let row_bytes = cols / dtype.block_size() * dtype.type_size();
+            let data = q.data()?;
+            let part = data[start * row_bytes..(start + len) * row_bytes].to_vec();
+            let storage = QStorage::from_data(std::borrow::Cow::Owned(part), device, dtype)?;
+            let w = QMatMul::from_qtensor(QTensor::new(storage, (len, cols))?)?;
+            let b = match bias {
+                true => Some(
+                    self.tensor(name, "bias")?
+                        .narrow(0, start, len)?
+                        .contiguous()?,
+                ),
+                false => None,
+            };
+            return Ok(Linear::new(w, b));
         }
         let part = |suffix: &str| -> Result<Tensor> {
             Ok(self
