@@ -327,6 +327,18 @@ fn tiny_phi3_q8_0_gguf_splits_fused_rows_inside_blocks() {
     assert!(worst > 0.0 && worst < 1.0, "max abs diff {worst}");
 }
 
+/// Mixtral from llama.cpp's converter: a `llama` GGUF with `expert_count`, experts stacked in
+/// `ffn_{gate,up,down}_exps` and the router in `ffn_gate_inp`, q/k rows permuted.
+#[test]
+fn tiny_mixtral_gguf_from_llama_cpp_matches_transformers() {
+    let gguf = fixture_dir("tiny-mixtral").join("model-f32.gguf");
+    let model = load_model(&ModelFiles::Gguf(gguf), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(model.config().model_type, "mixtral");
+    assert_eq!(model.config().moe.as_ref().map(|m| m.num_experts), Some(4));
+    let (_, fx) = load("tiny-mixtral");
+    check_loaded("tiny-mixtral (GGUF)", (model, fx));
+}
+
 /// A sequence's logits alone and in a ragged batch with others, under the same chunk schedule,
 /// differ only by float rounding (MoE routing groups tokens by expert across the batch, so a
 /// routing bug would show up as a large difference). Not bit-identical on the CPU: candle's f32

@@ -261,9 +261,33 @@ fn load_mlp(w: &Weights, cfg: &ModelConfig, layer: usize) -> Result<Mlp> {
         Some(m) if m.sparse_layers[layer] => {
             let n = &m.names;
             let experts_prefix = format!("{p}.{}", n.experts);
-            let experts = match m.stacked_experts {
-                true => stacked_experts(w, cfg, &experts_prefix, m.num_experts)?,
-                false => (0..m.num_experts)
+            let experts = match (m.stacked_experts, w.gguf_experts(layer, "gate")?) {
+                (true, _) => stacked_experts(w, cfg, &experts_prefix, m.num_experts)?,
+                // GGUF: llama.cpp's stacked `ffn_*_exps`.
+                (false, Some(gates)) => {
+                    let ups = w.gguf_experts(layer, "up")?.unwrap_or_default();
+                    let downs = w.gguf_experts(layer, "down")?.unwrap_or_default();
+                    anyhow::ensure!(
+                        gates.len() == m.num_experts
+                            && ups.len() == m.num_experts
+                            && downs.len() == m.num_experts,
+                        "layer {layer}: {} GGUF experts, config says {}",
+                        gates.len(),
+                        m.num_experts
+                    );
+                    gates
+                        .into_iter()
+                        .zip(ups)
+                        .zip(downs)
+                        .map(|((gate, up), down)| GatedMlp {
+                            gate,
+                            up,
+                            down,
+                            activation: cfg.activation,
+                        })
+                        .collect()
+                }
+                (false, None) => (0..m.num_experts)
                     .map(|j| dense(&format!("{experts_prefix}.{j}"), n.gate, n.up, n.down))
                     .collect::<Result<Vec<_>>>()?,
             };

@@ -10,7 +10,7 @@ pub static FAMILY: Family = Family {
     model_types: &["llama", "mistral", "qwen2"],
     configure,
     gguf_architectures: &["llama", "qwen2"],
-    configure_gguf: super::registry::no_gguf_keys,
+    configure_gguf,
     build: super::decoder::build,
 };
 
@@ -39,4 +39,24 @@ pub(crate) fn qwen_windows(raw: &serde_json::Value, layers: usize) -> Result<Vec
     }
     let first = raw_usize(raw, "max_window_layers").unwrap_or(layers);
     Ok((0..layers).map(|i| window.filter(|_| i >= first)).collect())
+}
+
+/// A `llama` GGUF with `llama.expert_count` is Mixtral (experts stacked in `ffn_*_exps`).
+fn configure_gguf(
+    content: &candle_core::quantized::gguf_file::Content,
+    cfg: &mut ModelConfig,
+) -> Result<()> {
+    let u = |k: &str| {
+        content
+            .metadata
+            .get(k)
+            .and_then(|v| v.to_u32().ok())
+            .map(|v| v as usize)
+    };
+    if let Some(experts) = u("llama.expert_count").filter(|&n| n > 0) {
+        let top_k = u("llama.expert_used_count").unwrap_or(2);
+        cfg.model_type = "mixtral".into();
+        cfg.moe = Some(super::mixtral::moe(cfg, experts, top_k));
+    }
+    Ok(())
 }

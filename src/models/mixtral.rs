@@ -16,10 +16,22 @@ pub static FAMILY: Family = Family {
 
 fn configure(raw: &serde_json::Value, cfg: &mut ModelConfig) -> Result<()> {
     cfg.layer_windows = vec![raw_usize(raw, "sliding_window"); cfg.num_hidden_layers];
-    cfg.moe = Some(MoeConfig {
-        num_experts: raw_usize(raw, "num_local_experts")
-            .context("mixtral without num_local_experts")?,
-        top_k: raw_usize(raw, "num_experts_per_tok").unwrap_or(2),
+    let experts =
+        raw_usize(raw, "num_local_experts").context("mixtral without num_local_experts")?;
+    cfg.moe = Some(moe(
+        cfg,
+        experts,
+        raw_usize(raw, "num_experts_per_tok").unwrap_or(2),
+    ));
+    Ok(())
+}
+
+/// Mixtral's sparse MLP in every layer; also what llama.cpp's `llama` GGUF with
+/// `llama.expert_count` is.
+pub(crate) fn moe(cfg: &ModelConfig, num_experts: usize, top_k: usize) -> MoeConfig {
+    MoeConfig {
+        num_experts,
+        top_k,
         norm_topk_prob: true,
         expert_intermediate_size: cfg.intermediate_size,
         sparse_layers: vec![true; cfg.num_hidden_layers],
@@ -38,6 +50,5 @@ fn configure(raw: &serde_json::Value, cfg: &mut ModelConfig) -> Result<()> {
         routed_scaling_factor: 1.0,
         shared_intermediate_size: None,
         stacked_experts: false,
-    });
-    Ok(())
+    }
 }

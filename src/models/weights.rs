@@ -43,6 +43,8 @@ fn gguf_name(arch: &str, hf: &str) -> String {
             "post_feedforward_layernorm" => "post_ffw_norm",
             "self_attn.q_norm" => "attn_q_norm",
             "self_attn.qkv_proj" => "attn_qkv",
+            // MoE routers (Mixtral's and Qwen-MoE's names).
+            "block_sparse_moe.gate" | "mlp.gate" => "ffn_gate_inp",
             // Phi-3's gate rows then up rows, as llama.cpp's fused up-projection holds them.
             "mlp.gate_up_proj" => "ffn_up",
             "self_attn.k_norm" => "attn_k_norm",
@@ -226,6 +228,35 @@ impl Weights {
         };
         let b = if bias { Some(part("bias")?) } else { None };
         Ok(Linear::new(QMatMul::Tensor(part("weight")?), b))
+    }
+
+    /// A GGUF's experts of one layer's `kind` (`gate`, `up`, `down`): llama.cpp stacks them in
+    /// `blk.N.ffn_{kind}_exps` `[experts, out, in]`; each expert is a row range (whole quantized
+    /// blocks), read once for all experts. None for other formats (one tensor per expert).
+    pub fn gguf_experts(&self, layer: usize, kind: &str) -> Result<Option<Vec<Linear>>> {
+        let Weights::Gguf { device, dense, .. } = self else {
+            return Ok(None);
+        };
+        let q =
+            self.gguf_qtensor_on(&format!("blk.{layer}.ffn_{kind}_exps.weight"), &Device::Cpu)?;
+        let (experts, rows, cols) = q.shape().dims3()?;
+        let dtype = q.dtype();
+        let row_bytes = cols / dtype.block_size() * dtype.type_size();
+        let data = q.data()?;
+        (0..experts)
+            .map(|j| {
+                let part = &data[j * rows * row_bytes..(j + 1) * rows * row_bytes];
+                let storage =
+                    QStorage::from_data(std::borrow::Cow::Owned(part.to_vec()), device, dtype)?;
+                let qt = QTensor::new(storage, (rows, cols))?;
+                let w = match dense {
+                    Some(dt) => QMatMul::Tensor(qt.dequantize(device)?.to_dtype(*dt)?),
+                    None => QMatMul::from_qtensor(qt)?,
+                };
+                Ok(Linear::new(w, None))
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
     }
 
     /// Like [`Weights::linear`] for q/k projections, whose rows llama.cpp stores permuted for
