@@ -339,6 +339,18 @@ fn tiny_mixtral_gguf_from_llama_cpp_matches_transformers() {
     check_loaded("tiny-mixtral (GGUF)", (model, fx));
 }
 
+/// Qwen3-MoE from llama.cpp's converter (every layer sparse: the qwen3moe GGUF has no dense
+/// layers), against the same weights' transformers logits.
+#[test]
+fn tiny_qwen3_moe_gguf_from_llama_cpp_matches_transformers() {
+    check_model("tiny-qwen3-moe-all");
+    let gguf = fixture_dir("tiny-qwen3-moe-all").join("model-f32.gguf");
+    let model = load_model(&ModelFiles::Gguf(gguf), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(model.config().moe.as_ref().map(|m| m.top_k), Some(3));
+    let (_, fx) = load("tiny-qwen3-moe-all");
+    check_loaded("tiny-qwen3-moe-all (GGUF)", (model, fx));
+}
+
 /// A sequence's logits alone and in a ragged batch with others, under the same chunk schedule,
 /// differ only by float rounding (MoE routing groups tokens by expert across the batch, so a
 /// routing bug would show up as a large difference). Not bit-identical on the CPU: candle's f32
