@@ -70,6 +70,11 @@ fn unimplemented_checkpoint_features_are_load_errors_naming_them() {
         |c| c["hidden_activation"] = json!("relu"),
         "relu",
     );
+    refused(
+        "tiny-deepseek-v3",
+        |c| c["scoring_func"] = json!("softmax"),
+        "scoring_func",
+    );
     refused("tiny-qwen3", |c| c["model_type"] = json!("mamba"), "mamba");
     refused(
         "tiny-qwen3",

@@ -45,7 +45,7 @@ pub enum Activation {
 }
 
 /// Checkpoint tensor names of one MoE family, below `model.layers.N.`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ExpertNames {
     /// The router linear (`[num_experts, hidden]`).
     pub router: &'static str,
@@ -66,7 +66,8 @@ pub enum Scoring {
     Sigmoid,
 }
 
-/// A sparse MLP: the router scores experts, each token goes to its `top_k` best.
+/// A sparse MLP: the router scores experts, each token goes to its `top_k` best. `Default` is
+/// a base for struct updates (softmax routing, no groups, bias or shared experts, scale 1).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MoeConfig {
     pub num_experts: usize,
@@ -96,6 +97,27 @@ pub struct MoeConfig {
     /// and up interleaved by column), `{experts}.down_proj` `[E, inter, hidden]` and their
     /// `_bias` tensors, instead of one `[out, in]` linear per expert.
     pub stacked_experts: bool,
+}
+
+impl Default for MoeConfig {
+    fn default() -> Self {
+        Self {
+            num_experts: 0,
+            top_k: 0,
+            norm_topk_prob: false,
+            expert_intermediate_size: 0,
+            sparse_layers: Vec::new(),
+            names: ExpertNames::default(),
+            router_bias: false,
+            scoring: Scoring::Softmax,
+            groups: None,
+            group_by_best: false,
+            correction_bias: false,
+            routed_scaling_factor: 1.0,
+            shared_intermediate_size: None,
+            stacked_experts: false,
+        }
+    }
 }
 
 /// Multi-head latent attention (DeepSeek-V2/V3): keys and values are expanded per head from

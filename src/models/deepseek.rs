@@ -78,6 +78,16 @@ fn configure(raw: &serde_json::Value, cfg: &mut ModelConfig, version: Version) -
     let first_dense = raw_usize(raw, "first_k_dense_replace").unwrap_or(0);
     let freq = raw_usize(raw, "moe_layer_freq").unwrap_or(1);
     let expert_inter = need("moe_intermediate_size")?;
+    // The reference code reads `scoring_func`; transformers hard-codes each version's.
+    let scoring = match version {
+        Version::V3 => "sigmoid",
+        Version::V2 => "softmax",
+    };
+    if let Some(f) = raw.get("scoring_func").and_then(|v| v.as_str()) {
+        if f != scoring {
+            bail!("{name} with scoring_func `{f}` is not supported (only `{scoring}`)");
+        }
+    }
     // V3 always limits by group (`noaux_tc`); V2 when `topk_method` says so.
     let method = raw.get("topk_method").and_then(|v| v.as_str());
     let grouped = match (version, method) {
@@ -109,7 +119,6 @@ fn configure(raw: &serde_json::Value, cfg: &mut ModelConfig, version: Version) -
             up: "up_proj",
             down: "down_proj",
         },
-        router_bias: false,
         scoring: match version {
             Version::V3 => Scoring::Sigmoid,
             Version::V2 => Scoring::Softmax,
@@ -121,7 +130,7 @@ fn configure(raw: &serde_json::Value, cfg: &mut ModelConfig, version: Version) -
         shared_intermediate_size: raw_usize(raw, "n_shared_experts")
             .filter(|&n| n > 0)
             .map(|n| n * expert_inter),
-        stacked_experts: false,
+        ..MoeConfig::default()
     });
     Ok(())
 }

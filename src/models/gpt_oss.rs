@@ -8,7 +8,6 @@ use anyhow::{bail, Context, Result};
 
 use super::config::{
     raw_f64, raw_usize, windows_from_layer_types, Activation, ExpertNames, ModelConfig, MoeConfig,
-    Scoring,
 };
 use super::registry::Family;
 
@@ -62,13 +61,8 @@ fn configure(raw: &serde_json::Value, cfg: &mut ModelConfig) -> Result<()> {
             down: "",
         },
         router_bias: true,
-        scoring: Scoring::Softmax,
-        groups: None,
-        group_by_best: false,
-        correction_bias: false,
-        routed_scaling_factor: 1.0,
-        shared_intermediate_size: None,
         stacked_experts: true,
+        ..MoeConfig::default()
     });
     Ok(())
 }

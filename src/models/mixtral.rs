@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 
-use super::config::{raw_usize, ExpertNames, ModelConfig, MoeConfig, Scoring};
+use super::config::{raw_usize, ExpertNames, ModelConfig, MoeConfig};
 use super::registry::Family;
 
 pub static FAMILY: Family = Family {
@@ -42,13 +42,6 @@ pub(crate) fn moe(cfg: &ModelConfig, num_experts: usize, top_k: usize) -> MoeCon
             up: "w3",
             down: "w2",
         },
-        router_bias: false,
-        scoring: Scoring::Softmax,
-        groups: None,
-        group_by_best: false,
-        correction_bias: false,
-        routed_scaling_factor: 1.0,
-        shared_intermediate_size: None,
-        stacked_experts: false,
+        ..MoeConfig::default()
     }
 }

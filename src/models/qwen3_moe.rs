@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 
-use super::config::{raw_bool, raw_usize, ExpertNames, ModelConfig, MoeConfig, Scoring};
+use super::config::{raw_bool, raw_usize, ExpertNames, ModelConfig, MoeConfig};
 use super::registry::Family;
 
 pub static FAMILY: Family = Family {
@@ -65,14 +65,7 @@ fn moe(
             up: "up_proj",
             down: "down_proj",
         },
-        router_bias: false,
-        scoring: Scoring::Softmax,
-        groups: None,
-        group_by_best: false,
-        correction_bias: false,
-        routed_scaling_factor: 1.0,
-        shared_intermediate_size: None,
-        stacked_experts: false,
+        ..MoeConfig::default()
     }
 }
 
