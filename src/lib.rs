@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod chat_template;
 pub mod engine;
+pub mod guidance;
 pub mod kv;
 pub mod layers;
 pub mod models;

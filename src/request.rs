@@ -2,6 +2,8 @@
 
 use std::collections::HashMap;
 
+use serde_json::Value;
+
 /// Per-request sampling options, OpenAI/vLLM semantics.
 ///
 /// `temperature == 0.0` means greedy. Filters that are "off" use neutral values
@@ -35,6 +37,26 @@ pub struct SamplingParams {
     pub stop: Vec<String>,
     /// Number of top alternatives to report with each sampled token (None: no logprobs).
     pub logprobs: Option<usize>,
+    /// Structured output: every generated token is constrained by this grammar.
+    pub constraint: Option<Constraint>,
+}
+
+/// A structured-output constraint (grammar) on the generated text, plain data.
+///
+/// Compiled by llguidance (`crate::guidance`); the request ends with `Stop` once the
+/// grammar is complete.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Constraint {
+    /// Output is JSON matching this JSON schema.
+    JsonSchema(Value),
+    /// Output is any JSON object.
+    JsonObject,
+    /// Output matches this regular expression (whole output, anchored).
+    Regex(String),
+    /// Output is exactly one of these strings.
+    Choice(Vec<String>),
+    /// Output matches this Lark grammar (llguidance's Lark dialect).
+    Lark(String),
 }
 
 impl Default for SamplingParams {
@@ -55,6 +77,7 @@ impl Default for SamplingParams {
             stop_token_ids: Vec::new(),
             stop: Vec::new(),
             logprobs: None,
+            constraint: None,
         }
     }
 }

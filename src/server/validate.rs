@@ -178,6 +178,7 @@ pub fn sampling_params(
             .filter(|s| !s.is_empty())
             .collect(),
         logprobs: None,
+        constraint: None,
     };
     Ok((params, n))
 }
