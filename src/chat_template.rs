@@ -27,18 +27,29 @@ pub enum ChatTemplateError {
     Render(#[source] Error),
 }
 
-/// One message of a conversation, as chat templates see it.
+/// One message of a conversation, as chat templates see it (transformers' message dicts:
+/// absent fields are left out, so templates can test `'tool_calls' in message`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
-    pub content: String,
+    /// None (null) only for an assistant message that is all tool calls.
+    pub content: Option<String>,
+    /// `[{"id", "type": "function", "function": {"name", "arguments": {...}}}]`, arguments as
+    /// an object as HF templates expect.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
+    /// A `tool` message: the call it answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
         Self {
             role: role.into(),
-            content: content.into(),
+            content: Some(content.into()),
+            tool_calls: None,
+            tool_call_id: None,
         }
     }
 

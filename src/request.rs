@@ -39,6 +39,10 @@ pub struct SamplingParams {
     pub logprobs: Option<usize>,
     /// Structured output: every generated token is constrained by this grammar.
     pub constraint: Option<Constraint>,
+    /// Leave special tokens out of the text (vLLM's default). Off for tool-call and reasoning
+    /// parsers whose markers are special tokens (gpt-oss, Mistral); the token that ends the
+    /// generation (EOS, a stop token id) is left out either way.
+    pub skip_special_tokens: bool,
 }
 
 /// A structured-output constraint (grammar) on the generated text, plain data.
@@ -78,6 +82,7 @@ impl Default for SamplingParams {
             stop: Vec::new(),
             logprobs: None,
             constraint: None,
+            skip_special_tokens: true,
         }
     }
 }

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use flare::server::AppState;
+use flare::server::{AppState, ServerConfig};
 use serde_json::{json, Value};
 
 fn content(v: &Value, i: usize) -> &str {
@@ -294,8 +294,7 @@ async fn every_openai_and_vllm_sampling_field_is_accepted() {
         "stream": false, "stream_options": {"include_usage": true}, "ignore_eos": false,
         "min_tokens": 1, "priority": 3, "user": "u-1", "stop_token_ids": [7],
         // What clients send that flare does not act on: ignored, never a 422.
-        "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
-        "tool_choice": "auto", "response_format": {"type": "text"}, "parallel_tool_calls": false,
+        "response_format": {"type": "text"},
         "metadata": {"a": "b"}, "store": false, "service_tier": "auto", "best_of": 1,
         "some_future_field": {"x": [1, 2]}, "temperature_": null
     }));
@@ -583,4 +582,100 @@ async fn metrics_count_tokens_and_latencies() {
     assert_eq!(metric(&m, "flare:kv_cache_total_blocks"), Some(512.0));
     assert!(m.contains("# HELP flare:num_requests_running"));
     assert!(m.contains("# TYPE flare:e2e_request_latency_seconds histogram"));
+}
+
+/// `tools` and `tool_choice` are checked against each other and the model: each mistake is a
+/// 400 in OpenAI's format naming the field; `auto` needs a parser (flag or template).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_choice_is_checked() {
+    let tools =
+        json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
+    let server = mock_server(config(), MockOpts::default()).await;
+    let c = client();
+    let url = server.url("/v1/chat/completions");
+    let cases = [
+        (
+            json!({"tool_choice": "required"}),
+            "tool_choice",
+            "needs `tools`",
+        ),
+        (
+            json!({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "g"}}}),
+            "tool_choice",
+            "`g`",
+        ),
+        (
+            json!({"tools": tools, "tool_choice": "sometimes"}),
+            "tool_choice",
+            "sometimes",
+        ),
+        (json!({"tools": tools}), "tool_choice", "--tool-call-parser"),
+        (
+            json!({"tools": [{"type": "retrieval"}]}),
+            "tools[0].type",
+            "function",
+        ),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": 3}}]}),
+            "tools[0].function.parameters",
+            "schema",
+        ),
+        (
+            json!({"tools": [tools[0], tools[0]], "tool_choice": "required"}),
+            "tools[1].function.name",
+            "Two tools",
+        ),
+    ];
+    for (extra, param, says) in cases {
+        let (s, v) = post(&c, &url, chat_body(extra.clone())).await;
+        assert_eq!(s, 400, "{extra}: {v}");
+        let (message, kind, p) = error_of(&v);
+        assert_eq!(
+            (kind, p.as_str().unwrap()),
+            ("invalid_request_error", param),
+            "{extra}"
+        );
+        assert!(message.contains(says), "{extra}: {message}");
+    }
+    // `none` renders no tools and parses nothing.
+    let (s, v) = post(
+        &c,
+        &url,
+        chat_body(json!({"tools": tools, "tool_choice": "none", "max_tokens": 3})),
+    )
+    .await;
+    assert_eq!((s, content(&v, 0)), (200, "abc"), "{v}");
+
+    // With a parser, `auto` is served: plain text stays content, no calls, finish `stop`.
+    let server = mock_server(
+        ServerConfig {
+            tool_call_parser: Some(flare::tools::ParserKind::Hermes),
+            ..config()
+        },
+        MockOpts::default(),
+    )
+    .await;
+    let url = server.url("/v1/chat/completions");
+    let (s, v) = post(
+        &c,
+        &url,
+        chat_body(json!({"tools": tools, "max_tokens": 3})),
+    )
+    .await;
+    assert_eq!((s, content(&v, 0)), (200, "abc"), "{v}");
+    assert!(
+        v["choices"][0]["message"].get("tool_calls").is_none(),
+        "{v}"
+    );
+    let events = post_stream(
+        &c,
+        &url,
+        chat_body(json!({"tools": tools, "max_tokens": 3, "stream": true})),
+    )
+    .await;
+    let text: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "abc");
 }

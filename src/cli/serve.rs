@@ -7,6 +7,8 @@ use clap::Args;
 use flare::engine::EngineArgs;
 use flare::models::source::DEFAULT_HUB_ID;
 use flare::server::{self, AppState, ServerConfig};
+use flare::tools::reasoning::ReasoningKind;
+use flare::tools::ParserKind;
 
 use super::common::ModelArgs;
 
@@ -33,6 +35,13 @@ pub struct ServeArgs {
     /// Larger request bodies are refused with 413.
     #[arg(long, default_value_t = 8 << 20)]
     pub max_request_bytes: usize,
+    /// How `tool_choice: "auto"` output is parsed into tool calls: hermes, llama3_json,
+    /// mistral, deepseek_v3, gpt_oss; default: detected from the chat template.
+    #[arg(long)]
+    pub tool_call_parser: Option<String>,
+    /// Splits reasoning into `reasoning_content`: qwen3, deepseek_r1, gpt_oss.
+    #[arg(long)]
+    pub reasoning_parser: Option<String>,
     /// Seconds to let in-flight requests finish after SIGTERM or Ctrl-C.
     #[arg(long, default_value_t = 30)]
     pub shutdown_timeout: u64,
@@ -56,6 +65,27 @@ pub fn run(args: ServeArgs) -> Result<()> {
         max_num_seqs: args.model.max_num_seqs,
         max_queue_len: args.max_queue_len,
         max_request_bytes: args.max_request_bytes,
+        tool_call_parser: args
+            .tool_call_parser
+            .as_deref()
+            .map(|n| {
+                ParserKind::from_name(n).with_context(|| {
+                    format!("unknown --tool-call-parser `{n}` ({})", ParserKind::NAMES)
+                })
+            })
+            .transpose()?,
+        reasoning_parser: args
+            .reasoning_parser
+            .as_deref()
+            .map(|n| {
+                ReasoningKind::from_name(n).with_context(|| {
+                    format!(
+                        "unknown --reasoning-parser `{n}` ({})",
+                        ReasoningKind::NAMES
+                    )
+                })
+            })
+            .transpose()?,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -8,13 +8,16 @@ use crate::tokenizer::{
 pub struct OutputProcessor {
     detok: IncrementalDetokenizer,
     stop: StopStringMatcher,
+    /// With special tokens kept, the one that ends the generation is still left out.
+    keep_special: Option<Vec<u32>>,
 }
 
 impl OutputProcessor {
     pub fn new(prompt: &[u32], params: &SamplingParams) -> Self {
         Self {
-            detok: IncrementalDetokenizer::with_prompt(prompt, true),
+            detok: IncrementalDetokenizer::with_prompt(prompt, params.skip_special_tokens),
             stop: StopStringMatcher::new(params.stop.iter().cloned()),
+            keep_special: (!params.skip_special_tokens).then(|| params.stop_token_ids.clone()),
         }
     }
 
@@ -27,6 +30,14 @@ impl OutputProcessor {
         finished: bool,
     ) -> Result<(String, bool), TokenizerError> {
         let mut text = String::new();
+        let mut new_tokens = new_tokens;
+        if let (true, Some(stop_ids), Some((&last, rest))) =
+            (finished, &self.keep_special, new_tokens.split_last())
+        {
+            if tok.is_eos(last) || stop_ids.contains(&last) {
+                new_tokens = rest;
+            }
+        }
         for &t in new_tokens {
             let delta = self.detok.step(tok, t)?;
             let m = self.stop.push(&delta);

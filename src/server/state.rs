@@ -8,6 +8,8 @@ use super::metrics::Metrics;
 use crate::chat_template::ChatTemplate;
 use crate::engine::EngineHandle;
 use crate::tokenizer::Tokenizer;
+use crate::tools::reasoning::ReasoningKind;
+use crate::tools::ParserKind;
 
 /// Server options (`flare serve` flags, vLLM's names).
 #[derive(Debug, Clone)]
@@ -24,6 +26,10 @@ pub struct ServerConfig {
     pub max_queue_len: usize,
     /// Larger request bodies get 413.
     pub max_request_bytes: usize,
+    /// `--tool-call-parser`; None: detected from the chat template.
+    pub tool_call_parser: Option<ParserKind>,
+    /// `--reasoning-parser`; None: reasoning stays in the content.
+    pub reasoning_parser: Option<ReasoningKind>,
 }
 
 impl Default for ServerConfig {
@@ -35,6 +41,8 @@ impl Default for ServerConfig {
             max_num_seqs: 256,
             max_queue_len: 4096,
             max_request_bytes: 8 << 20,
+            tool_call_parser: None,
+            reasoning_parser: None,
         }
     }
 }
@@ -48,6 +56,9 @@ pub struct Loaded {
     pub max_model_len: usize,
     /// The checkpoint's `model_type` (`llama`, `qwen3_moe`, ...), for /v1/models.
     pub architecture: String,
+    /// How `tool_choice: "auto"` output is parsed: the flag, else what the template teaches.
+    pub tool_parser: Option<ParserKind>,
+    pub reasoning_parser: Option<ReasoningKind>,
 }
 
 pub struct AppState {
@@ -90,12 +101,23 @@ impl AppState {
                 Err(format!("The model's chat template is unusable: {e}"))
             }
         };
+        let tool_parser = self.config.tool_call_parser.or_else(|| {
+            tokenizer
+                .chat_template
+                .as_deref()
+                .and_then(ParserKind::detect)
+        });
+        if let Some(p) = tool_parser {
+            tracing::info!("tool-call parser: {}", p.name());
+        }
         let loaded = Loaded {
             engine,
             tokenizer,
             template,
             max_model_len,
             architecture,
+            tool_parser,
+            reasoning_parser: self.config.reasoning_parser,
         };
         if self.loaded.set(loaded).is_err() {
             tracing::warn!("model was already loaded; ignoring the second one");

@@ -2,10 +2,13 @@
 //! field. Runs on a blocking worker (chat template rendering and tokenization are CPU work).
 
 use crate::chat_template::ChatMessage;
+use serde_json::{json, Value};
+
 use crate::request::SamplingParams;
 
 use super::error::ApiError;
 use super::state::Loaded;
+use super::tools::{self, OutputPlan};
 use super::wire::{
     ChatCompletionRequest, ChatMessageIn, CompletionRequest, MessageContent, PromptInput,
     SamplingFields,
@@ -36,6 +39,8 @@ pub struct Plan {
     /// Alternatives per token when logprobs were asked for.
     pub logprobs: Option<usize>,
     pub echo: bool,
+    /// How chat output splits into reasoning, content and tool calls.
+    pub output: OutputPlan,
 }
 
 fn range_f32(
@@ -179,6 +184,7 @@ pub fn sampling_params(
             .collect(),
         logprobs: None,
         constraint: None,
+        skip_special_tokens: true,
     };
     Ok((params, n))
 }
@@ -282,6 +288,42 @@ fn message_text(m: &ChatMessageIn, i: usize) -> Result<String, ApiError> {
     }
 }
 
+/// An assistant message's calls as templates expect them: arguments parsed into an object.
+fn template_tool_calls(m: &ChatMessageIn, i: usize) -> Result<Option<Vec<Value>>, ApiError> {
+    let Some(calls) = &m.tool_calls else {
+        return Ok(None);
+    };
+    if m.role != "assistant" {
+        return Err(ApiError::invalid(
+            &format!("messages[{i}].tool_calls"),
+            "Only assistant messages carry `tool_calls`.",
+        ));
+    }
+    calls
+        .iter()
+        .enumerate()
+        .map(|(j, c)| {
+            let param = format!("messages[{i}].tool_calls[{j}].function.arguments");
+            let arguments: Value = serde_json::from_str(&c.function.arguments)
+                .map_err(|e| ApiError::invalid(&param, format!("`arguments` is not JSON: {e}.")))?;
+            let mut call = serde_json::Map::new();
+            if let Some(id) = &c.id {
+                call.insert("id".into(), json!(id));
+            }
+            call.insert(
+                "type".into(),
+                json!(c.kind.as_deref().unwrap_or("function")),
+            );
+            call.insert(
+                "function".into(),
+                json!({"name": c.function.name, "arguments": arguments}),
+            );
+            Ok(Value::Object(call))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
 /// Messages as the chat template sees them; `developer` is OpenAI's newer name for `system`.
 pub fn chat_messages(messages: &[ChatMessageIn]) -> Result<Vec<ChatMessage>, ApiError> {
     if messages.is_empty() {
@@ -298,15 +340,35 @@ pub fn chat_messages(messages: &[ChatMessageIn]) -> Result<Vec<ChatMessage>, Api
                 "developer" => "system",
                 r => r,
             };
-            Ok(ChatMessage::new(role, message_text(m, i)?))
+            let tool_calls = template_tool_calls(m, i)?;
+            if role == "tool" && m.tool_call_id.is_none() {
+                return Err(ApiError::invalid(
+                    &format!("messages[{i}].tool_call_id"),
+                    "A `tool` message needs `tool_call_id`.",
+                ));
+            }
+            // An assistant turn that is only calls keeps its null content, as transformers
+            // passes it; elsewhere null reads as empty text.
+            let content = match (&m.content, &tool_calls) {
+                (None, Some(_)) => None,
+                _ => Some(message_text(m, i)?),
+            };
+            Ok(ChatMessage {
+                role: role.to_string(),
+                content,
+                tool_calls,
+                tool_call_id: m.tool_call_id.clone(),
+            })
         })
         .collect()
 }
 
-/// Renders `messages` with the model's template and tokenizes the result.
+/// Renders `messages` (and `tools`, as the template's `tools`) with the model's template and
+/// tokenizes the result.
 pub fn chat_prompt_ids(
     loaded: &Loaded,
     messages: &[ChatMessageIn],
+    tools: Option<&Value>,
     add_generation_prompt: bool,
 ) -> Result<Vec<u32>, ApiError> {
     let template = loaded
@@ -314,7 +376,7 @@ pub fn chat_prompt_ids(
         .as_ref()
         .map_err(|e| ApiError::invalid("messages", e.clone()))?;
     let text = template
-        .render(&chat_messages(messages)?, add_generation_prompt)
+        .render_with_tools(&chat_messages(messages)?, tools, add_generation_prompt)
         .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
     // The rendered text carries BOS and other markup already.
     encode(loaded, &text, false)
@@ -353,9 +415,46 @@ pub fn chat(loaded: &Loaded, req: ChatCompletionRequest) -> Result<Plan, ApiErro
             None => 0,
         });
     }
+    let tools = tools::plan(
+        loaded,
+        req.tools.as_deref(),
+        req.tool_choice.as_ref(),
+        req.parallel_tool_calls,
+    )?;
+    if let Some(c) = tools.constraint {
+        if base.constraint.is_some() {
+            return Err(ApiError::invalid(
+                "tool_choice",
+                "A forced tool call (`required` or a named tool) cannot be combined with \
+                 another structured-output constraint.",
+            ));
+        }
+        base.constraint = Some(c);
+    }
+    let output = OutputPlan {
+        tools: tools.mode,
+        single_call: tools.single_call,
+        reasoning: loaded.reasoning_parser,
+    };
+    if output.reasoning.is_some() && base.constraint.is_some() {
+        // The grammar would bind from the first token, i.e. the reasoning too.
+        return Err(ApiError::invalid(
+            if output.tools.is_some() {
+                "tool_choice"
+            } else {
+                "response_format"
+            },
+            "Structured output (a forced tool call or response_format) is not supported \
+             together with --reasoning-parser yet.",
+        ));
+    }
+    if output.needs_special_tokens() {
+        base.skip_special_tokens = false;
+    }
     let prompt = chat_prompt_ids(
         loaded,
         &req.messages,
+        tools.template_tools.as_ref(),
         req.add_generation_prompt.unwrap_or(true),
     )?;
     let requested = req.max_completion_tokens.or(req.sampling.max_tokens);
@@ -369,6 +468,7 @@ pub fn chat(loaded: &Loaded, req: ChatCompletionRequest) -> Result<Plan, ApiErro
         priority: req.sampling.priority.unwrap_or(0),
         logprobs: base.logprobs,
         echo: false,
+        output,
     })
 }
 
@@ -426,6 +526,7 @@ pub fn completion(loaded: &Loaded, req: CompletionRequest) -> Result<Plan, ApiEr
         priority: req.sampling.priority.unwrap_or(0),
         logprobs: base.logprobs,
         echo,
+        output: OutputPlan::default(),
     })
 }
 
@@ -491,6 +592,61 @@ mod tests {
         ] {
             assert!(sampling_params(&bad, 10).is_err(), "{bad:?}");
         }
+    }
+
+    /// Conversations with tools, calls and results render exactly as transformers'
+    /// `apply_chat_template(..., tools=...)` renders them (tests/fixtures/make_tool_model.py
+    /// --renders), from the OpenAI wire shape (arguments as a JSON string).
+    #[test]
+    fn tool_conversations_render_as_transformers() {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let source =
+            std::fs::read_to_string(format!("{root}/tests/fixtures/hermes_tools.jinja")).unwrap();
+        let template =
+            crate::chat_template::ChatTemplate::new(source, "<|im_start|>", "<|im_end|>").unwrap();
+        let cases: Vec<Value> = serde_json::from_str(
+            &std::fs::read_to_string(format!("{root}/tests/fixtures/tool_renders.json")).unwrap(),
+        )
+        .unwrap();
+        assert!(cases.len() >= 4);
+        for case in cases {
+            let mut messages = case["messages"].clone();
+            for m in messages.as_array_mut().unwrap() {
+                for c in m
+                    .get_mut("tool_calls")
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                {
+                    let args = c["function"]["arguments"].to_string();
+                    c["function"]["arguments"] = Value::String(args);
+                }
+            }
+            let wire: Vec<ChatMessageIn> = serde_json::from_value(messages).unwrap();
+            let tools = (!case["tools"].is_null()).then(|| case["tools"].clone());
+            let out = template
+                .render_with_tools(
+                    &chat_messages(&wire).unwrap(),
+                    tools.as_ref(),
+                    case["add_generation_prompt"].as_bool().unwrap(),
+                )
+                .unwrap();
+            assert_eq!(out, case["rendered"].as_str().unwrap());
+        }
+    }
+
+    #[test]
+    fn tool_history_is_checked() {
+        let bad: Vec<ChatMessageIn> = serde_json::from_value(json!([
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}
+        ]))
+        .unwrap();
+        let err = chat_messages(&bad).unwrap_err();
+        assert!(err.to_string().contains("not JSON"), "{err}");
+        let bad: Vec<ChatMessageIn> =
+            serde_json::from_value(json!([{"role": "tool", "content": "5"}])).unwrap();
+        assert!(chat_messages(&bad).is_err());
     }
 
     #[test]

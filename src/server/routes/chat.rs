@@ -10,10 +10,12 @@ use futures_util::{Stream, StreamExt};
 
 use super::{blocking, ResponseMeta};
 use crate::engine::RequestEvent;
+use crate::request::FinishReason;
 use crate::server::error::ApiError;
 use crate::server::extract::OpenAiJson;
 use crate::server::generate::{self, Tracked};
 use crate::server::state::AppState;
+use crate::server::tools::{self, ChoiceParser, OutputPlan};
 use crate::server::wire::{
     ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest,
     ChatCompletionResponse, ChatDelta, ChatMessageOut, ErrorResponse, Usage,
@@ -56,6 +58,7 @@ pub async fn chat_completions(
             prompt_len,
             want_logprobs,
             plan.include_usage,
+            plan.output,
         );
         return Ok(sse::response(events));
     }
@@ -67,14 +70,22 @@ pub async fn chat_completions(
     let choices = finished
         .into_iter()
         .enumerate()
-        .map(|(index, f)| ChatChoice {
-            index,
-            logprobs: want_logprobs.then(|| logprobs::chat(&tokenizer, &f.logprobs)),
-            finish_reason: f.finish_reason.map(|r| r.as_openai().to_string()),
-            message: ChatMessageOut {
-                role: "assistant".into(),
-                content: f.text,
-            },
+        .map(|(index, f)| {
+            let m = tools::whole(&plan.output, &f.text);
+            ChatChoice {
+                index,
+                logprobs: want_logprobs.then(|| logprobs::chat(&tokenizer, &f.logprobs)),
+                finish_reason: f
+                    .finish_reason
+                    .map(|r| finish_reason(r, m.tool_calls.is_some())),
+                message: ChatMessageOut {
+                    role: "assistant".into(),
+                    content: m.content,
+                    reasoning_content: m.reasoning.clone(),
+                    reasoning: m.reasoning,
+                    tool_calls: m.tool_calls,
+                },
+            }
         })
         .collect();
     Ok(Json(ChatCompletionResponse {
@@ -86,6 +97,15 @@ pub async fn chat_completions(
         usage: generate::usage(&[prompt_len], plan.n, &counts),
     })
     .into_response())
+}
+
+/// OpenAI's reason: a generation that ended on its own after calling tools ends in
+/// `tool_calls`.
+fn finish_reason(r: FinishReason, made_calls: bool) -> String {
+    match r {
+        FinishReason::Stop if made_calls => "tool_calls".into(),
+        r => r.as_openai().to_string(),
+    }
 }
 
 fn chunk(
@@ -114,11 +134,17 @@ fn stream(
     prompt_len: usize,
     want_logprobs: bool,
     include_usage: bool,
+    output: OutputPlan,
 ) -> impl Stream<Item = sse::SseItem> + Send {
     let n = tracked.len();
+    let mut parsers: Vec<ChoiceParser> = (0..n).map(|_| ChoiceParser::new(&output)).collect();
     async_stream::stream! {
         for index in 0..n {
-            let delta = ChatDelta { role: Some("assistant".into()), content: Some(String::new()) };
+            let delta = ChatDelta {
+                role: Some("assistant".into()),
+                content: Some(String::new()),
+                ..Default::default()
+            };
             let choice = ChatChunkChoice { index, delta, logprobs: None, finish_reason: None };
             yield sse::json(&chunk(&meta, vec![choice], include_usage, None));
         }
@@ -135,20 +161,27 @@ fn stream(
             counts[index] = (o.num_output_tokens, o.num_cached_tokens);
             let logprobs = (want_logprobs && !o.logprobs.is_empty())
                 .then(|| logprobs::chat(&tokenizer, &o.logprobs));
-            // A step can produce no visible text (held back for a stop string or an
-            // incomplete character); nothing to send then.
-            if o.text.is_empty() && o.finish_reason.is_none() && logprobs.is_none() {
+            let parser = &mut parsers[index];
+            let mut d = parser.push(&o.text);
+            if o.finish_reason.is_some() {
+                d.append(parser.finish());
+            }
+            // A step can produce no visible text (held back for a stop string, a parser's
+            // marker or an incomplete character); nothing to send then.
+            if d.is_empty() && o.finish_reason.is_none() && logprobs.is_none() {
                 continue;
             }
             let delta = ChatDelta {
                 role: None,
-                content: (!o.text.is_empty()).then_some(o.text),
+                content: (!d.content.is_empty()).then_some(d.content),
+                reasoning_content: (!d.reasoning.is_empty()).then_some(d.reasoning),
+                tool_calls: (!d.tool_calls.is_empty()).then_some(d.tool_calls),
             };
             let choice = ChatChunkChoice {
                 index,
                 delta,
                 logprobs,
-                finish_reason: o.finish_reason.map(|r| r.as_openai().to_string()),
+                finish_reason: o.finish_reason.map(|r| finish_reason(r, parser.made_calls())),
             };
             yield sse::json(&chunk(&meta, vec![choice], include_usage, None));
         }

@@ -33,6 +33,7 @@ pub async fn tokenize(
             (Some(messages), _) => validate::chat_prompt_ids(
                 loaded,
                 messages,
+                None,
                 req.add_generation_prompt.unwrap_or(true),
             )?,
             (None, Some(prompt)) => {

@@ -23,12 +23,33 @@ pub struct ContentPart {
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct ChatMessageIn {
-    /// system, developer (treated as system), user or assistant.
+    /// system, developer (treated as system), user, assistant or tool.
     pub role: String,
     /// May be null for an assistant message.
     pub content: Option<MessageContent>,
     /// Accepted and ignored.
     pub name: Option<String>,
+    /// An assistant message's calls, rendered through the chat template.
+    pub tool_calls: Option<Vec<ToolCallIn>>,
+    /// A `tool` message: the call it answers.
+    pub tool_call_id: Option<String>,
+}
+
+/// A call in the history.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct ToolCallIn {
+    pub id: Option<String>,
+    /// `function`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub function: FunctionCallIn,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct FunctionCallIn {
+    pub name: String,
+    /// JSON text of an object; templates receive it parsed, as transformers expects.
+    pub arguments: String,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -44,6 +65,16 @@ pub struct ChatCompletionRequest {
     pub top_logprobs: Option<i64>,
     /// vLLM extension: open the assistant's turn (default true).
     pub add_generation_prompt: Option<bool>,
+    /// `{"type": "function", "function": {"name", "description", "parameters", "strict"}}`
+    /// each; passed to the chat template as given.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub tools: Option<Vec<serde_json::Value>>,
+    /// `none`, `auto` (default with tools), `required`, or
+    /// `{"type": "function", "function": {"name": ...}}`.
+    #[schema(value_type = Option<Object>)]
+    pub tool_choice: Option<serde_json::Value>,
+    /// Whether `required` and `auto` may produce several calls (default true).
+    pub parallel_tool_calls: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -69,7 +100,51 @@ pub struct ChatLogprobs {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ChatMessageOut {
     pub role: String,
-    pub content: String,
+    /// Null when the message is only tool calls.
+    pub content: Option<String>,
+    /// The reasoning, with `--reasoning-parser` (vLLM's name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    /// The same reasoning under the name other clients read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallOut>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ToolCallOut {
+    pub id: String,
+    /// Always `function`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: FunctionCallOut,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct FunctionCallOut {
+    pub name: String,
+    /// JSON text of the arguments object, as generated.
+    pub arguments: String,
+}
+
+/// A piece of a streamed call: `id`, `type` and name in its first delta, then arguments.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ToolCallDelta {
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub function: FunctionCallDelta,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct FunctionCallDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -97,6 +172,10 @@ pub struct ChatDelta {
     pub role: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
