@@ -101,6 +101,11 @@ impl CallFormat for DeepSeekV3 {
             }
         }
     }
+
+    /// DeepSeek tokenizers may mark the call markers special; keep them either way.
+    fn needs_special_tokens(&self) -> bool {
+        true
+    }
 }
 
 fn eof(scan: Scan, last: bool) -> Scan {
