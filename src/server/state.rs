@@ -7,6 +7,7 @@ use super::error::ApiError;
 use super::metrics::Metrics;
 use crate::chat_template::ChatTemplate;
 use crate::engine::EngineHandle;
+use crate::guidance::Guidance;
 use crate::tokenizer::Tokenizer;
 
 /// Server options (`flare serve` flags, vLLM's names).
@@ -48,6 +49,8 @@ pub struct Loaded {
     pub max_model_len: usize,
     /// The checkpoint's `model_type` (`llama`, `qwen3_moe`, ...), for /v1/models.
     pub architecture: String,
+    /// The engine's grammar compiler; Err: why structured outputs are unavailable.
+    pub guidance: Result<Arc<Guidance>, String>,
 }
 
 pub struct AppState {
@@ -82,6 +85,20 @@ impl AppState {
         max_model_len: usize,
         architecture: String,
     ) {
+        let none =
+            Err("structured outputs are not available: the engine has no grammar compiler".into());
+        self.set_loaded_with_guidance(engine, tokenizer, max_model_len, architecture, none);
+    }
+
+    /// As [`AppState::set_loaded`], with the engine's grammar compiler for structured outputs.
+    pub fn set_loaded_with_guidance(
+        &self,
+        engine: EngineHandle,
+        tokenizer: Arc<Tokenizer>,
+        max_model_len: usize,
+        architecture: String,
+        guidance: Result<Arc<Guidance>, String>,
+    ) {
         let template = match ChatTemplate::from_tokenizer(&tokenizer) {
             Ok(Some(t)) => Ok(t),
             Ok(None) => Err("The model has no chat template; use /v1/completions.".to_string()),
@@ -96,6 +113,7 @@ impl AppState {
             template,
             max_model_len,
             architecture,
+            guidance,
         };
         if self.loaded.set(loaded).is_err() {
             tracing::warn!("model was already loaded; ignoring the second one");

@@ -6,6 +6,7 @@ use crate::request::SamplingParams;
 
 use super::error::ApiError;
 use super::state::Loaded;
+use super::structured;
 use super::wire::{
     ChatCompletionRequest, ChatMessageIn, CompletionRequest, MessageContent, PromptInput,
     SamplingFields,
@@ -347,6 +348,7 @@ fn include_usage(f: &SamplingFields) -> bool {
 pub fn chat(loaded: &Loaded, req: ChatCompletionRequest) -> Result<Plan, ApiError> {
     let vocab = loaded.tokenizer.vocab_size();
     let (mut base, n) = sampling_params(&req.sampling, vocab)?;
+    let constraint = structured::parse(&req.sampling)?;
     if req.logprobs.unwrap_or(false) {
         base.logprobs = Some(match req.top_logprobs {
             Some(k) => logprobs_count(k, "top_logprobs")?,
@@ -360,6 +362,8 @@ pub fn chat(loaded: &Loaded, req: ChatCompletionRequest) -> Result<Plan, ApiErro
     )?;
     let requested = req.max_completion_tokens.or(req.sampling.max_tokens);
     let prompts = [prompt];
+    structured::compile(loaded, &constraint)?;
+    base.constraint = constraint.map(|(c, _)| c);
     Ok(Plan {
         jobs: jobs(&prompts, &base, requested, n, loaded.max_model_len)?,
         n,
@@ -375,6 +379,7 @@ pub fn chat(loaded: &Loaded, req: ChatCompletionRequest) -> Result<Plan, ApiErro
 pub fn completion(loaded: &Loaded, req: CompletionRequest) -> Result<Plan, ApiError> {
     let vocab = loaded.tokenizer.vocab_size();
     let (mut base, n) = sampling_params(&req.sampling, vocab)?;
+    let constraint = structured::parse(&req.sampling)?;
     if let Some(k) = req.logprobs {
         base.logprobs = Some(logprobs_count(k, "logprobs")?);
     }
@@ -411,6 +416,8 @@ pub fn completion(loaded: &Loaded, req: CompletionRequest) -> Result<Plan, ApiEr
     if prompts.is_empty() {
         return Err(ApiError::invalid("prompt", "`prompt` must not be empty."));
     }
+    structured::compile(loaded, &constraint)?;
+    base.constraint = constraint.map(|(c, _)| c);
     Ok(Plan {
         jobs: jobs(
             &prompts,
