@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 
 use super::EngineCore;
+use crate::guidance::Guidance;
 use crate::models::{config::ModelConfig, dummy, load_model, source};
 use crate::runner::candle::{CandleForward, CandleRunner};
 use crate::scheduler::{config::SchedulerConfig, Scheduler};
@@ -65,6 +66,9 @@ pub struct LoadedEngine {
     pub model_files: source::ModelFiles,
     pub num_blocks: usize,
     pub max_model_len: usize,
+    /// The grammar compiler the engine uses, for callers that compile ahead (the server);
+    /// Err: why structured outputs are unavailable for this model.
+    pub guidance: Result<Arc<Guidance>, String>,
 }
 
 const DEFAULT_KV_CAP: usize = 2 << 30;
@@ -131,10 +135,20 @@ pub fn build_engine(args: &EngineArgs) -> Result<LoadedEngine> {
         eos.clone(),
     )?;
     let forward = CandleForward::new(model, num_blocks, block_size, kv_dtype)?;
-    let runner = CandleRunner::new(forward, eos);
     let tokenizer = Arc::new(tokenizer);
+    let t = std::time::Instant::now();
+    let guidance = Guidance::new(tokenizer.clone(), cfg.vocab_size, &eos)
+        .map(Arc::new)
+        .map_err(|e| e.to_string());
+    match &guidance {
+        Ok(_) => tracing::info!("grammar token table built in {:?}", t.elapsed()),
+        Err(e) => tracing::warn!("structured outputs unavailable: {e}"),
+    }
+    let runner = CandleRunner::new(forward, eos);
     Ok(LoadedEngine {
-        engine: EngineCore::new(scheduler, runner, tokenizer.clone()),
+        engine: EngineCore::new(scheduler, runner, tokenizer.clone())
+            .with_guidance(guidance.clone()),
+        guidance,
         tokenizer,
         config: cfg,
         model_files: files,

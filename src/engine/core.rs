@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::Result;
 
 use super::output::OutputProcessor;
+use crate::guidance::Guidance;
 use crate::kv::manager::SeqId;
 use crate::request::{FinishReason, SamplingParams, TokenLogprobs};
 use crate::runner::ModelRunner;
@@ -38,6 +39,8 @@ pub struct EngineCore<R: ModelRunner> {
     tokenizer: Arc<Tokenizer>,
     requests: HashMap<SeqId, RequestState>,
     next_id: SeqId,
+    /// Grammar compiler for structured outputs; Err: why this model has none.
+    guidance: Result<Arc<Guidance>, String>,
 }
 
 impl<R: ModelRunner> EngineCore<R> {
@@ -48,7 +51,22 @@ impl<R: ModelRunner> EngineCore<R> {
             tokenizer,
             requests: HashMap::new(),
             next_id: 0,
+            guidance: Err("the engine was built without a grammar compiler".into()),
         }
+    }
+
+    /// Enables structured outputs (or records why they are unavailable).
+    pub fn with_guidance(mut self, guidance: Result<Arc<Guidance>, String>) -> Self {
+        self.guidance = guidance;
+        self
+    }
+
+    pub fn guidance(&self) -> Result<&Arc<Guidance>, &str> {
+        self.guidance.as_ref().map_err(|e| e.as_str())
+    }
+
+    pub fn runner(&self) -> &R {
+        &self.runner
     }
 
     pub fn scheduler(&self) -> &Scheduler {
@@ -65,6 +83,15 @@ impl<R: ModelRunner> EngineCore<R> {
         params: SamplingParams,
         priority: i32,
     ) -> Result<SeqId> {
+        // The matcher comes from the grammar cache (the server compiled it off this thread);
+        // a miss compiles here, which only offline callers reach.
+        let grammar = match &params.constraint {
+            None => None,
+            Some(c) => {
+                let guidance = self.guidance.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+                Some(guidance.matcher(c)?)
+            }
+        };
         let id = self.next_id;
         self.next_id += 1;
         let state = RequestState {
@@ -73,6 +100,12 @@ impl<R: ModelRunner> EngineCore<R> {
             num_output_tokens: 0,
         };
         self.runner.add_sequence(id, &params, &prompt);
+        if let Some(g) = grammar {
+            if let Err(e) = self.runner.set_grammar(id, g) {
+                self.runner.remove_sequence(id);
+                return Err(e);
+            }
+        }
         if let Err(e) = self
             .scheduler
             .add(Sequence::new(id, prompt, params).with_priority(priority))
@@ -105,18 +138,27 @@ impl<R: ModelRunner> EngineCore<R> {
         let updates = self.scheduler.update_from_output(&sched, &result)?;
         let mut logprobs: HashMap<SeqId, Vec<TokenLogprobs>> =
             result.logprobs.into_iter().collect();
+        let grammar_finished: HashMap<SeqId, FinishReason> =
+            result.grammar_finished.into_iter().collect();
         let mut outputs = Vec::with_capacity(updates.len());
         for u in updates {
             let Some(state) = self.requests.get_mut(&u.id) else {
                 continue;
             };
             state.num_output_tokens += u.new_token_ids.len();
-            let (text, hit_stop) = state.output.process(
-                &self.tokenizer,
-                &u.new_token_ids,
-                u.finish_reason.is_some(),
-            )?;
+            // A complete grammar ends the request now (Stop, even on the max_tokens-th token:
+            // the output is whole); a failed matcher ends it as aborted.
             let mut finish_reason = u.finish_reason;
+            if let Some(&reason) = grammar_finished.get(&u.id) {
+                if finish_reason.is_none() {
+                    self.scheduler.finish(u.id, reason);
+                }
+                finish_reason = Some(reason);
+            }
+            let (text, hit_stop) =
+                state
+                    .output
+                    .process(&self.tokenizer, &u.new_token_ids, finish_reason.is_some())?;
             if hit_stop && finish_reason.is_none() {
                 self.scheduler.finish(u.id, FinishReason::Stop);
                 finish_reason = Some(FinishReason::Stop);

@@ -98,21 +98,30 @@ impl Guidance {
         self.parser(c).map(|_| ())
     }
 
-    /// As [`Guidance::compile`] on a blocking worker, under the time limit. On a timeout the
-    /// worker finishes in the background (its fuel limit bounds it) and the request is refused.
-    pub async fn compile_async(self: &Arc<Self>, c: &Constraint) -> Result<(), GuidanceError> {
+    /// As [`Guidance::compile`] on a thread of its own, waiting at most the time limit. On a
+    /// timeout that thread finishes in the background (its fuel limit bounds it; the result
+    /// still lands in the cache) and the caller gets the error.
+    pub fn compile_within_limit(self: &Arc<Self>, c: &Constraint) -> Result<(), GuidanceError> {
         if self.cached(&grammar_key(c)) {
             return Ok(());
         }
+        let (tx, rx) = std::sync::mpsc::channel();
         let this = self.clone();
         let c = c.clone();
-        let task = tokio::task::spawn_blocking(move || this.compile(&c));
-        match tokio::time::timeout(self.compile_timeout, task).await {
-            Err(_) => Err(GuidanceError::Timeout(self.compile_timeout)),
-            Ok(Err(e)) => Err(GuidanceError::Invalid(format!(
-                "the grammar compiler failed: {e}"
-            ))),
-            Ok(Ok(r)) => r,
+        std::thread::Builder::new()
+            .name("flare-grammar".into())
+            .spawn(move || {
+                let _ = tx.send(this.compile(&c));
+            })
+            .map_err(|e| GuidanceError::Invalid(format!("starting the grammar compiler: {e}")))?;
+        match rx.recv_timeout(self.compile_timeout) {
+            Ok(r) => r,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                Err(GuidanceError::Timeout(self.compile_timeout))
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                Err(GuidanceError::Invalid("the grammar compiler failed".into()))
+            }
         }
     }
 

@@ -1,13 +1,15 @@
 //! Runs one step of a ragged batch through a candle model over the paged KV cache, then samples.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Tensor};
+use rayon::prelude::*;
 
 use super::{ModelRunner, ModelRunnerOutput, SchedulerOutput};
+use crate::guidance::GrammarMatcher;
 use crate::kv::manager::SeqId;
-use crate::request::{SamplingParams, TokenLogprobs};
+use crate::request::{FinishReason, SamplingParams, TokenLogprobs};
 use crate::sample::{SampleContext, SequenceSampler};
 
 use crate::kv::KvCache;
@@ -90,11 +92,20 @@ impl CandleForward {
     }
 }
 
-/// Per-sequence sampling state: the request's RNG and the tokens penalties look at.
+/// Per-sequence sampling state: the request's RNG, the tokens penalties look at and, for
+/// structured outputs, the grammar matcher (which outlives preemption with the rest).
 struct SeqSampling {
     sampler: SequenceSampler,
     prompt: Vec<u32>,
     output: Vec<u32>,
+    grammar: Option<GrammarMatcher>,
+}
+
+/// Grammar masks made so far, over every sequence that ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MaskStats {
+    pub masks: u64,
+    pub seconds: f64,
 }
 
 /// The real runner: a candle model plus per-sequence samplers.
@@ -102,6 +113,9 @@ pub struct CandleRunner {
     forward: CandleForward,
     eos_token_ids: Vec<u32>,
     seqs: HashMap<SeqId, SeqSampling>,
+    /// Sequences with a grammar; while 0 a step does no grammar work at all.
+    num_constrained: usize,
+    mask_stats: MaskStats,
 }
 
 impl CandleRunner {
@@ -110,7 +124,52 @@ impl CandleRunner {
             forward,
             eos_token_ids,
             seqs: HashMap::new(),
+            num_constrained: 0,
+            mask_stats: MaskStats::default(),
         }
+    }
+
+    /// Masks computed for sequences that have ended, and the time they took.
+    pub fn mask_stats(&self) -> MaskStats {
+        self.mask_stats
+    }
+
+    /// The step's logits, with the grammar masks of its constrained sequences computed on
+    /// worker threads while the forward runs.
+    fn logits_and_masks(
+        &mut self,
+        out: &SchedulerOutput,
+        steps: &[StepSeq],
+    ) -> Result<Option<Tensor>> {
+        if self.num_constrained == 0 {
+            return self.forward.step_logits(steps);
+        }
+        let sampling: HashSet<SeqId> = out
+            .seqs
+            .iter()
+            .filter(|s| s.samples_this_step)
+            .map(|s| s.id)
+            .collect();
+        let mut matchers: Vec<&mut GrammarMatcher> = self
+            .seqs
+            .iter_mut()
+            .filter(|(id, _)| sampling.contains(id))
+            .filter_map(|(_, st)| st.grammar.as_mut())
+            .collect();
+        if matchers.is_empty() {
+            return self.forward.step_logits(steps);
+        }
+        let forward = &self.forward;
+        std::thread::scope(|scope| {
+            let masks = scope.spawn(move || {
+                matchers.par_iter_mut().for_each(|m| m.compute_mask());
+            });
+            let logits = forward.step_logits(steps);
+            if let Err(panic) = masks.join() {
+                std::panic::resume_unwind(panic);
+            }
+            logits
+        })
     }
 
     pub fn forward(&self) -> &CandleForward {
@@ -124,12 +183,33 @@ impl ModelRunner for CandleRunner {
             sampler: SequenceSampler::new(params),
             prompt: prompt.to_vec(),
             output: Vec::new(),
+            grammar: None,
         };
         self.seqs.insert(id, state);
     }
 
+    fn set_grammar(&mut self, id: SeqId, grammar: GrammarMatcher) -> Result<()> {
+        let state = self
+            .seqs
+            .get_mut(&id)
+            .with_context(|| format!("sequence {id} was never added"))?;
+        anyhow::ensure!(
+            state.output.is_empty(),
+            "a grammar must be set before the first token"
+        );
+        if state.grammar.replace(grammar).is_none() {
+            self.num_constrained += 1;
+        }
+        Ok(())
+    }
+
     fn remove_sequence(&mut self, id: SeqId) {
-        self.seqs.remove(&id);
+        if let Some(grammar) = self.seqs.remove(&id).and_then(|s| s.grammar) {
+            self.num_constrained -= 1;
+            let (masks, seconds) = grammar.mask_stats();
+            self.mask_stats.masks += masks;
+            self.mask_stats.seconds += seconds;
+        }
     }
 
     fn execute(&mut self, out: &SchedulerOutput) -> Result<ModelRunnerOutput> {
@@ -143,7 +223,7 @@ impl ModelRunner for CandleRunner {
                 wants_logits: s.samples_this_step,
             })
             .collect();
-        let Some(logits) = self.forward.step_logits(&steps)? else {
+        let Some(logits) = self.logits_and_masks(out, &steps)? else {
             return Ok(ModelRunnerOutput::default());
         };
         let mut result = ModelRunnerOutput::default();
@@ -166,12 +246,28 @@ impl ModelRunner for CandleRunner {
                 return Ok(result);
             }
         }
-        let logits = logits.to_vec2::<f32>()?;
-        for (s, row) in out.seqs.iter().filter(|s| s.samples_this_step).zip(&logits) {
+        let mut logits = logits.to_vec2::<f32>()?;
+        for (s, row) in out
+            .seqs
+            .iter()
+            .filter(|s| s.samples_this_step)
+            .zip(&mut logits)
+        {
             let state = self
                 .seqs
                 .get_mut(&s.id)
                 .with_context(|| format!("sequence {} was never added", s.id))?;
+            if let Some(grammar) = state.grammar.as_mut() {
+                if let Err(e) = grammar.apply_mask(row) {
+                    // The grammar cannot go on: end the sequence rather than free-run it.
+                    tracing::warn!(id = s.id, "structured output ended: {e}");
+                    let eos = self.eos_token_ids.first().copied().unwrap_or(0);
+                    state.output.push(eos);
+                    result.sampled.push((s.id, vec![eos]));
+                    result.grammar_finished.push((s.id, FinishReason::Abort));
+                    continue;
+                }
+            }
             let ctx = SampleContext {
                 prompt_tokens: &state.prompt,
                 output_tokens: &state.output,
@@ -179,6 +275,16 @@ impl ModelRunner for CandleRunner {
             };
             let sampled = state.sampler.sample(row, &ctx);
             state.output.push(sampled.token);
+            if let Some(grammar) = state.grammar.as_mut() {
+                match grammar.commit(sampled.token) {
+                    Ok(false) => {}
+                    Ok(true) => result.grammar_finished.push((s.id, FinishReason::Stop)),
+                    Err(e) => {
+                        tracing::warn!(id = s.id, "structured output ended: {e}");
+                        result.grammar_finished.push((s.id, FinishReason::Abort));
+                    }
+                }
+            }
             if state.sampler.params().logprobs.is_some() {
                 let lp = TokenLogprobs {
                     token: sampled.token,
@@ -203,4 +309,5 @@ fn plain_greedy(p: &SamplingParams, generated: usize) -> bool {
         && p.frequency_penalty == 0.0
         && p.presence_penalty == 0.0
         && generated >= p.min_tokens
+        && p.constraint.is_none()
 }

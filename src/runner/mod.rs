@@ -3,6 +3,7 @@
 pub mod candle;
 pub mod mock;
 
+use crate::guidance::GrammarMatcher;
 use crate::kv::manager::SeqId;
 use crate::request::SamplingParams;
 pub use crate::scheduler::output::{ModelRunnerOutput, SchedulerOutput};
@@ -13,6 +14,12 @@ pub use mock::MockRunner;
 pub trait ModelRunner: Send {
     /// A sequence that will appear in steps: per-sequence sampling state starts here.
     fn add_sequence(&mut self, _id: SeqId, _params: &SamplingParams, _prompt: &[u32]) {}
+
+    /// Constrains the sequence's output by `grammar` from its first sampled token on. Runners
+    /// that cannot apply masks refuse, so that no constraint is silently ignored.
+    fn set_grammar(&mut self, id: SeqId, _grammar: GrammarMatcher) -> anyhow::Result<()> {
+        anyhow::bail!("this runner does not support structured outputs (sequence {id})")
+    }
 
     /// The sequence ended, however it ended: drop its state.
     fn remove_sequence(&mut self, _id: SeqId) {}

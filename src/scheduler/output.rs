@@ -59,6 +59,9 @@ pub struct ModelRunnerOutput {
     pub sampled: Vec<(SeqId, Vec<u32>)>,
     /// Logprobs of the sampled tokens, for sequences that asked for them.
     pub logprobs: Vec<(SeqId, Vec<TokenLogprobs>)>,
+    /// Sequences whose grammar ended them with their last sampled token: `Stop` when the
+    /// grammar is complete, `Abort` when its matcher failed.
+    pub grammar_finished: Vec<(SeqId, FinishReason)>,
 }
 
 /// A sequence's news after a step, for the output processor.

@@ -7,12 +7,15 @@ use anyhow::{Context, Result};
 
 use super::state::AppState;
 use crate::engine::{build_engine, EngineArgs, EngineHandle};
+use crate::guidance::Guidance;
 use crate::tokenizer::Tokenizer;
 
 /// What the server reports about a loaded model besides its engine and tokenizer.
 pub struct LoadedInfo {
     pub max_model_len: usize,
     pub architecture: String,
+    /// The engine's grammar compiler (Err: why structured outputs are unavailable).
+    pub guidance: Result<Arc<Guidance>, String>,
 }
 
 /// A running engine for `args`, its tokenizer and what /v1/models reports about it.
@@ -23,6 +26,7 @@ pub fn spawn_engine(args: EngineArgs) -> Result<(EngineHandle, Arc<Tokenizer>, L
         let info = LoadedInfo {
             max_model_len: loaded.max_model_len,
             architecture: loaded.config.model_type.clone(),
+            guidance: loaded.guidance.clone(),
         };
         let _ = tx.send((loaded.tokenizer.clone(), info));
         Ok(loaded.engine)
@@ -34,6 +38,12 @@ pub fn spawn_engine(args: EngineArgs) -> Result<(EngineHandle, Arc<Tokenizer>, L
 /// Loads the model and makes it available to `state` (blocking; /health turns 200 after).
 pub fn load_into(state: &AppState, args: EngineArgs) -> Result<()> {
     let (engine, tokenizer, info) = spawn_engine(args)?;
-    state.set_loaded(engine, tokenizer, info.max_model_len, info.architecture);
+    state.set_loaded_with_guidance(
+        engine,
+        tokenizer,
+        info.max_model_len,
+        info.architecture,
+        info.guidance,
+    );
     Ok(())
 }

@@ -13,6 +13,7 @@ mod routes;
 mod serve;
 mod sse;
 mod state;
+mod structured;
 mod tools;
 mod validate;
 pub mod wire;

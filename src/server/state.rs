@@ -7,6 +7,7 @@ use super::error::ApiError;
 use super::metrics::Metrics;
 use crate::chat_template::ChatTemplate;
 use crate::engine::EngineHandle;
+use crate::guidance::Guidance;
 use crate::tokenizer::Tokenizer;
 use crate::tools::reasoning::ReasoningKind;
 use crate::tools::ParserKind;
@@ -59,6 +60,8 @@ pub struct Loaded {
     /// How `tool_choice: "auto"` output is parsed: the flag, else what the template teaches.
     pub tool_parser: Option<ParserKind>,
     pub reasoning_parser: Option<ReasoningKind>,
+    /// The engine's grammar compiler; Err: why structured outputs are unavailable.
+    pub guidance: Result<Arc<Guidance>, String>,
 }
 
 pub struct AppState {
@@ -93,6 +96,20 @@ impl AppState {
         max_model_len: usize,
         architecture: String,
     ) {
+        let none =
+            Err("structured outputs are not available: the engine has no grammar compiler".into());
+        self.set_loaded_with_guidance(engine, tokenizer, max_model_len, architecture, none);
+    }
+
+    /// As [`AppState::set_loaded`], with the engine's grammar compiler for structured outputs.
+    pub fn set_loaded_with_guidance(
+        &self,
+        engine: EngineHandle,
+        tokenizer: Arc<Tokenizer>,
+        max_model_len: usize,
+        architecture: String,
+        guidance: Result<Arc<Guidance>, String>,
+    ) {
         let template = match ChatTemplate::from_tokenizer(&tokenizer) {
             Ok(Some(t)) => Ok(t),
             Ok(None) => Err("The model has no chat template; use /v1/completions.".to_string()),
@@ -118,6 +135,7 @@ impl AppState {
             architecture,
             tool_parser,
             reasoning_parser: self.config.reasoning_parser,
+            guidance,
         };
         if self.loaded.set(loaded).is_err() {
             tracing::warn!("model was already loaded; ignoring the second one");

@@ -8,6 +8,7 @@ use crate::request::SamplingParams;
 
 use super::error::ApiError;
 use super::state::Loaded;
+use super::structured;
 use super::tools::{self, OutputPlan};
 use super::wire::{
     ChatCompletionRequest, ChatMessageIn, CompletionRequest, MessageContent, PromptInput,
@@ -409,6 +410,7 @@ fn include_usage(f: &SamplingFields) -> bool {
 pub fn chat(loaded: &Loaded, req: ChatCompletionRequest) -> Result<Plan, ApiError> {
     let vocab = loaded.tokenizer.vocab_size();
     let (mut base, n) = sampling_params(&req.sampling, vocab)?;
+    let mut constraint = structured::parse(&req.sampling)?;
     if req.logprobs.unwrap_or(false) {
         base.logprobs = Some(match req.top_logprobs {
             Some(k) => logprobs_count(k, "top_logprobs")?,
@@ -422,30 +424,30 @@ pub fn chat(loaded: &Loaded, req: ChatCompletionRequest) -> Result<Plan, ApiErro
         req.parallel_tool_calls,
     )?;
     if let Some(c) = tools.constraint {
-        if base.constraint.is_some() {
+        if let Some((_, param)) = &constraint {
             return Err(ApiError::invalid(
                 "tool_choice",
-                "A forced tool call (`required` or a named tool) cannot be combined with \
-                 another structured-output constraint.",
+                format!(
+                    "A forced tool call (`required` or a named tool) cannot be combined with \
+                     `{param}`."
+                ),
             ));
         }
-        base.constraint = Some(c);
+        constraint = Some((c, "tool_choice"));
     }
     let output = OutputPlan {
         tools: tools.mode,
         single_call: tools.single_call,
         reasoning: loaded.reasoning_parser,
     };
-    if output.reasoning.is_some() && base.constraint.is_some() {
+    if let (Some(_), Some((_, param))) = (output.reasoning, &constraint) {
         // The grammar would bind from the first token, i.e. the reasoning too.
         return Err(ApiError::invalid(
-            if output.tools.is_some() {
-                "tool_choice"
-            } else {
-                "response_format"
-            },
-            "Structured output (a forced tool call or response_format) is not supported \
-             together with --reasoning-parser yet.",
+            param,
+            format!(
+                "`{param}` (structured output) is not supported together with the server's \
+                 --reasoning-parser yet: the grammar would also bind the reasoning."
+            ),
         ));
     }
     if output.needs_special_tokens() {
@@ -459,6 +461,8 @@ pub fn chat(loaded: &Loaded, req: ChatCompletionRequest) -> Result<Plan, ApiErro
     )?;
     let requested = req.max_completion_tokens.or(req.sampling.max_tokens);
     let prompts = [prompt];
+    structured::compile(loaded, &constraint)?;
+    base.constraint = constraint.map(|(c, _)| c);
     Ok(Plan {
         jobs: jobs(&prompts, &base, requested, n, loaded.max_model_len)?,
         n,
@@ -475,6 +479,7 @@ pub fn chat(loaded: &Loaded, req: ChatCompletionRequest) -> Result<Plan, ApiErro
 pub fn completion(loaded: &Loaded, req: CompletionRequest) -> Result<Plan, ApiError> {
     let vocab = loaded.tokenizer.vocab_size();
     let (mut base, n) = sampling_params(&req.sampling, vocab)?;
+    let constraint = structured::parse(&req.sampling)?;
     if let Some(k) = req.logprobs {
         base.logprobs = Some(logprobs_count(k, "logprobs")?);
     }
@@ -511,6 +516,8 @@ pub fn completion(loaded: &Loaded, req: CompletionRequest) -> Result<Plan, ApiEr
     if prompts.is_empty() {
         return Err(ApiError::invalid("prompt", "`prompt` must not be empty."));
     }
+    structured::compile(loaded, &constraint)?;
+    base.constraint = constraint.map(|(c, _)| c);
     Ok(Plan {
         jobs: jobs(
             &prompts,

@@ -64,6 +64,23 @@ pub struct SamplingFields {
     pub priority: Option<i32>,
     /// Accepted and ignored.
     pub user: Option<String>,
+    /// Structured output: `{"type": "text"}`, `{"type": "json_object"}` or
+    /// `{"type": "json_schema", "json_schema": {"name", "schema", "strict", "description"}}`.
+    #[schema(value_type = Option<Object>)]
+    pub response_format: Option<serde_json::Value>,
+    /// vLLM's structured output: exactly one of `json` (a schema, object or string),
+    /// `regex`, `choice`, `grammar` (Lark) or `json_object: true`.
+    #[schema(value_type = Option<Object>)]
+    pub structured_outputs: Option<serde_json::Value>,
+    /// vLLM's older name for `structured_outputs.json`.
+    #[schema(value_type = Option<Object>)]
+    pub guided_json: Option<serde_json::Value>,
+    /// vLLM's older name for `structured_outputs.regex`.
+    pub guided_regex: Option<String>,
+    /// vLLM's older name for `structured_outputs.choice`.
+    pub guided_choice: Option<Vec<String>>,
+    /// vLLM's older name for `structured_outputs.grammar` (Lark).
+    pub guided_grammar: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
