@@ -372,3 +372,73 @@ pub fn whole(plan: &OutputPlan, text: &str) -> ChoiceMessage {
         tool_calls: (!calls.is_empty()).then_some(calls),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reasoning, content and two calls, streamed one character at a time, reassemble into the
+    /// whole split; each chunk holds at most one entry per call.
+    #[test]
+    fn streamed_choice_reassembles_into_the_whole_message() {
+        let plan = OutputPlan {
+            tools: Some(ToolMode::Auto(ParserKind::Hermes)),
+            single_call: false,
+            reasoning: Some(ReasoningKind::Qwen3),
+        };
+        let text = "<think>\nWeather, then a sum.\n</think>\n\nChecking.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 2, \"b\": 3}}\n</tool_call>";
+        let whole = whole(&plan, text);
+        assert_eq!(whole.reasoning.as_deref(), Some("\nWeather, then a sum.\n"));
+        assert_eq!(whole.content.as_deref(), Some("Checking."));
+        let calls = whole.tool_calls.unwrap();
+        assert_eq!(calls.len(), 2);
+
+        let mut p = ChoiceParser::new(&plan);
+        let mut got = ChoiceDelta::default();
+        let mut arg_chunks = 0;
+        let mut chunks: Vec<ChoiceDelta> = text.chars().map(|c| p.push(&c.to_string())).collect();
+        chunks.push(p.finish());
+        for d in chunks {
+            for (i, c) in d.tool_calls.iter().enumerate() {
+                assert!(d.tool_calls[..i].iter().all(|o| o.index != c.index));
+                arg_chunks +=
+                    usize::from(c.function.arguments.as_ref().is_some_and(|a| !a.is_empty()));
+            }
+            got.append(d);
+        }
+        assert!(p.made_calls());
+        assert_eq!(got.reasoning, "\nWeather, then a sum.\n");
+        assert_eq!(got.content, "Checking.");
+        let streamed: Vec<(String, String)> = got
+            .tool_calls
+            .iter()
+            .map(|c| {
+                (
+                    c.function.name.clone().unwrap(),
+                    c.function.arguments.clone().unwrap(),
+                )
+            })
+            .collect();
+        let want: Vec<(String, String)> = calls
+            .iter()
+            .map(|c| (c.function.name.clone(), c.function.arguments.clone()))
+            .collect();
+        assert_eq!(streamed, want);
+        assert!(arg_chunks > 10, "{arg_chunks}");
+    }
+
+    #[test]
+    fn single_call_keeps_the_first() {
+        let plan = OutputPlan {
+            tools: Some(ToolMode::Required),
+            single_call: true,
+            reasoning: None,
+        };
+        let text = "[{\"name\": \"a\", \"parameters\": {}}, {\"name\": \"b\", \"parameters\": {}}]";
+        assert_eq!(whole(&plan, text).tool_calls.unwrap().len(), 1);
+        let mut p = ChoiceParser::new(&plan);
+        let mut d = p.push(text);
+        d.append(p.finish());
+        assert_eq!(d.tool_calls.len(), 1);
+    }
+}
