@@ -166,3 +166,25 @@ def test_unknown_tool_name_is_a_400(client):
             tool_choice={"type": "function", "function": {"name": "nope"}}, **COMMON
         )
     assert e.value.body["param"] == "tool_choice"
+
+
+def test_auto_parses_the_models_own_syntax_streamed_or_not(client):
+    # `auto` (the default with tools): the fixture's template teaches <tool_call>, detected as
+    # the hermes parser. Whatever the model writes, the result is well formed, and the stream
+    # carries exactly the same content and calls.
+    kw = dict(model=MODEL, messages=ASK, tools=TOOLS, max_tokens=64, temperature=0)
+    whole = client.chat.completions.create(**kw).choices[0]
+    if whole.message.tool_calls:
+        assert whole.finish_reason == "tool_calls"
+        for c in whole.message.tool_calls:
+            json.loads(c.function.arguments)
+    else:
+        assert whole.message.content
+    chunks = list(client.chat.completions.create(stream=True, **kw))
+    calls, _, finish = reassemble(chunks)
+    content = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert finish == whole.finish_reason
+    assert content == (whole.message.content or "")
+    assert [(c["name"], c["arguments"]) for c in calls] == [
+        (c.function.name, c.function.arguments) for c in whole.message.tool_calls or []
+    ]
