@@ -58,3 +58,34 @@ impl OutputProcessor {
         Ok((text, false))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokenizer::test_util::byte_level_content;
+
+    /// Kept special tokens show in the text, except the one that ends the generation.
+    #[test]
+    fn special_tokens_kept_but_not_the_final_eos() {
+        let tok = Tokenizer::from_gguf(&byte_level_content()).unwrap();
+        let start = tok.token_to_id("<|im_start|>").unwrap();
+        let end = tok.token_to_id("<|im_end|>").unwrap();
+        assert!(tok.is_eos(end));
+        let hello = tok.encode("hello", false).unwrap();
+        let mut ids = vec![start];
+        ids.extend(&hello);
+        ids.push(end);
+        let run = |skip: bool| {
+            let params = SamplingParams {
+                skip_special_tokens: skip,
+                ..SamplingParams::default()
+            };
+            let mut p = OutputProcessor::new(&[], &params);
+            let (a, _) = p.process(&tok, &ids[..2], false).unwrap();
+            let (b, _) = p.process(&tok, &ids[2..], true).unwrap();
+            a + &b
+        };
+        assert_eq!(run(true), "hello");
+        assert_eq!(run(false), "<|im_start|>hello");
+    }
+}
