@@ -292,7 +292,7 @@ async fn every_openai_and_vllm_sampling_field_is_accepted() {
         "seed": 1234, "presence_penalty": 0.5, "frequency_penalty": 0.5, "repetition_penalty": 1.1,
         "logit_bias": {"100": 5, "101": -100}, "logprobs": true, "top_logprobs": 2,
         "stream": false, "stream_options": {"include_usage": true}, "ignore_eos": false,
-        "min_tokens": 1, "priority": 3, "user": "u-1", "stop_token_ids": [7],
+        "min_tokens": 1, "priority": 0, "user": "u-1", "stop_token_ids": [7],
         // What clients send that flare does not act on: ignored, never a 422.
         "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
         "tool_choice": "auto", "response_format": {"type": "text"}, "parallel_tool_calls": false,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use flare::engine::{EngineCore, EngineHandle};
 use flare::runner::{MockRunner, ModelRunner, ModelRunnerOutput, SchedulerOutput};
-use flare::scheduler::{config::SchedulerConfig, Scheduler};
+use flare::scheduler::{config::SchedulerConfig, Scheduler, SchedulingPolicy};
 use flare::server::{AppState, ServerConfig};
 use flare::tokenizer::{test_util, Tokenizer};
 use serde_json::{json, Value};
@@ -64,6 +64,7 @@ pub struct MockOpts {
     pub max_model_len: usize,
     pub step_delay: Duration,
     pub max_num_seqs: usize,
+    pub policy: SchedulingPolicy,
 }
 
 impl Default for MockOpts {
@@ -73,6 +74,7 @@ impl Default for MockOpts {
             max_model_len: 256,
             step_delay: Duration::ZERO,
             max_num_seqs: 256,
+            policy: SchedulingPolicy::Fcfs,
         }
     }
 }
@@ -91,6 +93,7 @@ pub fn mock_engine(opts: &MockOpts) -> (EngineHandle, Arc<Tokenizer>) {
         let cfg = SchedulerConfig {
             block_size: BLOCK_SIZE,
             max_num_seqs: opts.max_num_seqs,
+            policy: opts.policy,
             ..SchedulerConfig::default()
         };
         let scheduler = Scheduler::new(cfg, opts.num_blocks, opts.max_model_len, vec![EOS])?;
@@ -161,6 +164,7 @@ pub fn config() -> ServerConfig {
 pub async fn mock_server(config: ServerConfig, opts: MockOpts) -> TestServer {
     let state = AppState::new(ServerConfig {
         max_num_seqs: opts.max_num_seqs,
+        scheduling_policy: opts.policy,
         ..config
     });
     let (engine, tok) = mock_engine(&opts);
