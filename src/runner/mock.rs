@@ -114,7 +114,7 @@ impl ModelRunner for MockRunner {
         self.num_steps += 1;
         Ok(ModelRunnerOutput {
             sampled,
-            logprobs: Vec::new(),
+            ..Default::default()
         })
     }
 }

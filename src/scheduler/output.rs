@@ -59,6 +59,9 @@ pub struct ModelRunnerOutput {
     pub sampled: Vec<(SeqId, Vec<u32>)>,
     /// Logprobs of the sampled tokens, for sequences that asked for them.
     pub logprobs: Vec<(SeqId, Vec<TokenLogprobs>)>,
+    /// Sequences this step failed for on their own (a NaN or infinite logits row): they get no
+    /// sample and end with this error, while the rest of the batch goes on.
+    pub failed: Vec<(SeqId, String)>,
 }
 
 /// A sequence's news after a step, for the output processor.

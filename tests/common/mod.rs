@@ -106,7 +106,10 @@ pub fn mock_engine(opts: &MockOpts) -> (EngineHandle, Arc<Tokenizer>) {
             inner,
             delay: opts.step_delay,
         };
-        Ok(EngineCore::new(scheduler, runner, engine_tok))
+        let mut core = EngineCore::new(scheduler, runner, engine_tok);
+        // Every server test checks the block accounting after every step.
+        core.set_check_invariants(true);
+        Ok(core)
     })
     .unwrap();
     (handle, tok)
@@ -122,6 +125,14 @@ pub struct TestServer {
 impl TestServer {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// Waits for the server to stop on its own (no signal sent), at most `limit`.
+    pub async fn join(mut self, limit: Duration) -> std::io::Result<bool> {
+        tokio::time::timeout(limit, self.task.take().unwrap())
+            .await
+            .expect("the server did not stop on its own")
+            .unwrap()
     }
 
     /// Signals shutdown and waits for the server to drain; true if everything finished.
