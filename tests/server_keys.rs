@@ -483,3 +483,37 @@ async fn priority_policy_orders_by_key_then_request_field() {
     wait_idle(&c, &server, Duration::from_secs(10)).await;
     assert!(server.stop().await);
 }
+
+/// The OpenAPI document says what the server does: security only with keys, and the ranges
+/// validation enforces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_declares_security_only_with_keys_and_the_enforced_ranges() {
+    let c = client();
+    for keyed in [false, true] {
+        let cfg = if keyed { keyed_config() } else { config() };
+        let server = mock_server(cfg, MockOpts::default()).await;
+        let (s, text) = get(&c, &server.url("/openapi.json")).await;
+        assert_eq!(s, 200);
+        let doc: Value = serde_json::from_str(&text).unwrap();
+        let op = &doc["paths"]["/v1/chat/completions"]["post"];
+        assert_eq!(op.get("security").is_some(), keyed, "{op}");
+        assert_eq!(op["responses"].get("401").is_some(), keyed);
+        let scheme = &doc["components"]["securitySchemes"]["bearer"];
+        assert_eq!(!scheme.is_null(), keyed);
+        let schemas = &doc["components"]["schemas"];
+        // allOf: the shared sampling fields, then chat's own.
+        let chat = &schemas["ChatCompletionRequest"]["allOf"][1];
+        assert_eq!(chat["properties"]["messages"]["minItems"], 1, "{chat}");
+        assert_eq!(chat["properties"]["max_completion_tokens"]["minimum"], 1);
+        let sampling = &schemas["SamplingFields"]["properties"];
+        let n = &sampling["n"];
+        assert_eq!(
+            (n["minimum"].clone(), n["maximum"].clone()),
+            (json!(1), json!(128)),
+            "{schemas}"
+        );
+        assert_eq!(sampling["max_tokens"]["minimum"], 1);
+        assert_eq!(sampling["top_p"]["exclusiveMinimum"], 0);
+        assert!(server.stop().await);
+    }
+}
