@@ -64,6 +64,8 @@ impl Harness {
         }
         self.updates.extend(updates);
         self.sched.kv().check_invariants().unwrap();
+        // Used blocks = the running sequences' blocks; waiting ones hold none.
+        self.sched.check_invariants().unwrap();
         out
     }
 

@@ -292,7 +292,7 @@ async fn every_openai_and_vllm_sampling_field_is_accepted() {
         "seed": 1234, "presence_penalty": 0.5, "frequency_penalty": 0.5, "repetition_penalty": 1.1,
         "logit_bias": {"100": 5, "101": -100}, "logprobs": true, "top_logprobs": 2,
         "stream": false, "stream_options": {"include_usage": true}, "ignore_eos": false,
-        "min_tokens": 1, "priority": 3, "user": "u-1", "stop_token_ids": [7],
+        "min_tokens": 1, "priority": 0, "user": "u-1", "stop_token_ids": [7],
         // What clients send that flare does not act on: ignored, never a 422.
         "response_format": {"type": "text"},
         "metadata": {"a": "b"}, "store": false, "service_tier": "auto", "best_of": 1,
@@ -525,7 +525,8 @@ async fn openapi_document_describes_the_endpoints() {
     ] {
         assert!(schemas.get(s).is_some(), "schema {s} missing");
     }
-    assert!(v["components"]["securitySchemes"].get("bearer").is_some());
+    // No keys configured: no security declared (tests/server_keys.rs checks the keyed case).
+    assert!(v["components"]["securitySchemes"].get("bearer").is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device};
 use clap::Args;
 use flare::engine::{EngineArgs, LoadFormat};
-use flare::scheduler::config::SchedulerConfig;
+use flare::scheduler::config::{SchedulerConfig, SchedulingPolicy};
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
@@ -42,9 +42,21 @@ pub struct ModelArgs {
     pub block_size: usize,
     #[arg(long)]
     pub no_prefix_caching: bool,
+    /// Waiting-queue order: fcfs, or priority (by the request's `priority` field and the API
+    /// key's priority, lower first; preemption takes the least important first).
+    #[arg(long, default_value = "fcfs")]
+    pub scheduling_policy: String,
 }
 
 impl ModelArgs {
+    pub fn scheduling_policy(&self) -> Result<SchedulingPolicy> {
+        Ok(match self.scheduling_policy.as_str() {
+            "fcfs" => SchedulingPolicy::Fcfs,
+            "priority" => SchedulingPolicy::Priority,
+            other => bail!("unknown scheduling policy `{other}` (fcfs, priority)"),
+        })
+    }
+
     pub fn engine_args(&self) -> Result<EngineArgs> {
         let device = match self.device.as_deref() {
             None if cfg!(feature = "cuda") => Device::new_cuda(0)?,
@@ -66,6 +78,7 @@ impl ModelArgs {
             "f16" | "float16" | "half" => DType::F16,
             other => bail!("unknown dtype `{other}` (auto, f32, bf16, f16)"),
         };
+        let policy = self.scheduling_policy()?;
         let load_format = match self.load_format.as_str() {
             "auto" => LoadFormat::Auto,
             "dummy" => LoadFormat::Dummy,
@@ -85,6 +98,7 @@ impl ModelArgs {
                 max_num_batched_tokens: self.max_num_batched_tokens,
                 block_size: self.block_size,
                 enable_prefix_caching: !self.no_prefix_caching,
+                policy,
                 ..SchedulerConfig::default()
             },
         })

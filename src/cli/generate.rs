@@ -105,6 +105,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 .iter()
                 .position(|&x| x == out.id)
                 .expect("known request");
+            if let Some(e) = &out.error {
+                eprintln!("[prompt {i} failed: {e}]");
+            }
             texts[i].push_str(&out.text);
             if single {
                 write!(stdout, "{}", out.text)?;

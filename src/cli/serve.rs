@@ -6,6 +6,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use flare::engine::EngineArgs;
 use flare::models::source::DEFAULT_HUB_ID;
+use flare::scheduler::SchedulingPolicy;
+use flare::server::keys::{self, ApiKey, SINGLE_KEY_ID};
 use flare::server::{self, AppState, ServerConfig};
 use flare::tools::reasoning::ReasoningKind;
 use flare::tools::ParserKind;
@@ -29,6 +31,11 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer <key>` on /v1/*.
     #[arg(long, env = "FLARE_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// TOML file of API keys, each with an id and optional limits (concurrency, requests and
+    /// tokens per minute, daily token budget, max_tokens cap, priority); see
+    /// `flare::server::keys` (README, "API keys"). May be combined with --api-key (id `default`, no limits).
+    #[arg(long)]
+    pub api_keys: Option<std::path::PathBuf>,
     /// Requests that may wait beyond --max-num-seqs; more are refused with 429.
     #[arg(long, default_value_t = 4096)]
     pub max_queue_len: usize,
@@ -54,6 +61,13 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .model
         .clone()
         .unwrap_or_else(|| DEFAULT_HUB_ID.to_string());
+    let api_key = args.api_key.clone().filter(|k| !k.is_empty());
+    let api_keys = match &args.api_keys {
+        Some(path) => flare::server::keys::load(path)?,
+        None => Vec::new(),
+    };
+    let policy = args.model.scheduling_policy()?;
+    check_keys(&api_keys, api_key.as_deref(), policy)?;
     let config = ServerConfig {
         served_model_names: if args.served_model_name.is_empty() {
             vec![model.clone()]
@@ -61,7 +75,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
             args.served_model_name.clone()
         },
         model_root: model,
-        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        api_key,
+        api_keys,
+        scheduling_policy: policy,
         max_num_seqs: args.model.max_num_seqs,
         max_queue_len: args.max_queue_len,
         max_request_bytes: args.max_request_bytes,
@@ -94,6 +110,31 @@ pub fn run(args: ServeArgs) -> Result<()> {
     // Connection tasks of clients that outlived the drain must not hold up the exit.
     rt.shutdown_timeout(Duration::from_secs(1));
     result
+}
+
+/// The key file and --api-key together must still be unambiguous, and a key priority needs the
+/// priority policy (it would otherwise be ignored).
+fn check_keys(keys: &[ApiKey], single: Option<&str>, policy: SchedulingPolicy) -> Result<()> {
+    let mut all = keys.to_vec();
+    if let Some(k) = single {
+        all.push(ApiKey {
+            id: SINGLE_KEY_ID.into(),
+            key: k.to_string(),
+            limits: Default::default(),
+        });
+    }
+    if !all.is_empty() {
+        keys::validate(&all).map_err(|e| anyhow::anyhow!("API keys: {e}"))?;
+    }
+    if policy == SchedulingPolicy::Fcfs {
+        if let Some(k) = keys.iter().find(|k| k.limits.priority != 0) {
+            anyhow::bail!(
+                "API key `{}` sets a priority, which only --scheduling-policy priority honours",
+                k.id
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn serve(args: ServeArgs, engine_args: EngineArgs, config: ServerConfig) -> Result<()> {

@@ -25,12 +25,31 @@ pub struct RequestOutput {
     /// Prompt tokens served from the prefix cache.
     pub num_cached_tokens: usize,
     pub num_output_tokens: usize,
+    /// Set when the request failed on its own (a non-finite logits row, a detokenizer error);
+    /// it has ended (`finish_reason` is `Abort`) and the rest of the batch went on.
+    pub error: Option<String>,
 }
 
 struct RequestState {
     output: OutputProcessor,
     num_prompt_tokens: usize,
     num_output_tokens: usize,
+}
+
+impl RequestState {
+    fn failed(&self, id: SeqId, message: String) -> RequestOutput {
+        RequestOutput {
+            id,
+            text: String::new(),
+            token_ids: Vec::new(),
+            logprobs: Vec::new(),
+            finish_reason: Some(FinishReason::Abort),
+            num_prompt_tokens: self.num_prompt_tokens,
+            num_cached_tokens: 0,
+            num_output_tokens: self.num_output_tokens,
+            error: Some(message),
+        }
+    }
 }
 
 pub struct EngineCore<R: ModelRunner> {
@@ -41,6 +60,9 @@ pub struct EngineCore<R: ModelRunner> {
     next_id: SeqId,
     /// Grammar compiler for structured outputs; Err: why this model has none.
     guidance: Result<Arc<Guidance>, String>,
+    /// Check the scheduler's and block pool's accounting after every step (debug builds, or
+    /// FLARE_CHECK_INVARIANTS=1); a broken invariant panics the engine thread.
+    check_invariants: bool,
 }
 
 impl<R: ModelRunner> EngineCore<R> {
@@ -52,6 +74,8 @@ impl<R: ModelRunner> EngineCore<R> {
             requests: HashMap::new(),
             next_id: 0,
             guidance: Err("the engine was built without a grammar compiler".into()),
+            check_invariants: cfg!(debug_assertions)
+                || std::env::var("FLARE_CHECK_INVARIANTS").is_ok_and(|v| v == "1"),
         }
     }
 
@@ -67,6 +91,20 @@ impl<R: ModelRunner> EngineCore<R> {
 
     pub fn runner(&self) -> &R {
         &self.runner
+    }
+
+    /// Turns the after-every-step invariant check on or off (tests turn it on in release).
+    pub fn set_check_invariants(&mut self, on: bool) {
+        self.check_invariants = on;
+    }
+
+    /// Ends one request that failed on its own, freeing its blocks; its output carries the error.
+    fn fail(&mut self, id: SeqId, message: String) -> Option<RequestOutput> {
+        tracing::warn!(id, "request failed: {message}");
+        self.scheduler.finish(id, FinishReason::Abort);
+        self.runner.remove_sequence(id);
+        let state = self.requests.remove(&id)?;
+        Some(state.failed(id, message))
     }
 
     pub fn scheduler(&self) -> &Scheduler {
@@ -135,12 +173,16 @@ impl<R: ModelRunner> EngineCore<R> {
             return Ok(Vec::new());
         }
         let result = self.runner.execute(&sched)?;
+        let mut outputs = Vec::with_capacity(sched.seqs.len());
+        // Failed sequences end first; the scheduler then skips them as it would aborted ones.
+        for (id, message) in &result.failed {
+            outputs.extend(self.fail(*id, message.clone()));
+        }
         let updates = self.scheduler.update_from_output(&sched, &result)?;
         let mut logprobs: HashMap<SeqId, Vec<TokenLogprobs>> =
             result.logprobs.into_iter().collect();
         let grammar_finished: HashMap<SeqId, FinishReason> =
             result.grammar_finished.into_iter().collect();
-        let mut outputs = Vec::with_capacity(updates.len());
         for u in updates {
             let Some(state) = self.requests.get_mut(&u.id) else {
                 continue;
@@ -155,10 +197,17 @@ impl<R: ModelRunner> EngineCore<R> {
                 }
                 finish_reason = Some(reason);
             }
-            let (text, hit_stop) =
+            let processed =
                 state
                     .output
-                    .process(&self.tokenizer, &u.new_token_ids, finish_reason.is_some())?;
+                    .process(&self.tokenizer, &u.new_token_ids, finish_reason.is_some());
+            let (text, hit_stop) = match processed {
+                Ok(p) => p,
+                Err(e) => {
+                    outputs.extend(self.fail(u.id, format!("detokenizing the output: {e}")));
+                    continue;
+                }
+            };
             if hit_stop && finish_reason.is_none() {
                 self.scheduler.finish(u.id, FinishReason::Stop);
                 finish_reason = Some(FinishReason::Stop);
@@ -172,6 +221,7 @@ impl<R: ModelRunner> EngineCore<R> {
                 num_prompt_tokens: state.num_prompt_tokens,
                 num_cached_tokens: u.num_cached_prompt_tokens,
                 num_output_tokens: state.num_output_tokens,
+                error: None,
             };
             if finish_reason.is_some() {
                 self.requests.remove(&u.id);
@@ -179,6 +229,32 @@ impl<R: ModelRunner> EngineCore<R> {
             }
             outputs.push(out);
         }
+        if self.check_invariants {
+            if let Err(e) = self.check_invariants() {
+                panic!("engine invariant broken after step: {e}");
+            }
+        }
         Ok(outputs)
+    }
+
+    /// The engine's accounting: the scheduler's (see [`Scheduler::check_invariants`]), and
+    /// every live scheduler sequence is a request here and the other way round.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.scheduler.check_invariants()?;
+        if self.scheduler.num_live() != self.requests.len() {
+            return Err(format!(
+                "{} live sequences but {} requests",
+                self.scheduler.num_live(),
+                self.requests.len()
+            ));
+        }
+        if let Some(id) = self
+            .requests
+            .keys()
+            .find(|&&id| self.scheduler.get(id).is_none())
+        {
+            return Err(format!("request {id} has no live sequence"));
+        }
+        Ok(())
     }
 }

@@ -111,7 +111,6 @@ impl EngineHandle {
                         return;
                     }
                 };
-                let _dead_on_exit = NotAliveOnDrop(&thread_stats);
                 run_loop(engine, rx, &thread_stats);
             })?;
         ready_rx
@@ -197,6 +196,9 @@ fn run_loop<R: ModelRunner>(
     stats: &RwLock<EngineStats>,
 ) {
     let mut live: std::collections::HashMap<SeqId, Live> = Default::default();
+    // Declared after `live`, so dropped before it: on a panic the engine reads as dead before
+    // any request's stream ends, and a client that sees its error then sees /health 503.
+    let _dead_on_exit = NotAliveOnDrop(stats);
     let mut shutting_down = false;
     let publish = |engine: &EngineCore<R>, steps: u64| {
         let kv = engine.scheduler().kv();
@@ -262,12 +264,15 @@ fn run_loop<R: ModelRunner>(
         if engine.has_unfinished() {
             match engine.step() {
                 Ok(outputs) => {
-                    for out in outputs {
+                    for mut out in outputs {
                         let id = out.id;
                         let finished = out.finish_reason.is_some();
-                        let delivered = live
-                            .get(&id)
-                            .is_some_and(|l| l.events.send(RequestEvent::Output(out)).is_ok());
+                        // A request that failed on its own ends with its error.
+                        let event = match out.error.take() {
+                            Some(e) => RequestEvent::Error(e),
+                            None => RequestEvent::Output(out),
+                        };
+                        let delivered = live.get(&id).is_some_and(|l| l.events.send(event).is_ok());
                         if finished || !delivered {
                             live.remove(&id);
                             if !finished {

@@ -257,6 +257,10 @@ impl ModelRunner for CandleRunner {
                 .seqs
                 .get_mut(&s.id)
                 .with_context(|| format!("sequence {} was never added", s.id))?;
+            if let Some(fault) = logits_fault(row) {
+                result.failed.push((s.id, fault));
+                continue;
+            }
             if let Some(grammar) = state.grammar.as_mut() {
                 if let Err(e) = grammar.apply_mask(row) {
                     // The grammar cannot go on: end the sequence rather than free-run it.
@@ -299,6 +303,21 @@ impl ModelRunner for CandleRunner {
     }
 }
 
+/// Why a logits row cannot be sampled from: NaN or +inf anywhere (a numerical fault in this
+/// sequence's forward). -inf is a legitimate mask; a row of nothing but -inf is not.
+pub fn logits_fault(row: &[f32]) -> Option<String> {
+    if let Some(i) = row.iter().position(|x| x.is_nan() || *x == f32::INFINITY) {
+        return Some(format!(
+            "the model produced a non-finite logit ({}) for token {i}",
+            row[i]
+        ));
+    }
+    if row.iter().all(|x| *x == f32::NEG_INFINITY) {
+        return Some("every logit is -inf".into());
+    }
+    None
+}
+
 /// Greedy with nothing that changes the logits first and no logprobs wanted: the token is the
 /// plain argmax of the row.
 fn plain_greedy(p: &SamplingParams, generated: usize) -> bool {
@@ -310,4 +329,16 @@ fn plain_greedy(p: &SamplingParams, generated: usize) -> bool {
         && p.presence_penalty == 0.0
         && generated >= p.min_tokens
         && p.constraint.is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn non_finite_rows_are_faults_masks_are_not() {
+        use super::logits_fault;
+        assert!(logits_fault(&[0.0, 1.0, f32::NEG_INFINITY]).is_none());
+        assert!(logits_fault(&[0.0, f32::NAN]).unwrap().contains("token 1"));
+        assert!(logits_fault(&[f32::INFINITY, 0.0]).is_some());
+        assert!(logits_fault(&[f32::NEG_INFINITY; 3]).is_some());
+    }
 }

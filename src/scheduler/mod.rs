@@ -127,6 +127,72 @@ impl Scheduler {
         self.waiting.len()
     }
 
+    /// Sequences not finished: waiting, preempted or running.
+    pub fn num_live(&self) -> usize {
+        self.seqs.len()
+    }
+
+    /// The block accounting, checked after every engine step in debug builds and tests:
+    /// - the KV manager's own invariants (free queue = blocks with ref count 0; every block's
+    ///   ref count = the number of block tables holding it);
+    /// - the sequences holding block tables are exactly the running ones, each table covering
+    ///   the sequence's computed tokens; waiting and preempted sequences hold none;
+    /// - so used blocks (ref count > 0) = the distinct blocks of the running sequences' tables.
+    ///   A block whose contents only the prefix cache remembers is free (ref count 0, in the
+    ///   free queue, evictable) and is not used.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.kv.check_invariants()?;
+        if self.running.len() + self.waiting.len() != self.seqs.len() {
+            return Err(format!(
+                "{} running + {} waiting != {} live sequences",
+                self.running.len(),
+                self.waiting.len(),
+                self.seqs.len()
+            ));
+        }
+        let bs = self.kv.block_size();
+        let mut held = std::collections::HashSet::new();
+        for (id, seq) in &self.seqs {
+            let table = self.kv.block_table(*id);
+            match seq.status {
+                SeqStatus::Running => {
+                    if !self.running.contains(id) {
+                        return Err(format!("seq {id} is running but not in the running list"));
+                    }
+                    if table.len() * bs < seq.num_computed_tokens {
+                        return Err(format!(
+                            "seq {id}: {} blocks cannot hold {} computed tokens",
+                            table.len(),
+                            seq.num_computed_tokens
+                        ));
+                    }
+                    held.extend(table.iter().copied());
+                }
+                SeqStatus::Waiting | SeqStatus::Preempted => {
+                    if !table.is_empty() {
+                        return Err(format!("seq {id} waits but holds {} blocks", table.len()));
+                    }
+                }
+                SeqStatus::Finished(_) => return Err(format!("finished seq {id} is kept")),
+            }
+        }
+        if self.kv.num_seqs() != self.running.len() {
+            return Err(format!(
+                "{} block tables for {} running sequences",
+                self.kv.num_seqs(),
+                self.running.len()
+            ));
+        }
+        let used = self.kv.pool().num_blocks() - self.kv.num_free_blocks();
+        if used != held.len() {
+            return Err(format!(
+                "{used} blocks in use but running sequences hold {}",
+                held.len()
+            ));
+        }
+        Ok(())
+    }
+
     pub fn has_unfinished(&self) -> bool {
         !self.seqs.is_empty()
     }

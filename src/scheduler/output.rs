@@ -62,6 +62,9 @@ pub struct ModelRunnerOutput {
     /// Sequences whose grammar ended them with their last sampled token: `Stop` when the
     /// grammar is complete, `Abort` when its matcher failed.
     pub grammar_finished: Vec<(SeqId, FinishReason)>,
+    /// Sequences this step failed for on their own (a NaN or infinite logits row): they get no
+    /// sample and end with this error, while the rest of the batch goes on.
+    pub failed: Vec<(SeqId, String)>,
 }
 
 /// A sequence's news after a step, for the output processor.

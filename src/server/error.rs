@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use super::limits::Limited;
 use super::wire::{ErrorBody, ErrorResponse};
 use crate::scheduler::error::SchedulerError;
 
@@ -41,6 +42,9 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("The server is at capacity ({0} requests in flight or queued); retry later.")]
     QueueFull(usize),
+    /// Over one of the API key's limits (429 with `x-ratelimit-*` headers).
+    #[error("{}", .0.message)]
+    RateLimited(Box<Limited>),
     #[error("The model is still loading.")]
     NotReady,
     /// The engine thread has stopped (shutdown, or it died).
@@ -67,6 +71,10 @@ fn context_length_message(max: usize, prompt: usize, completion: Option<usize>) 
 }
 
 impl ApiError {
+    pub fn rate_limited(l: Limited) -> Self {
+        ApiError::RateLimited(Box::new(l))
+    }
+
     pub fn invalid(param: &str, message: impl Into<String>) -> Self {
         ApiError::InvalidParam {
             message: message.into(),
@@ -112,7 +120,7 @@ impl ApiError {
             ApiError::ModelNotFound(_) | ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::QueueFull(_) | ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotReady | ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Engine(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -148,6 +156,10 @@ impl ApiError {
                 ("invalid_request_error", None, Some("request_too_large"))
             }
             ApiError::QueueFull(_) => ("rate_limit_error", None, Some("rate_limit_exceeded")),
+            ApiError::RateLimited(l) => {
+                let (kind, code) = l.kind_and_code();
+                (kind, None, Some(code))
+            }
             ApiError::NotReady => ("server_error", None, Some("model_not_ready")),
             ApiError::Unavailable => ("server_error", None, Some("engine_unavailable")),
             ApiError::Engine(_) => ("server_error", None, Some("engine_error")),
@@ -175,7 +187,19 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(%status, "{self}");
         }
-        (status, Json(self.body())).into_response()
+        let mut resp = (status, Json(self.body())).into_response();
+        match &self {
+            ApiError::RateLimited(l) => l.headers(resp.headers_mut()),
+            // Capacity frees as requests finish; a second is a fair first back-off.
+            ApiError::QueueFull(_) => {
+                resp.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from_static("1"),
+                );
+            }
+            _ => {}
+        }
+        resp
     }
 }
 

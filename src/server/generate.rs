@@ -7,6 +7,7 @@ use std::time::Instant;
 use futures_util::stream::{self, Stream};
 
 use super::error::ApiError;
+use super::limits::{self, RequestGuard, TokenLease};
 use super::state::{AppState, Slot};
 use super::validate::Job;
 use super::wire::Usage;
@@ -18,6 +19,9 @@ use crate::request::{FinishReason, TokenLogprobs};
 pub struct Tracked {
     stream: RequestStream,
     slot: Slot,
+    /// The choice's index in its request and the request's per-key token lease, if keyed.
+    index: usize,
+    lease: Option<Arc<TokenLease>>,
     arrival: Instant,
     first_token_at: Option<Instant>,
     ended: bool,
@@ -29,6 +33,9 @@ impl Tracked {
         let metrics = &self.slot.state().metrics;
         match &ev {
             Some(RequestEvent::Output(o)) => {
+                if let Some(lease) = &self.lease {
+                    lease.record(self.index, o.num_output_tokens, o.num_cached_tokens);
+                }
                 if self.first_token_at.is_none() && !o.token_ids.is_empty() {
                     self.first_token_at = Some(Instant::now());
                     metrics.on_first_token(o.num_prompt_tokens, self.arrival.elapsed());
@@ -69,14 +76,35 @@ impl Drop for Tracked {
     }
 }
 
-/// Admits and starts every job, or none: on an error the ones already added are aborted.
+/// Admits and starts every job (`n` choices per prompt), or none: on an error the ones already
+/// added are aborted. With an API key (`guard`), its `max_tokens` cap lowers defaults and its
+/// token limits are applied; `priority` is the request's field.
 pub async fn start(
     state: &Arc<AppState>,
-    jobs: Vec<Job>,
+    guard: Option<&Arc<RequestGuard>>,
+    mut jobs: Vec<Job>,
+    n: usize,
     priority: i32,
     arrival: Instant,
 ) -> Result<Vec<Tracked>, ApiError> {
+    let caller = guard.map(|g| g.key());
+    let priority = limits::effective_priority(state.config.scheduling_policy, caller, priority)?;
+    if let Some(cap) = caller.and_then(|c| c.max_tokens_cap()) {
+        for j in &mut jobs {
+            j.params.max_tokens = j.params.max_tokens.min(cap);
+        }
+    }
     let slots = state.reserve(jobs.len())?;
+    let lease = match guard {
+        Some(g) => {
+            let prompt_lens = jobs.iter().step_by(n.max(1)).map(|j| j.prompt.len());
+            let max_tokens: Vec<usize> = jobs.iter().map(|j| j.params.max_tokens).collect();
+            let lease = TokenLease::reserve(g.clone(), prompt_lens.collect(), n, &max_tokens)
+                .map_err(ApiError::rate_limited)?;
+            Some(Arc::new(lease))
+        }
+        None => None,
+    };
     let engine = &state.loaded()?.engine;
     // All adds are sent before any reply is awaited, so the choices join the same step.
     let added = futures_util::future::join_all(
@@ -85,15 +113,20 @@ pub async fn start(
     )
     .await;
     let mut tracked = Vec::with_capacity(added.len());
-    for (res, slot) in added.into_iter().zip(slots) {
+    for (index, (res, slot)) in added.into_iter().zip(slots).enumerate() {
         let stream = res.map_err(ApiError::from_engine_add)?;
         tracked.push(Tracked {
             stream,
             slot,
+            index,
+            lease: lease.clone(),
             arrival,
             first_token_at: None,
             ended: false,
         });
+    }
+    if let Some(lease) = &lease {
+        lease.mark_started();
     }
     Ok(tracked)
 }

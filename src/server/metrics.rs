@@ -31,6 +31,9 @@ const E2E: &str = "flare:e2e_request_latency_seconds";
 static META: Metadata<'static> = Metadata::new("flare::server", Level::INFO, None);
 
 pub struct Metrics {
+    /// Kept to register per-key counters as keys are configured.
+    recorder: metrics_exporter_prometheus::PrometheusRecorder,
+    model: Label,
     handle: PrometheusHandle,
     running: Gauge,
     waiting: Gauge,
@@ -50,6 +53,14 @@ pub struct Metrics {
     success_length: Counter,
     success_abort: Counter,
     aborted: Counter,
+}
+
+/// One API key's counters.
+pub struct KeyCounters {
+    pub prompt: Counter,
+    pub cached: Counter,
+    pub completion: Counter,
+    pub limited: Counter,
 }
 
 struct Registrar<'a> {
@@ -174,6 +185,43 @@ impl Metrics {
                 "Requests whose client went away before they finished.",
             ),
             handle: rec.handle(),
+            model: r.model.clone(),
+            recorder: rec,
+        }
+    }
+
+    /// Token counters of one API key, labelled by its id (never its secret).
+    pub fn key_counters(&self, key_id: &str) -> KeyCounters {
+        let r = Registrar {
+            rec: &self.recorder,
+            model: self.model.clone(),
+        };
+        let counter = |name: &'static str, help: &'static str| {
+            r.rec
+                .describe_counter(KeyName::from_const_str(name), None, help.into());
+            let key = Key::from_parts(
+                name,
+                vec![r.model.clone(), Label::new("key_id", key_id.to_string())],
+            );
+            r.rec.register_counter(&key, &META)
+        };
+        KeyCounters {
+            prompt: counter(
+                "flare:key_prompt_tokens_total",
+                "Prompt tokens of requests admitted to the engine, by API key.",
+            ),
+            cached: counter(
+                "flare:key_cached_prompt_tokens_total",
+                "Prompt tokens served from the prefix cache, by API key.",
+            ),
+            completion: counter(
+                "flare:key_completion_tokens_total",
+                "Tokens generated, by API key.",
+            ),
+            limited: counter(
+                "flare:key_rate_limited_total",
+                "Requests refused with 429 by the key's own limits, by API key.",
+            ),
         }
     }
 

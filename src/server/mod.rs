@@ -5,6 +5,8 @@ mod auth;
 mod error;
 mod extract;
 mod generate;
+pub mod keys;
+pub mod limits;
 mod load;
 mod logprobs;
 mod metrics;

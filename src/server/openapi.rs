@@ -25,6 +25,37 @@ use super::routes::{chat, completions, models, ops, tokenize};
 )]
 pub struct ApiDoc;
 
+impl ApiDoc {
+    /// The document as this server behaves: the /v1 paths declare the bearer scheme only when
+    /// API keys are configured (otherwise no `Authorization` is needed, and saying so would
+    /// be false).
+    pub fn for_server(keys_configured: bool) -> utoipa::openapi::OpenApi {
+        let mut doc = Self::openapi();
+        if !keys_configured {
+            for item in doc.paths.paths.values_mut() {
+                for op in [
+                    &mut item.get,
+                    &mut item.post,
+                    &mut item.put,
+                    &mut item.delete,
+                    &mut item.patch,
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    op.security = None;
+                    // No 401 either.
+                    op.responses.responses.remove("401");
+                }
+            }
+            if let Some(c) = doc.components.as_mut() {
+                c.security_schemes.remove("bearer");
+            }
+        }
+        doc
+    }
+}
+
 /// Declares the `bearer` scheme the /v1 paths refer to.
 struct BearerAuth;
 

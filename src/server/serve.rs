@@ -2,6 +2,7 @@
 //! for a bounded time.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,8 +14,15 @@ use super::state::AppState;
 /// How often histogram buffers are folded in when nobody scrapes /metrics.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
+/// How often the engine thread is checked for having died.
+const ENGINE_WATCH: Duration = Duration::from_millis(100);
+
 /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish and
 /// returns whether they all did within `drain_timeout`.
+///
+/// If the engine thread dies (a panic), /health is 503 at once; the server then shuts down as
+/// on a signal and returns an error, so the process exits non-zero and an orchestrator
+/// restarts it instead of keeping a zombie.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
@@ -31,11 +39,30 @@ pub async fn serve(
             }
         })
     };
+    let engine_died = Arc::new(tokio::sync::Notify::new());
+    let died = Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let (state, engine_died, died) = (state.clone(), engine_died.clone(), died.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ENGINE_WATCH).await;
+                if state.engine().is_some_and(|e| !e.is_alive()) {
+                    tracing::error!("the engine thread has died; shutting down");
+                    died.store(true, Ordering::SeqCst);
+                    engine_died.notify_one();
+                    return;
+                }
+            }
+        })
+    };
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = {
         let state = state.clone();
         async move {
-            shutdown.await;
+            tokio::select! {
+                () = shutdown => {}
+                () = engine_died.notified() => {}
+            }
             tracing::info!("shutting down: no new requests; draining in-flight ones");
             state.begin_shutdown();
             let _ = signalled_tx.send(());
@@ -56,6 +83,13 @@ pub async fn serve(
         }
     };
     upkeep.abort();
+    watchdog.abort();
+    if died.load(Ordering::SeqCst) {
+        return Err(std::io::Error::other(
+            "the engine thread died (see the panic above); exiting so that a supervisor restarts \
+             the server",
+        ));
+    }
     drained
 }
 

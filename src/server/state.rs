@@ -4,10 +4,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use super::error::ApiError;
+use super::keys::{ApiKey, KeyLimits, SINGLE_KEY_ID};
+use super::limits::KeyRegistry;
 use super::metrics::Metrics;
 use crate::chat_template::ChatTemplate;
 use crate::engine::EngineHandle;
 use crate::guidance::Guidance;
+use crate::scheduler::SchedulingPolicy;
 use crate::tokenizer::Tokenizer;
 use crate::tools::reasoning::ReasoningKind;
 use crate::tools::ParserKind;
@@ -19,8 +22,13 @@ pub struct ServerConfig {
     pub served_model_names: Vec<String>,
     /// What was loaded (shown as `root` in /v1/models).
     pub model_root: String,
-    /// Required as `Authorization: Bearer <key>` on /v1/* when set.
+    /// Required as `Authorization: Bearer <key>` on /v1/* when set (a key with id `default`
+    /// and no limits).
     pub api_key: Option<String>,
+    /// Keys with ids and limits (`--api-keys FILE`); with any key, /v1/* needs one of them.
+    pub api_keys: Vec<ApiKey>,
+    /// The engine's waiting-queue order; under FCFS a nonzero `priority` field is a 400.
+    pub scheduling_policy: SchedulingPolicy,
     /// The engine's running-batch limit; requests past it count against `max_queue_len`.
     pub max_num_seqs: usize,
     /// Requests (each of `n` choices counts) that may wait beyond `max_num_seqs`; more get 429.
@@ -39,6 +47,8 @@ impl Default for ServerConfig {
             served_model_names: vec!["flare".into()],
             model_root: String::new(),
             api_key: None,
+            api_keys: Vec::new(),
+            scheduling_policy: SchedulingPolicy::Fcfs,
             max_num_seqs: 256,
             max_queue_len: 4096,
             max_request_bytes: 8 << 20,
@@ -67,6 +77,7 @@ pub struct Loaded {
 pub struct AppState {
     pub config: ServerConfig,
     pub metrics: Metrics,
+    keys: KeyRegistry,
     loaded: OnceLock<Loaded>,
     /// Engine requests admitted by this server and not yet ended.
     inflight: AtomicUsize,
@@ -79,8 +90,18 @@ impl AppState {
             !config.served_model_names.is_empty(),
             "at least one served model name"
         );
+        let metrics = Metrics::new(&config.served_model_names[0]);
+        let mut keys = config.api_keys.clone();
+        if let Some(key) = &config.api_key {
+            keys.push(ApiKey {
+                id: SINGLE_KEY_ID.into(),
+                key: key.clone(),
+                limits: KeyLimits::default(),
+            });
+        }
         Arc::new(Self {
-            metrics: Metrics::new(&config.served_model_names[0]),
+            keys: KeyRegistry::new(keys, &metrics),
+            metrics,
             config,
             loaded: OnceLock::new(),
             inflight: AtomicUsize::new(0),
@@ -163,6 +184,11 @@ impl AppState {
     /// New requests get 503 from now on; running ones go on.
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    /// The configured API keys (empty: no authentication).
+    pub fn keys(&self) -> &KeyRegistry {
+        &self.keys
     }
 
     pub fn model_name(&self) -> &str {

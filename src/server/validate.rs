@@ -339,7 +339,16 @@ pub fn chat_messages(messages: &[ChatMessageIn]) -> Result<Vec<ChatMessage>, Api
         .map(|(i, m)| {
             let role = match m.role.as_str() {
                 "developer" => "system",
-                r => r,
+                r @ ("system" | "user" | "assistant" | "tool") => r,
+                other => {
+                    return Err(ApiError::invalid(
+                        &format!("messages[{i}].role"),
+                        format!(
+                            "Unknown role {other:?}; expected system, developer, user, \
+                             assistant or tool."
+                        ),
+                    ))
+                }
             };
             let tool_calls = template_tool_calls(m, i)?;
             if role == "tool" && m.tool_call_id.is_none() {

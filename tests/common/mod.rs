@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use flare::engine::{EngineCore, EngineHandle};
 use flare::runner::{MockRunner, ModelRunner, ModelRunnerOutput, SchedulerOutput};
-use flare::scheduler::{config::SchedulerConfig, Scheduler};
+use flare::scheduler::{config::SchedulerConfig, Scheduler, SchedulingPolicy};
 use flare::server::{AppState, ServerConfig};
 use flare::tokenizer::{test_util, Tokenizer};
 use serde_json::{json, Value};
@@ -64,6 +64,7 @@ pub struct MockOpts {
     pub max_model_len: usize,
     pub step_delay: Duration,
     pub max_num_seqs: usize,
+    pub policy: SchedulingPolicy,
 }
 
 impl Default for MockOpts {
@@ -73,6 +74,7 @@ impl Default for MockOpts {
             max_model_len: 256,
             step_delay: Duration::ZERO,
             max_num_seqs: 256,
+            policy: SchedulingPolicy::Fcfs,
         }
     }
 }
@@ -91,6 +93,7 @@ pub fn mock_engine(opts: &MockOpts) -> (EngineHandle, Arc<Tokenizer>) {
         let cfg = SchedulerConfig {
             block_size: BLOCK_SIZE,
             max_num_seqs: opts.max_num_seqs,
+            policy: opts.policy,
             ..SchedulerConfig::default()
         };
         let scheduler = Scheduler::new(cfg, opts.num_blocks, opts.max_model_len, vec![EOS])?;
@@ -103,7 +106,10 @@ pub fn mock_engine(opts: &MockOpts) -> (EngineHandle, Arc<Tokenizer>) {
             inner,
             delay: opts.step_delay,
         };
-        Ok(EngineCore::new(scheduler, runner, engine_tok))
+        let mut core = EngineCore::new(scheduler, runner, engine_tok);
+        // Every server test checks the block accounting after every step.
+        core.set_check_invariants(true);
+        Ok(core)
     })
     .unwrap();
     (handle, tok)
@@ -119,6 +125,14 @@ pub struct TestServer {
 impl TestServer {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// Waits for the server to stop on its own (no signal sent), at most `limit`.
+    pub async fn join(mut self, limit: Duration) -> std::io::Result<bool> {
+        tokio::time::timeout(limit, self.task.take().unwrap())
+            .await
+            .expect("the server did not stop on its own")
+            .unwrap()
     }
 
     /// Signals shutdown and waits for the server to drain; true if everything finished.
@@ -161,6 +175,7 @@ pub fn config() -> ServerConfig {
 pub async fn mock_server(config: ServerConfig, opts: MockOpts) -> TestServer {
     let state = AppState::new(ServerConfig {
         max_num_seqs: opts.max_num_seqs,
+        scheduling_policy: opts.policy,
         ..config
     });
     let (engine, tok) = mock_engine(&opts);

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use futures_util::{Stream, StreamExt};
 
@@ -14,6 +15,7 @@ use crate::request::FinishReason;
 use crate::server::error::ApiError;
 use crate::server::extract::OpenAiJson;
 use crate::server::generate::{self, Tracked};
+use crate::server::limits::RequestGuard;
 use crate::server::state::AppState;
 use crate::server::tools::{self, ChoiceParser, OutputPlan};
 use crate::server::wire::{
@@ -40,15 +42,31 @@ use crate::tokenizer::Tokenizer;
 )]
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
-    OpenAiJson(req): OpenAiJson<ChatCompletionRequest>,
+    key: Option<Extension<Arc<RequestGuard>>>,
+    OpenAiJson(mut req): OpenAiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let arrival = Instant::now();
     state.check_model(req.sampling.model.as_deref())?;
+    let guard = key.map(|Extension(g)| g);
+    if let Some(g) = &guard {
+        g.key()
+            .cap_requested(&mut req.max_completion_tokens, "max_completion_tokens")?;
+        g.key()
+            .cap_requested(&mut req.sampling.max_tokens, "max_tokens")?;
+    }
     let plan = blocking(&state, move |loaded| validate::chat(loaded, req)).await?;
     let tokenizer = state.loaded()?.tokenizer.clone();
     let meta = ResponseMeta::new("chatcmpl", &state);
     let prompt_len = plan.jobs[0].prompt.len();
-    let tracked = generate::start(&state, plan.jobs, plan.priority, arrival).await?;
+    let tracked = generate::start(
+        &state,
+        guard.as_ref(),
+        plan.jobs,
+        plan.n,
+        plan.priority,
+        arrival,
+    )
+    .await?;
     let want_logprobs = plan.logprobs.is_some();
     if plan.stream {
         let events = stream(

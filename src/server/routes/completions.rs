@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use futures_util::{Stream, StreamExt};
 
@@ -14,6 +15,7 @@ use crate::engine::RequestEvent;
 use crate::server::error::ApiError;
 use crate::server::extract::OpenAiJson;
 use crate::server::generate::{self, Tracked};
+use crate::server::limits::RequestGuard;
 use crate::server::logprobs::CompletionLogprobsBuilder;
 use crate::server::sse;
 use crate::server::state::AppState;
@@ -40,16 +42,23 @@ use crate::tokenizer::Tokenizer;
 )]
 pub async fn completions(
     State(state): State<Arc<AppState>>,
-    OpenAiJson(req): OpenAiJson<CompletionRequest>,
+    key: Option<Extension<Arc<RequestGuard>>>,
+    OpenAiJson(mut req): OpenAiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let arrival = Instant::now();
     state.check_model(req.sampling.model.as_deref())?;
+    let guard = key.map(|Extension(g)| g);
+    if let Some(g) = &guard {
+        g.key()
+            .cap_requested(&mut req.sampling.max_tokens, "max_tokens")?;
+    }
     let mut plan = blocking(&state, move |loaded| validate::completion(loaded, req)).await?;
     let tokenizer = state.loaded()?.tokenizer.clone();
     let meta = ResponseMeta::new("cmpl", &state);
     let prompts = Prompts::of(&plan);
     let jobs = std::mem::take(&mut plan.jobs);
-    let tracked = generate::start(&state, jobs, plan.priority, arrival).await?;
+    let tracked =
+        generate::start(&state, guard.as_ref(), jobs, plan.n, plan.priority, arrival).await?;
     if plan.stream {
         return Ok(sse::response(stream(
             tokenizer, tracked, meta, prompts, plan,

@@ -15,11 +15,12 @@ use axum::routing::{get, post};
 use axum::Router;
 use rand::Rng;
 
-use super::auth;
 use super::error::ApiError;
+use super::limits;
 use super::state::{AppState, Loaded};
 
-/// The whole app: OpenAI routes under /v1 (behind the API key when one is set), and the
+/// The whole app: OpenAI routes under /v1 (behind the API keys and their limits when keys are
+/// configured), and the
 /// operational ones (health, metrics, tokenizer, OpenAPI) beside them, as `vllm serve`.
 pub fn router(state: Arc<AppState>) -> Router {
     let v1 = Router::new()
@@ -29,7 +30,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models/{*model}", get(models::retrieve_model))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            auth::require_api_key,
+            limits::authenticate_and_admit,
         ));
     Router::new()
         .merge(v1)

@@ -5,7 +5,6 @@ use std::sync::{Arc, OnceLock};
 use axum::extract::State;
 use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use utoipa::OpenApi;
 
 use crate::server::error::ApiError;
 use crate::server::openapi::ApiDoc;
@@ -46,9 +45,15 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-pub async fn openapi() -> Response {
-    static DOC: OnceLock<String> = OnceLock::new();
-    let doc = DOC.get_or_init(|| ApiDoc::openapi().to_json().expect("OpenAPI serializes"));
+pub async fn openapi(State(state): State<Arc<AppState>>) -> Response {
+    static OPEN: OnceLock<String> = OnceLock::new();
+    static KEYED: OnceLock<String> = OnceLock::new();
+    let keyed = !state.keys().is_empty();
+    let doc = if keyed { &KEYED } else { &OPEN }.get_or_init(|| {
+        ApiDoc::for_server(keyed)
+            .to_json()
+            .expect("OpenAPI serializes")
+    });
     ([(header::CONTENT_TYPE, "application/json")], doc.as_str()).into_response()
 }
 

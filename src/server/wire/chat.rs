@@ -54,14 +54,17 @@ pub struct FunctionCallIn {
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct ChatCompletionRequest {
+    #[schema(min_items = 1)]
     pub messages: Vec<ChatMessageIn>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
     /// Newer name of `max_tokens`; wins when both are given.
+    #[schema(minimum = 1)]
     pub max_completion_tokens: Option<i64>,
     /// Return the log-probability of each output token.
     pub logprobs: Option<bool>,
     /// Alternatives per token (0..=20), with `logprobs`.
+    #[schema(minimum = 0, maximum = 20)]
     pub top_logprobs: Option<i64>,
     /// vLLM extension: open the assistant's turn (default true).
     pub add_generation_prompt: Option<bool>,

@@ -35,22 +35,31 @@ pub struct SamplingFields {
     /// Served model name; optional (the one served model is used).
     pub model: Option<String>,
     /// Most tokens to generate; default: what is left of the context.
+    #[schema(minimum = 1)]
     pub max_tokens: Option<i64>,
+    #[schema(minimum = 0)]
     pub temperature: Option<f64>,
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f64>,
     /// vLLM extension; 0 or -1 disables.
+    #[schema(minimum = -1)]
     pub top_k: Option<i64>,
     /// vLLM extension.
+    #[schema(minimum = 0, maximum = 1)]
     pub min_p: Option<f64>,
     /// Number of choices.
+    #[schema(minimum = 1, maximum = 128)]
     pub n: Option<i64>,
     pub stop: Option<StopField>,
     /// vLLM extension: token ids that end the generation.
     pub stop_token_ids: Option<Vec<u32>>,
     pub seed: Option<i64>,
+    #[schema(minimum = -2, maximum = 2)]
     pub presence_penalty: Option<f64>,
+    #[schema(minimum = -2, maximum = 2)]
     pub frequency_penalty: Option<f64>,
     /// vLLM extension; 1.0 disables.
+    #[schema(exclusive_minimum = 0)]
     pub repetition_penalty: Option<f64>,
     /// Token id (as a string) to a bias added to its logit, in [-100, 100].
     pub logit_bias: Option<HashMap<String, f64>>,
@@ -59,8 +68,11 @@ pub struct SamplingFields {
     /// vLLM extension: keep generating past EOS.
     pub ignore_eos: Option<bool>,
     /// vLLM extension: no EOS or stop token before this many tokens.
+    #[schema(minimum = 0)]
     pub min_tokens: Option<i64>,
-    /// vLLM extension: lower values are served first under the priority policy.
+    /// vLLM extension: lower values are served first under `--scheduling-policy priority`
+    /// (then the API key's priority orders first); under fcfs only 0 is accepted.
+    #[schema(minimum = -32768, maximum = 32767)]
     pub priority: Option<i32>,
     /// Accepted and ignored.
     pub user: Option<String>,

@@ -25,6 +25,7 @@ pub struct CompletionRequest {
     /// Prepend the prompt to the returned text.
     pub echo: Option<bool>,
     /// Number of alternatives per token (0..=20) to return with each token's logprob.
+    #[schema(minimum = 0, maximum = 20)]
     pub logprobs: Option<i64>,
 }
 
