@@ -80,13 +80,17 @@ fn run_batch(
     prompts: &[Vec<u32>],
     max_tokens: usize,
 ) -> Vec<(Vec<u32>, usize)> {
+    run_batch_with(e, prompts, &SamplingParams::greedy(max_tokens))
+}
+
+fn run_batch_with(
+    e: &mut LoadedEngine,
+    prompts: &[Vec<u32>],
+    params: &SamplingParams,
+) -> Vec<(Vec<u32>, usize)> {
     let ids: Vec<u64> = prompts
         .iter()
-        .map(|p| {
-            e.engine
-                .add_request(p.clone(), SamplingParams::greedy(max_tokens), 0)
-                .unwrap()
-        })
+        .map(|p| e.engine.add_request(p.clone(), params.clone(), 0).unwrap())
         .collect();
     let mut outs = vec![(Vec::new(), 0); prompts.len()];
     while e.engine.has_unfinished() {
@@ -142,6 +146,59 @@ fn batched_and_preempted_runs_match_each_request_alone() {
         24,
         "blocks leaked"
     );
+}
+
+/// Grammar-constrained greedy outputs: the same alone, batched and after preemption (the
+/// matcher holds the output and is not re-fed on recompute), and every one valid JSON of the
+/// schema once it stopped.
+#[test]
+fn grammar_constrained_runs_survive_batching_and_preemption() {
+    let schema = serde_json::json!({"type": "object", "properties": {
+        "answer": {"type": "string", "maxLength": 30},
+        "confidence": {"type": "integer", "minimum": 0, "maximum": 10}},
+        "required": ["answer", "confidence"], "additionalProperties": false});
+    let params = SamplingParams {
+        constraint: Some(flare::request::Constraint::JsonSchema(schema)),
+        ..SamplingParams::greedy(40)
+    };
+    let mut e = engine(None, Some(512), 256);
+    let prompts = prompts(&e);
+    let alone: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| {
+            run_batch_with(&mut e, std::slice::from_ref(p), &params)
+                .remove(0)
+                .0
+        })
+        .collect();
+    let together = run_batch_with(&mut e, &prompts, &params);
+    let bytes_per_block = e.config.kv_bytes_per_token(4) * 16;
+    let mut small = engine(Some(24 * bytes_per_block), Some(256), 256);
+    let squeezed = run_batch_with(&mut small, &prompts, &params);
+    assert!(small.engine.scheduler().stats().num_preemptions > 0);
+    assert_eq!(
+        small.engine.scheduler().kv().num_free_blocks(),
+        24,
+        "blocks leaked"
+    );
+    let mut stopped = 0;
+    for (i, a) in alone.iter().enumerate() {
+        assert_eq!(a, &together[i].0, "request {i} differs when batched");
+        assert_eq!(a, &squeezed[i].0, "request {i} differs after preemption");
+        let text = e.tokenizer.decode(a, true).unwrap();
+        assert!(text.starts_with("{\"answer\": \""), "{text}");
+        if e.tokenizer.is_eos(*a.last().unwrap()) || a.len() < 40 {
+            let v: serde_json::Value = serde_json::from_str(&text).expect(&text);
+            assert!(
+                v["confidence"]
+                    .as_i64()
+                    .is_some_and(|c| (0..=10).contains(&c)),
+                "{text}"
+            );
+            stopped += 1;
+        }
+    }
+    assert!(stopped > 0, "no output completed its grammar");
 }
 
 #[test]

@@ -13,7 +13,7 @@ use super::dataset::SampleRequest;
 use super::error::{BenchError, Result};
 use super::stats::Summary;
 use crate::engine::EngineCore;
-use crate::request::SamplingParams;
+use crate::request::{Constraint, SamplingParams};
 use crate::runner::ModelRunner;
 
 /// vLLM's benchmark sampling: temperature 1, no filters, EOS ignored so every request makes
@@ -49,6 +49,12 @@ pub struct ThroughputMetrics {
     pub total_tokens_per_s: f64,
     /// Scheduler steps the run took (how much batching happened).
     pub num_steps: usize,
+    /// With a structured-output constraint on every request: grammar masks computed and the
+    /// seconds they took (summed over worker threads; they overlap the forward).
+    #[serde(default)]
+    pub grammar_masks: u64,
+    #[serde(default)]
+    pub grammar_mask_s: f64,
 }
 
 /// Queues every request, steps the engine until all finish and times the whole.
@@ -57,16 +63,31 @@ pub fn run_throughput<R: ModelRunner>(
     requests: &[SampleRequest],
     progress: &ProgressBar,
 ) -> Result<(ThroughputMetrics, Vec<OfflineRequest>)> {
+    run_throughput_with(engine, requests, None, progress)
+}
+
+/// As [`run_throughput`], with `constraint` (e.g. a JSON schema) on every request.
+pub fn run_throughput_with<R: ModelRunner>(
+    engine: &mut EngineCore<R>,
+    requests: &[SampleRequest],
+    constraint: Option<&Constraint>,
+    progress: &ProgressBar,
+) -> Result<(ThroughputMetrics, Vec<OfflineRequest>)> {
+    // Compiled before the clock starts, as the server compiles before queueing.
+    if let (Some(c), Ok(g)) = (constraint, engine.guidance()) {
+        g.compile(c)
+            .map_err(|e| BenchError::Engine(anyhow::anyhow!("{e}")))?;
+    }
     let start = Instant::now();
     let mut index = HashMap::with_capacity(requests.len());
     let mut records = Vec::with_capacity(requests.len());
     for (i, r) in requests.iter().enumerate() {
+        let params = SamplingParams {
+            constraint: constraint.cloned(),
+            ..bench_params(r.expected_output_len, i as u64)
+        };
         let id = engine
-            .add_request(
-                r.prompt_ids.clone(),
-                bench_params(r.expected_output_len, i as u64),
-                0,
-            )
+            .add_request(r.prompt_ids.clone(), params, 0)
             .map_err(BenchError::Engine)?;
         index.insert(id, i);
         records.push(OfflineRequest {
@@ -104,6 +125,8 @@ pub fn run_throughput<R: ModelRunner>(
         output_tokens_per_s: per_s(total_output_tokens),
         total_tokens_per_s: per_s(total_input_tokens + total_output_tokens),
         num_steps,
+        grammar_masks: 0,
+        grammar_mask_s: 0.0,
     };
     Ok((metrics, records))
 }

@@ -154,6 +154,11 @@ impl Guidance {
             .factory
             .create_parser(grammar)
             .map_err(|e| GuidanceError::Invalid(e.to_string()))?;
+        // The first mask is where a grammar too large for the lexer's limits fails: find out now,
+        // so that it is a refusal, not a request that ends after its first token.
+        Matcher::new(Ok(parser.deep_clone()))
+            .compute_mask()
+            .map_err(|e| GuidanceError::Invalid(e.to_string()))?;
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= CACHE_CAPACITY {
             cache.clear();

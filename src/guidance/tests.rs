@@ -34,8 +34,8 @@ fn special_tokens_are_marked_and_padding_is_empty() {
     let tok = tokenizer();
     let bytes = token_bytes(&tok, tok.vocab_size() + 3, &[EOS]).unwrap();
     assert_eq!(bytes.len(), tok.vocab_size() + 3);
-    for id in 0..3 {
-        assert_eq!(bytes[id][0], toktrie::TokTrie::SPECIAL_TOKEN_MARKER, "{id}");
+    for (id, b) in bytes.iter().enumerate().take(3) {
+        assert_eq!(b[0], toktrie::TokTrie::SPECIAL_TOKEN_MARKER, "{id}");
     }
     assert_eq!(bytes[byte(b'a') as usize], b"a");
     assert_eq!(bytes[byte(b' ') as usize], b" ");
@@ -127,4 +127,13 @@ fn invalid_grammars_are_errors_naming_the_problem() {
             other => panic!("{c:?}: {other:?}"),
         }
     }
+}
+
+#[test]
+fn compilation_past_the_time_limit_is_a_timeout() {
+    let g = Arc::new(guidance().with_compile_timeout(std::time::Duration::from_nanos(1)));
+    let c = Constraint::JsonSchema(json!({"type": "object", "properties": {
+        "a": {"type": "string", "format": "email"}, "b": {"type": "array", "items": {"type": "number"}}}}));
+    let r = g.compile_within_limit(&c);
+    assert!(matches!(r, Err(GuidanceError::Timeout(_))), "{r:?}");
 }

@@ -74,10 +74,42 @@ fn logprobs_count(n: i64, param: &str) -> Result<usize, ApiError> {
 }
 
 /// Every sampling field but `max_tokens` (which depends on each prompt's length); and `n`.
+/// Fields that would change the output and that flare does not implement: a 400 naming each,
+/// never a silent 200.
+fn refuse_unimplemented(f: &SamplingFields) -> Result<(), ApiError> {
+    let set = |v: &Option<serde_json::Value>| {
+        v.as_ref()
+            .is_some_and(|v| !v.is_null() && v.as_str() != Some(""))
+    };
+    let refused = [
+        ("suffix", set(&f.suffix)),
+        ("best_of", f.best_of.is_some_and(|b| b != 1)),
+        ("audio", set(&f.audio)),
+        (
+            "modalities",
+            f.modalities
+                .as_ref()
+                .is_some_and(|m| m.iter().any(|x| x != "text")),
+        ),
+        (
+            "guided_whitespace_pattern",
+            f.guided_whitespace_pattern.is_some(),
+        ),
+    ];
+    match refused.iter().find(|(_, on)| *on) {
+        Some((name, _)) => Err(ApiError::invalid(
+            name,
+            format!("`{name}` is not supported by this server."),
+        )),
+        None => Ok(()),
+    }
+}
+
 pub fn sampling_params(
     f: &SamplingFields,
     vocab_size: usize,
 ) -> Result<(SamplingParams, usize), ApiError> {
+    refuse_unimplemented(f)?;
     let n = match f.n {
         None => 1,
         Some(n) if (1..=MAX_N as i64).contains(&n) => n as usize,
@@ -663,6 +695,34 @@ mod tests {
         let bad: Vec<ChatMessageIn> =
             serde_json::from_value(json!([{"role": "tool", "content": "5"}])).unwrap();
         assert!(chat_messages(&bad).is_err());
+    }
+
+    #[test]
+    fn unimplemented_fields_are_refused_by_name() {
+        for (body, param) in [
+            (serde_json::json!({"suffix": "end"}), "suffix"),
+            (serde_json::json!({"best_of": 3}), "best_of"),
+            (serde_json::json!({"audio": {"voice": "x"}}), "audio"),
+            (
+                serde_json::json!({"modalities": ["text", "audio"]}),
+                "modalities",
+            ),
+            (
+                serde_json::json!({"guided_whitespace_pattern": " *"}),
+                "guided_whitespace_pattern",
+            ),
+        ] {
+            let f: SamplingFields = serde_json::from_value(body.clone()).unwrap();
+            match sampling_params(&f, 10) {
+                Err(ApiError::InvalidParam { param: Some(p), .. }) => assert_eq!(p, param),
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+        let ok: SamplingFields = serde_json::from_value(
+            serde_json::json!({"best_of": 1, "modalities": ["text"], "suffix": null}),
+        )
+        .unwrap();
+        assert!(sampling_params(&ok, 10).is_ok());
     }
 
     #[test]

@@ -2,10 +2,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use flare::bench::dataset::{file_requests, random_requests, FileSpec, RandomSpec};
 use flare::bench::result::{BenchKind, BenchResult, Run, ThroughputRun};
+use flare::request::Constraint;
 use serde_json::json;
 
 use super::common::{self, OutputArgs};
@@ -33,6 +34,9 @@ pub struct ThroughputArgs {
     pub range_ratio: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Constrain every request's output by this JSON schema (structured outputs).
+    #[arg(long, value_name = "FILE")]
+    pub json_schema: Option<PathBuf>,
     #[command(flatten)]
     pub out: OutputArgs,
 }
@@ -49,6 +53,16 @@ pub fn run(args: ThroughputArgs) -> Result<()> {
             .copied()
             .map(Some)
             .collect()
+    };
+    let constraint = match &args.json_schema {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let schema = serde_json::from_str(&text)
+                .with_context(|| format!("parsing {}", path.display()))?;
+            Some(Constraint::JsonSchema(schema))
+        }
+        None => None,
     };
     let mut runs = Vec::new();
     let mut config = None;
@@ -82,9 +96,24 @@ pub fn run(args: ThroughputArgs) -> Result<()> {
             args.out.no_progress,
             &format!("max_num_seqs {max_num_seqs}"),
         );
-        let (metrics, records) =
-            flare::bench::offline::run_throughput(&mut loaded.engine, &requests, &pb)?;
+        let (mut metrics, records) = flare::bench::offline::run_throughput_with(
+            &mut loaded.engine,
+            &requests,
+            constraint.as_ref(),
+            &pb,
+        )?;
         pb.finish_and_clear();
+        let masks = loaded.engine.runner().mask_stats();
+        metrics.grammar_masks = masks.masks;
+        metrics.grammar_mask_s = masks.seconds;
+        if masks.masks > 0 {
+            println!(
+                "grammar masks: {} in {:.3} s ({:.1} us per masked token, on worker threads beside the forward)",
+                masks.masks,
+                masks.seconds,
+                masks.seconds * 1e6 / masks.masks as f64
+            );
+        }
         report::throughput(&metrics, max_num_seqs);
         config.get_or_insert_with(|| {
             json!({
@@ -97,6 +126,7 @@ pub fn run(args: ThroughputArgs) -> Result<()> {
                 "seed": args.seed,
                 "sweep_max_num_seqs": args.out.sweep_concurrency,
                 "sampling": "temperature 1.0, ignore_eos, seed = request index",
+                "json_schema": args.json_schema.as_ref().map(|p| p.display().to_string()),
             })
         });
         runs.push(ThroughputRun {

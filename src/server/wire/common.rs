@@ -76,6 +76,18 @@ pub struct SamplingFields {
     pub priority: Option<i32>,
     /// Accepted and ignored.
     pub user: Option<String>,
+    /// Not implemented, so refused when set: text after the insertion point (completions).
+    #[schema(value_type = Option<Object>)]
+    pub suffix: Option<serde_json::Value>,
+    /// Not implemented, so refused above 1.
+    pub best_of: Option<i64>,
+    /// Not implemented (audio output), so refused when set.
+    #[schema(value_type = Option<Object>)]
+    pub audio: Option<serde_json::Value>,
+    /// Only `["text"]` is served.
+    pub modalities: Option<Vec<String>>,
+    /// vLLM's JSON whitespace pattern: not implemented, so refused when set.
+    pub guided_whitespace_pattern: Option<String>,
     /// Structured output: `{"type": "text"}`, `{"type": "json_object"}` or
     /// `{"type": "json_schema", "json_schema": {"name", "schema", "strict", "description"}}`.
     #[schema(value_type = Option<Object>)]
