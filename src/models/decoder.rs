@@ -16,6 +16,7 @@ use crate::layers::mla::{Mla, QueryProj};
 use crate::layers::mlp::{GatedMlp, Mlp, SparseMoe};
 use crate::layers::rope::Rotary;
 use crate::ops;
+use crate::ops::moe::Routing;
 
 struct RmsNorm {
     /// The scale actually applied: `w`, or `1 + w` for Gemma's offset norms.
@@ -309,9 +310,7 @@ fn load_mlp(w: &Weights, cfg: &ModelConfig, layer: usize) -> Result<Mlp> {
                 )?),
                 None => None,
             };
-            Ok(Mlp::Sparse(SparseMoe {
-                router: w.linear(&router, m.router_bias)?,
-                experts,
+            let routing = Routing {
                 top_k: m.top_k,
                 norm_topk_prob: m.norm_topk_prob,
                 scoring: m.scoring,
@@ -319,8 +318,15 @@ fn load_mlp(w: &Weights, cfg: &ModelConfig, layer: usize) -> Result<Mlp> {
                 group_by_best: m.group_by_best,
                 correction,
                 routed_scaling_factor: m.routed_scaling_factor as f32,
-                shared,
-            }))
+            };
+            let mut moe =
+                SparseMoe::new(w.linear(&router, m.router_bias)?, experts, routing, shared);
+            // On CUDA the fused kernel runs the layer (routing included) when the experts are
+            // dense; quantized experts keep the per-expert path.
+            if w.device().is_cuda() {
+                moe.fuse()?;
+            }
+            Ok(Mlp::Sparse(moe))
         }
         // Phi-3: gate rows, then up rows, in one `gate_up_proj`.
         _ if cfg.fused_projections => {
