@@ -252,6 +252,7 @@ fn batch(
                 query_len: new,
                 context_len: ctx,
                 block_table: table,
+                prompt_len: 0,
             };
             start += new;
             s

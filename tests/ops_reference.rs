@@ -73,7 +73,7 @@ fn rotary_inplace_matches_rotary_apply_in_both_conventions() {
     let pos = Tensor::new(&[7u32, 0, 3, 100, 3, 4095], &Device::Cpu).unwrap();
     let rot = Rotary::new(&cfg, &Device::Cpu).unwrap();
     let x = randn(&[6, 2, 32], DType::F32);
-    let (c, s) = rot.cos_sin(&pos, DType::F32).unwrap();
+    let (c, s) = rot.cos_sin_at(&pos, DType::F32).unwrap();
     let want = rot.apply(&x, &c, &s).unwrap();
     let got = x.copy().unwrap();
     rot.apply_inplace(&got, &pos).unwrap();
@@ -90,12 +90,14 @@ fn reshape_and_cache_matches_write_kv() {
             query_len: 6,
             context_len: 9,
             block_table: vec![5, 1, 7],
+            prompt_len: 0,
         },
         SeqAttn {
             query_start: 6,
             query_len: 1,
             context_len: 2,
             block_table: vec![2],
+            prompt_len: 0,
         },
     ];
     let meta = AttnMetadata::new(seqs.clone(), bs, &Device::Cpu).unwrap();
