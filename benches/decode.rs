@@ -39,6 +39,7 @@ fn bench(name: &str, files: source::ModelFiles, device: &Device, prompt_len: usi
             num_computed: 0,
             block_table: &table,
             wants_logits: true,
+            prompt_len,
         }])
         .unwrap();
     let prefill_s = t1.elapsed().as_secs_f64();
@@ -52,6 +53,7 @@ fn bench(name: &str, files: source::ModelFiles, device: &Device, prompt_len: usi
                 num_computed: prompt_len + i,
                 block_table: &table,
                 wants_logits: true,
+                prompt_len,
             }])
             .unwrap();
         tok = argmax(&out[0]);

@@ -25,19 +25,35 @@ fn refused(name: &str, edit: impl FnOnce(&mut Value), needle: &str) {
 
 #[test]
 fn unimplemented_checkpoint_features_are_load_errors_naming_them() {
+    // Longrope with factors that do not fit the rotary dims (6 for 12 of 16 dims), or without
+    // its original context length; a partial rotary factor outside (0, 1].
     refused(
-        "tiny-phi3",
+        "tiny-phi3-longrope",
         |c| {
-            let rope = json!({"rope_type": "longrope", "short_factor": vec![1.0; 8],
-                              "long_factor": vec![2.0; 8], "rope_theta": 10000.0});
-            c["rope_scaling"] = rope.clone();
-            c["rope_parameters"] = rope;
+            for key in ["rope_scaling", "rope_parameters"] {
+                c[key]["short_factor"] = json!(vec![1.0; 8]);
+            }
         },
-        "longrope",
+        "longrope with 8 short and 6 long factors",
+    );
+    refused(
+        "tiny-phi3-longrope",
+        |c| {
+            c.as_object_mut()
+                .unwrap()
+                .remove("original_max_position_embeddings");
+            for key in ["rope_scaling", "rope_parameters"] {
+                c[key]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("original_max_position_embeddings");
+            }
+        },
+        "original_max_position_embeddings",
     );
     refused(
         "tiny-phi3",
-        |c| c["partial_rotary_factor"] = json!(0.75),
+        |c| c["partial_rotary_factor"] = json!(1.5),
         "partial_rotary_factor",
     );
     refused(

@@ -252,6 +252,7 @@ fn batch(
                 query_len: new,
                 context_len: ctx,
                 block_table: table,
+                prompt_len: 0,
             };
             start += new;
             s
@@ -342,6 +343,100 @@ fn paged_attention_matches_reference() {
                         "paged attention {dtype:?} h{heads}/{kvh} d{d} batch {bi} window {window:?}"
                     );
                     assert_close(&got, &want, dtype, &what);
+                }
+            }
+        }
+    }
+}
+
+/// The fused MoE kernels (routing, permutation, grouped GEMMs, weighted un-permute) against
+/// the op's CPU reference, for each routing family; and a token alone equals the same token
+/// inside a batch, bit for bit, on the GPU.
+#[test]
+fn fused_moe_matches_reference_and_is_batch_invariant() {
+    use flare::models::config::{Activation, Scoring};
+    use flare::ops::moe::{fused_moe, FusedExperts, Routing};
+    let dev = gpu();
+    let softmax = |top_k| Routing {
+        top_k,
+        norm_topk_prob: true,
+        scoring: Scoring::Softmax,
+        groups: None,
+        group_by_best: false,
+        correction: None,
+        routed_scaling_factor: 1.0,
+    };
+    let v3 = Routing {
+        scoring: Scoring::Sigmoid,
+        groups: Some((8, 4)),
+        correction: Some((0..64).map(|i| (i as f32 * 0.37).sin() * 0.3).collect()),
+        routed_scaling_factor: 2.5,
+        ..softmax(8)
+    };
+    let swiglu = Activation::ClampedSwiglu {
+        alpha: 1.702,
+        limit: 7.0,
+    };
+    // (experts, hidden, inter, routing, activation, biases)
+    let cases = [
+        (64, 1024, 384, softmax(8), Activation::Silu, false),
+        (8, 512, 700, softmax(2), Activation::Silu, false),
+        (64, 448, 160, v3, Activation::Silu, false),
+        (16, 640, 320, softmax(4), swiglu, true),
+        (6, 96, 40, softmax(3), Activation::GeluTanh, false),
+    ];
+    let scaled = |shape: &[usize], fan_in: usize, dtype: DType| {
+        (randn(shape, DType::F32) / (fan_in as f64).sqrt())
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
+    };
+    for (e, hidden, inter, routing, act, biases) in cases {
+        for dtype in DTYPES {
+            let gu = scaled(&[e, 2 * inter, hidden], hidden, dtype);
+            let down = scaled(&[e, hidden, inter], inter, dtype);
+            let gub = biases.then(|| randn(&[e, 2 * inter], DType::F32));
+            let db = biases.then(|| randn(&[e, hidden], DType::F32));
+            let on = |t: &Tensor| t.to_device(&dev).unwrap();
+            let cpu = FusedExperts::new(
+                gu.clone(),
+                gub.clone(),
+                down.clone(),
+                db.clone(),
+                act,
+                &routing,
+            )
+            .unwrap();
+            let gpu_experts = FusedExperts::new(
+                on(&gu),
+                gub.as_ref().map(on),
+                on(&down),
+                db.as_ref().map(on),
+                act,
+                &routing,
+            )
+            .unwrap();
+            for tokens in [1usize, 5, 67] {
+                let x = randn(&[tokens, hidden], dtype);
+                let logits = (randn(&[tokens, e], DType::F32) * 2.0).unwrap();
+                let want = fused_moe(&x, &logits, &cpu, &routing).unwrap();
+                let got = fused_moe(&on(&x), &on(&logits), &gpu_experts, &routing).unwrap();
+                let what = format!("fused moe {dtype:?} e{e} h{hidden} i{inter} t{tokens} {act:?}");
+                assert_close(&got, &want, dtype, &what);
+                if tokens > 1 {
+                    let t = tokens / 2;
+                    let alone = fused_moe(
+                        &on(&x.narrow(0, t, 1).unwrap()),
+                        &on(&logits.narrow(0, t, 1).unwrap()),
+                        &gpu_experts,
+                        &routing,
+                    )
+                    .unwrap();
+                    assert_eq!(
+                        to_f32(&got.i(t).unwrap()),
+                        to_f32(&alone.i(0).unwrap()),
+                        "{what}: token {t} alone vs batched"
+                    );
                 }
             }
         }

@@ -64,6 +64,7 @@ fn run(model: &dyn CausalLm, prompts: &[Vec<u32>], chunk: usize) -> Vec<Vec<Vec<
                 query_len: n,
                 context_len: ctx,
                 block_table: tables[i].clone(),
+                prompt_len: p.len(),
             });
             ids.extend_from_slice(&p[done[i]..ctx]);
             owners.push(i);

@@ -14,7 +14,7 @@ use flare::server::{AppState, ServerConfig};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-const FAMILIES: [&str; 12] = [
+const FAMILIES: [&str; 13] = [
     "tiny-llama",
     "tiny-qwen2",
     "tiny-mistral-swa",
@@ -24,6 +24,7 @@ const FAMILIES: [&str; 12] = [
     "tiny-qwen3-moe",
     "tiny-mistral",
     "tiny-phi3",
+    "tiny-phi3-longrope",
     "tiny-gpt-oss",
     "tiny-deepseek-v3",
     "tiny-deepseek-v2",

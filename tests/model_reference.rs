@@ -60,6 +60,7 @@ fn step(
             query_len: n,
             context_len: ctx,
             block_table: s.blocks.clone(),
+            prompt_len: s.tokens.len(),
         });
         ids.extend_from_slice(&s.tokens[s.computed..ctx]);
         s.computed = ctx;
@@ -183,6 +184,105 @@ fn check_loaded(name: &str, (model, fx): (Box<dyn CausalLm>, Fixture)) {
             );
         }
     }
+}
+
+/// Phi-4-mini style longrope (original context 16, so the 23-token prompt takes the long
+/// factors and the others the short ones, in whole, chunked and ragged-batched steps) with
+/// partial rotary (12 of 16 dims).
+#[test]
+fn tiny_phi3_longrope_matches_transformers() {
+    let (model, _) = load("tiny-phi3-longrope");
+    let c = model.config();
+    assert_eq!(c.rotary_dim(), 12);
+    match &c.rope_scaling {
+        flare::models::config::RopeScaling::LongRope {
+            original_max_position_embeddings,
+            attention_factor,
+            ..
+        } => {
+            assert_eq!(*original_max_position_embeddings, 16);
+            assert!((attention_factor - 1.5f64.sqrt()).abs() < 1e-12);
+        }
+        other => panic!("rope scaling {other:?}"),
+    }
+    check_model("tiny-phi3-longrope");
+}
+
+/// A 12-token prompt decoded token by token past the 16-token original context: each step's
+/// logits equal transformers' cached decode (positions past 16 take the long factors, the
+/// cached keys keep the short ones), whether the prompt went in whole or in chunks of 5.
+#[test]
+fn longrope_switches_factors_per_position_like_a_cached_decode() {
+    let (model, _) = load("tiny-phi3-longrope");
+    let dir = fixture_dir("tiny-phi3-longrope");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("decode.json")).unwrap()).unwrap();
+    let prompt: Vec<u32> = serde_json::from_value(v["prompt"].clone()).unwrap();
+    let tokens: Vec<u32> = serde_json::from_value(v["tokens"].clone()).unwrap();
+    let logits: Vec<Vec<f32>> = serde_json::from_value(v["logits"].clone()).unwrap();
+    assert!(prompt.len() < 16 && prompt.len() + tokens.len() > 17);
+    for chunk in [prompt.len(), 5] {
+        let kv = model.new_kv_cache(16, BLOCK, DType::F32).unwrap();
+        let mut free = shuffled_pool(16);
+        let mut all = prompt.clone();
+        all.extend(&tokens);
+        let mut s = Seq {
+            tokens: all,
+            computed: 0,
+            blocks: vec![],
+        };
+        // `prompt_len` is the Seq's whole token list in `step`: give it the prompt only.
+        let mut got = Vec::new();
+        while s.computed < prompt.len() {
+            let n = chunk.min(prompt.len() - s.computed);
+            let out = step_with_prompt(model.as_ref(), &kv, &mut s, n, prompt.len(), &mut free);
+            got = out;
+        }
+        let mut step_logits = vec![got.last().unwrap().clone()];
+        for _ in 1..tokens.len() {
+            let out = step_with_prompt(model.as_ref(), &kv, &mut s, 1, prompt.len(), &mut free);
+            step_logits.push(out[0].clone());
+        }
+        for (i, (g, w)) in step_logits.iter().zip(&logits).enumerate() {
+            let d = max_abs(g, w);
+            assert!(d < 1e-4, "chunk {chunk}, decode step {i}: max abs diff {d}");
+        }
+    }
+}
+
+/// One sequence's step of `n` new tokens with an explicit prompt length.
+fn step_with_prompt(
+    model: &dyn CausalLm,
+    kv: &flare::kv::KvCache,
+    s: &mut Seq,
+    n: usize,
+    prompt_len: usize,
+    free: &mut Vec<u32>,
+) -> Vec<Vec<f32>> {
+    let ctx = s.computed + n;
+    while s.blocks.len() * BLOCK < ctx {
+        s.blocks.push(free.pop().expect("enough blocks"));
+    }
+    let meta = AttnMetadata::new(
+        vec![SeqAttn {
+            query_start: 0,
+            query_len: n,
+            context_len: ctx,
+            block_table: s.blocks.clone(),
+            prompt_len,
+        }],
+        BLOCK,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let tokens = Tensor::new(&s.tokens[s.computed..ctx], &Device::Cpu).unwrap();
+    s.computed = ctx;
+    let rows = Tensor::arange(0u32, n as u32, &Device::Cpu).unwrap();
+    model
+        .forward(&tokens, &meta, kv, &rows)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap()
 }
 
 #[test]
@@ -434,6 +534,7 @@ fn chunk_without_logits_still_writes_the_cache() {
         num_computed: 0,
         block_table: &table,
         wants_logits: false,
+        prompt_len: p.len(),
     };
     assert!(fwd.step(&[first]).unwrap().is_empty());
     let rest = StepSeq {
@@ -441,6 +542,7 @@ fn chunk_without_logits_still_writes_the_cache() {
         num_computed: 10,
         block_table: &table,
         wants_logits: true,
+        prompt_len: p.len(),
     };
     let got = fwd.step(&[rest]).unwrap();
     let d = max_abs(&got[0], fx.logits[2].last().unwrap());

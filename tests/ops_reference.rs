@@ -73,7 +73,7 @@ fn rotary_inplace_matches_rotary_apply_in_both_conventions() {
     let pos = Tensor::new(&[7u32, 0, 3, 100, 3, 4095], &Device::Cpu).unwrap();
     let rot = Rotary::new(&cfg, &Device::Cpu).unwrap();
     let x = randn(&[6, 2, 32], DType::F32);
-    let (c, s) = rot.cos_sin(&pos, DType::F32).unwrap();
+    let (c, s) = rot.cos_sin_at(&pos, DType::F32).unwrap();
     let want = rot.apply(&x, &c, &s).unwrap();
     let got = x.copy().unwrap();
     rot.apply_inplace(&got, &pos).unwrap();
@@ -90,12 +90,14 @@ fn reshape_and_cache_matches_write_kv() {
             query_len: 6,
             context_len: 9,
             block_table: vec![5, 1, 7],
+            prompt_len: 0,
         },
         SeqAttn {
             query_start: 6,
             query_len: 1,
             context_len: 2,
             block_table: vec![2],
+            prompt_len: 0,
         },
     ];
     let meta = AttnMetadata::new(seqs.clone(), bs, &Device::Cpu).unwrap();
@@ -156,4 +158,225 @@ fn argmax_takes_the_lowest_id_on_ties_and_skips_nan() {
         ops::sampling::argmax(&y).unwrap().to_vec1::<u32>().unwrap(),
         want
     );
+}
+
+// ---------------------------------------------------------------- fused mixture of experts
+mod moe {
+    use super::*;
+    use flare::layers::linear::Linear;
+    use flare::layers::mlp::{GatedMlp, SparseMoe};
+    use flare::models::config::{Activation, Scoring};
+    use flare::ops::moe::{fused_moe, Routing};
+
+    fn weight(out: usize, inp: usize, dtype: DType) -> Tensor {
+        (Tensor::randn(0f32, 1f32, (out, inp), &Device::Cpu).unwrap() / (inp as f64).sqrt())
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
+    }
+
+    fn linear(out: usize, inp: usize, bias: bool, dtype: DType) -> Linear {
+        let b = bias.then(|| {
+            (randn(&[out], DType::F32) * 0.5)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap()
+        });
+        Linear::dense(weight(out, inp, dtype), b)
+    }
+
+    fn mlp(hidden: usize, inter: usize, bias: bool, act: Activation, dtype: DType) -> GatedMlp {
+        GatedMlp {
+            gate: linear(inter, hidden, bias, dtype),
+            up: linear(inter, hidden, bias, dtype),
+            down: linear(hidden, inter, bias, dtype),
+            activation: act,
+        }
+    }
+
+    struct Case {
+        name: &'static str,
+        experts: usize,
+        routing: Routing,
+        activation: Activation,
+        bias: bool,
+        shared: bool,
+    }
+
+    fn routing(top_k: usize) -> Routing {
+        Routing {
+            top_k,
+            norm_topk_prob: true,
+            scoring: Scoring::Softmax,
+            groups: None,
+            group_by_best: false,
+            correction: None,
+            routed_scaling_factor: 1.0,
+        }
+    }
+
+    fn cases() -> Vec<Case> {
+        let swiglu = Activation::ClampedSwiglu {
+            alpha: 1.702,
+            limit: 7.0,
+        };
+        vec![
+            Case {
+                name: "mixtral/qwen3 softmax top-2",
+                experts: 8,
+                routing: routing(2),
+                activation: Activation::Silu,
+                bias: false,
+                shared: false,
+            },
+            Case {
+                name: "deepseek-v3 sigmoid groups, correction, scaling, shared",
+                experts: 16,
+                routing: Routing {
+                    scoring: Scoring::Sigmoid,
+                    groups: Some((4, 2)),
+                    correction: Some((0..16).map(|i| (i as f32 * 0.37).sin() * 0.3).collect()),
+                    routed_scaling_factor: 2.5,
+                    ..routing(4)
+                },
+                activation: Activation::Silu,
+                bias: false,
+                shared: true,
+            },
+            Case {
+                name: "deepseek-v2 softmax groups by best, no renorm",
+                experts: 16,
+                routing: Routing {
+                    norm_topk_prob: false,
+                    groups: Some((4, 2)),
+                    group_by_best: true,
+                    ..routing(3)
+                },
+                activation: Activation::Silu,
+                bias: false,
+                shared: false,
+            },
+            Case {
+                name: "gelu-tanh top-3",
+                experts: 6,
+                routing: routing(3),
+                activation: Activation::GeluTanh,
+                bias: false,
+                shared: false,
+            },
+            Case {
+                name: "gpt-oss clamped swiglu with biases",
+                experts: 4,
+                routing: routing(2),
+                activation: swiglu,
+                bias: true,
+                shared: false,
+            },
+        ]
+    }
+
+    fn build(c: &Case, hidden: usize, inter: usize, dtype: DType) -> SparseMoe {
+        let experts = (0..c.experts)
+            .map(|_| mlp(hidden, inter, c.bias, c.activation, dtype))
+            .collect();
+        let shared = c
+            .shared
+            .then(|| mlp(hidden, inter, false, c.activation, dtype));
+        let router = Linear::dense((weight(c.experts, hidden, dtype) * 4.0).unwrap(), None);
+        SparseMoe::new(router, experts, c.routing.clone(), shared)
+    }
+
+    fn copy(m: &SparseMoe) -> SparseMoe {
+        let e = |g: &GatedMlp| GatedMlp {
+            gate: g.gate.clone(),
+            up: g.up.clone(),
+            down: g.down.clone(),
+            activation: g.activation,
+        };
+        SparseMoe::new(
+            m.router.clone(),
+            m.experts.iter().map(e).collect(),
+            m.routing.clone(),
+            m.shared.as_ref().map(e),
+        )
+    }
+
+    /// The fused op (its CPU reference, which the CUDA kernels are tested against) gives the
+    /// per-expert layer's output: same routing, same stacking of gate/up/down and biases.
+    #[test]
+    fn fused_moe_matches_the_per_expert_layer() {
+        let (hidden, inter, tokens) = (48, 40, 23);
+        for c in cases() {
+            for dtype in [DType::F32, DType::BF16] {
+                let grouped = build(&c, hidden, inter, dtype);
+                let mut fused = copy(&grouped);
+                assert!(fused.fuse().unwrap(), "{}: dense experts fuse", c.name);
+                assert!(fused.experts.is_empty() && fused.fused.is_some());
+                let x = randn(&[tokens, hidden], dtype);
+                let want = grouped.forward(&x).unwrap();
+                let got = fused.forward(&x).unwrap();
+                assert_eq!(got.dims(), want.dims());
+                let scale = max_diff(&want, &want.zeros_like().unwrap());
+                let diff = max_diff(&got, &want);
+                let tol = if dtype == DType::F32 { 1e-5 } else { 2e-2 };
+                assert!(
+                    diff <= tol * scale,
+                    "{} {dtype:?}: max diff {diff} (scale {scale})",
+                    c.name
+                );
+            }
+        }
+    }
+
+    /// A token's output is bit-identical alone and inside a batch (fixed reduction order).
+    #[test]
+    fn fused_moe_reference_is_batch_invariant() {
+        let (hidden, inter, tokens) = (40, 24, 9);
+        for c in cases() {
+            for dtype in [DType::F32, DType::BF16] {
+                let mut layer = build(&c, hidden, inter, dtype);
+                assert!(layer.fuse().unwrap());
+                let f = layer.fused.as_ref().unwrap();
+                let x = randn(&[tokens, hidden], dtype);
+                let logits = (randn(&[tokens, c.experts], DType::F32) * 2.0).unwrap();
+                let all = fused_moe(&x, &logits, f, &layer.routing).unwrap();
+                for t in [0, 4, 8] {
+                    let alone = fused_moe(
+                        &x.narrow(0, t, 1).unwrap(),
+                        &logits.narrow(0, t, 1).unwrap(),
+                        f,
+                        &layer.routing,
+                    )
+                    .unwrap();
+                    let a = all
+                        .i(t)
+                        .unwrap()
+                        .to_dtype(DType::F32)
+                        .unwrap()
+                        .to_vec1::<f32>();
+                    let b = alone
+                        .i(0)
+                        .unwrap()
+                        .to_dtype(DType::F32)
+                        .unwrap()
+                        .to_vec1::<f32>();
+                    assert_eq!(a.unwrap(), b.unwrap(), "{} {dtype:?} token {t}", c.name);
+                }
+            }
+        }
+    }
+
+    /// Quantized experts are not fused: the layer keeps its per-expert path.
+    #[test]
+    fn quantized_experts_stay_per_expert() {
+        use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+        let c = &cases()[0];
+        let mut layer = build(c, 64, 32, DType::F32);
+        let w = weight(32, 64, DType::F32);
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        layer.experts[0].gate = Linear::new(QMatMul::from_qtensor(q).unwrap(), None);
+        assert!(!layer.fuse().unwrap());
+        assert_eq!(layer.experts.len(), c.experts);
+        assert!(layer.fused.is_none());
+    }
 }

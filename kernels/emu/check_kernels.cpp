@@ -3,6 +3,7 @@
 // Checks the kernels' indexing, masking, splits and reductions where no GPU is at hand;
 // numerics on the real GPU are checked by tests/cuda_kernels.rs. Build and run:
 // scripts/kernel_emu_check.sh.
+#include "../moe.cu"
 #include "../paged_attention.cu"
 #include "../reshape_and_cache.cu"
 #include "../rms_norm.cu"
@@ -211,6 +212,178 @@ static void check_attention(int heads, int kvh, int d, const std::vector<std::pa
   check(out, want, what);
 }
 
+
+// ---------------------------------------------------------------- fused mixture of experts
+struct Routing {
+  bool sigmoid = false;
+  int n_group = 0, topk_group = 0;
+  bool group_by_best = false, norm = true, correction = false;
+  float scaling = 1.f;
+};
+
+// Indices of the k largest, best first, ties to the lower index (as ops::moe::top_indices).
+static std::vector<int> top_indices(const std::vector<float>& v, int k) {
+  std::vector<int> order(v.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return v[a] > v[b]; });
+  order.resize(k);
+  return order;
+}
+
+static void route_reference(const float* l, int experts, int top_k, const Routing& r,
+                            const std::vector<float>& corr, std::vector<int>& ids,
+                            std::vector<float>& w) {
+  std::vector<float> scores(experts);
+  if (r.sigmoid) {
+    for (int i = 0; i < experts; ++i) scores[i] = 1.f / (1.f + std::exp(-l[i]));
+  } else {
+    float mx = -INFINITY, sum = 0;
+    for (int i = 0; i < experts; ++i) mx = std::max(mx, l[i]);
+    for (int i = 0; i < experts; ++i) sum += std::exp(l[i] - mx);
+    for (int i = 0; i < experts; ++i) scores[i] = std::exp(l[i] - mx) / sum;
+  }
+  std::vector<float> choice = scores;
+  if (r.correction)
+    for (int i = 0; i < experts; ++i) choice[i] += corr[i];
+  if (r.n_group > 0) {
+    const int per = experts / r.n_group;
+    std::vector<float> gs;
+    for (int g = 0; g < r.n_group; ++g) {
+      std::vector<float> part(choice.begin() + g * per, choice.begin() + (g + 1) * per);
+      float s = 0;
+      for (int i : top_indices(part, r.group_by_best ? 1 : std::min(2, per))) s += part[i];
+      gs.push_back(s);
+    }
+    const auto keep = top_indices(gs, r.topk_group);
+    for (int i = 0; i < experts; ++i)
+      if (std::find(keep.begin(), keep.end(), i / per) == keep.end()) choice[i] = -INFINITY;
+  }
+  ids = top_indices(choice, top_k);
+  float sum = 0;
+  for (int e : ids) sum += scores[e];
+  w.clear();
+  for (int e : ids) w.push_back((r.norm ? scores[e] / (sum + 1e-20f) : scores[e]) * r.scaling);
+}
+
+static float act_reference(float g, float u, int act) {
+  if (act == 0) return g / (1 + std::exp(-g)) * u;
+  if (act == 1) return 0.5f * g * (1 + std::tanh(0.7978845608028654f * (g + 0.044715f * g * g * g))) * u;
+  g = std::min(g, 7.f);
+  u = std::min(std::max(u, -7.f), 7.f);
+  return (u + 1) * (g / (1 + std::exp(-g * 1.702f)));
+}
+
+template <typename T>
+static void check_moe(int tokens, int experts, int top_k, int hidden, int inter, int act,
+                      const Routing& r, bool biases, const char* what) {
+  const int n = tokens * top_k;
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::vector<float> logits(size_t(tokens) * experts), corr(experts);
+  for (auto& x : logits) x = 2 * nd(rng);
+  for (auto& x : corr) x = 0.3f * nd(rng);
+  auto x = randn<T>(size_t(tokens) * hidden);
+  auto gu = randn<T>(size_t(experts) * 2 * inter * hidden);
+  auto down = randn<T>(size_t(experts) * hidden * inter);
+  // Scale weights as a model's are (keeps activations O(1)).
+  for (auto& v : gu) v = fromf<T>(tof(v) / std::sqrt(float(hidden)));
+  for (auto& v : down) v = fromf<T>(tof(v) / std::sqrt(float(inter)));
+  std::vector<float> gub, db;
+  if (biases) {
+    for (int i = 0; i < experts * 2 * inter; ++i) gub.push_back(0.5f * nd(rng));
+    for (int i = 0; i < experts * hidden; ++i) db.push_back(0.5f * nd(rng));
+  }
+  const float* gub_p = biases ? gub.data() : nullptr;
+  const float* db_p = biases ? db.data() : nullptr;
+
+  // Routing.
+  std::vector<uint32_t> ids(n);
+  std::vector<float> w(n);
+  poison(ids), poison(w);
+  emu::launch({unsigned((tokens + 63) / 64), 1, 1}, {64, 1, 1}, [&] {
+    moe_route(logits.data(), r.correction ? corr.data() : nullptr, ids.data(), w.data(), tokens,
+              experts, top_k, r.sigmoid, r.n_group, r.topk_group, r.group_by_best, r.norm, r.scaling);
+  });
+  std::vector<float> want_w(n);
+  bool ids_ok = true;
+  std::vector<std::vector<int>> ref_ids(tokens);
+  for (int t = 0; t < tokens; ++t) {
+    std::vector<float> wt;
+    route_reference(&logits[size_t(t) * experts], experts, top_k, r, corr, ref_ids[t], wt);
+    for (int s = 0; s < top_k; ++s) {
+      want_w[t * top_k + s] = wt[s];
+      ids_ok &= ids[t * top_k + s] == uint32_t(ref_ids[t][s]);
+    }
+  }
+  if (!ids_ok) failures++;
+  std::printf("%s moe_route %s: expert ids\n", ids_ok ? "ok  " : "FAIL", what);
+  check(w, want_w, std::string("moe_route weights ") + what);
+
+  // Permutation.
+  const int max_tiles = (n + MOE_BM - 1) / MOE_BM + std::min(experts, n);
+  std::vector<uint32_t> sorted(n), pos(n), offsets(experts + 1), tiles(2 * max_tiles);
+  poison(sorted), poison(pos), poison(offsets), poison(tiles);
+  emu::launch({1, 1, 1}, {256, 1, 1}, [&] {
+    moe_align(ids.data(), n, experts, sorted.data(), pos.data(), offsets.data(), tiles.data(), max_tiles);
+  });
+  bool perm_ok = offsets[0] == 0 && offsets[experts] == uint32_t(n);
+  std::vector<uint32_t> want_sorted;
+  for (int e = 0; e < experts; ++e) {
+    for (int a = 0; a < n; ++a)
+      if (ids[a] == uint32_t(e)) want_sorted.push_back(a);
+    perm_ok &= offsets[e + 1] == want_sorted.size();
+  }
+  for (int i = 0; i < n; ++i) perm_ok &= sorted[i] == want_sorted[i] && pos[sorted[i]] == uint32_t(i);
+  int tile = 0;
+  for (int e = 0; e < experts; ++e)
+    for (uint32_t row = offsets[e]; row < offsets[e + 1]; row += MOE_BM, ++tile)
+      perm_ok &= tiles[2 * tile] == uint32_t(e) && tiles[2 * tile + 1] == row;
+  for (; tile < max_tiles; ++tile) perm_ok &= tiles[2 * tile] == NO_TILE;
+  if (!perm_ok) failures++;
+  std::printf("%s moe_align %s: %d rows, %d tiles max\n", perm_ok ? "ok  " : "FAIL", what, n, max_tiles);
+
+  // Grouped GEMMs and the weighted un-permute.
+  std::vector<T> h(size_t(n) * inter), y(size_t(n) * hidden), out(size_t(tokens) * hidden);
+  poison(h), poison(y), poison(out);
+  void (*fu)(const T*, const T*, const float*, const uint32_t*, const uint32_t*, const uint32_t*, T*,
+             int, int, int, int, float, float) = nullptr;
+  void (*fd)(const T*, const T*, const float*, const uint32_t*, const uint32_t*, T*, int, int) = nullptr;
+  void (*fc)(const T*, const float*, const uint32_t*, T*, int, int, int) = nullptr;
+  if constexpr (std::is_same_v<T, float>) fu = moe_gate_up_f32, fd = moe_down_f32, fc = moe_combine_f32;
+  if constexpr (std::is_same_v<T, __half>) fu = moe_gate_up_f16, fd = moe_down_f16, fc = moe_combine_f16;
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) fu = moe_gate_up_bf16, fd = moe_down_bf16, fc = moe_combine_bf16;
+  emu::launch({unsigned(max_tiles), unsigned((inter + MOE_BN - 1) / MOE_BN), 1}, {MOE_THREADS, 1, 1}, [&] {
+    fu(x.data(), gu.data(), gub_p, sorted.data(), offsets.data(), tiles.data(), h.data(), hidden, inter,
+       top_k, act, 1.702f, 7.f);
+  });
+  emu::launch({unsigned(max_tiles), unsigned((hidden + 2 * MOE_BN - 1) / (2 * MOE_BN)), 1}, {MOE_THREADS, 1, 1}, [&] {
+    fd(h.data(), down.data(), db_p, offsets.data(), tiles.data(), y.data(), hidden, inter);
+  });
+  emu::launch({2, 1, 1}, {128, 1, 1}, [&] { fc(y.data(), w.data(), pos.data(), out.data(), tokens, hidden, top_k); });
+
+  std::vector<float> want(size_t(tokens) * hidden, 0.f), hrow(inter);
+  for (int t = 0; t < tokens; ++t)
+    for (int s = 0; s < top_k; ++s) {
+      const int e = ref_ids[t][s];
+      for (int j = 0; j < inter; ++j) {
+        float g = 0, u = 0;
+        for (int c = 0; c < hidden; ++c) {
+          const float xv = tof(x[size_t(t) * hidden + c]);
+          g += xv * tof(gu[(size_t(e) * 2 * inter + j) * hidden + c]);
+          u += xv * tof(gu[(size_t(e) * 2 * inter + inter + j) * hidden + c]);
+        }
+        if (biases) g += gub[e * 2 * inter + j], u += gub[e * 2 * inter + inter + j];
+        hrow[j] = tof(fromf<T>(act_reference(g, u, act)));
+      }
+      for (int c = 0; c < hidden; ++c) {
+        float v = 0;
+        for (int j = 0; j < inter; ++j) v += hrow[j] * tof(down[(size_t(e) * hidden + c) * inter + j]);
+        if (biases) v += db[e * hidden + c];
+        want[size_t(t) * hidden + c] += want_w[t * top_k + s] * tof(fromf<T>(v));
+      }
+    }
+  check(out, want, std::string("fused moe ") + tname<T>() + " " + what);
+}
+
 // ---------------------------------------------------------------- the small kernels
 template <typename T> static void check_small() {
   const char* tn = tname<T>();
@@ -332,7 +505,10 @@ template <typename T> static void check_small() {
   }
 }
 
-int main() {
+int main(int argc, char** argv) {
+  // `check_kernels moe` runs only the MoE checks (quick while working on them).
+  const bool only_moe = argc > 1 && std::string(argv[1]) == "moe";
+  if (!only_moe) {
   check_small<__nv_bfloat16>();
   check_small<__half>();
   check_small<float>();
@@ -358,6 +534,23 @@ int main() {
     check_attention<float>(8, 2, 64, batches[b], 0, true);
   }
   check_attention<__nv_bfloat16>(16, 4, 64, std::vector<std::pair<int, int>>(70, {19, 1}), 5, true);
+  }
+  // Fused MoE: Qwen3/Mixtral softmax top-k, DeepSeek-V3 sigmoid groups + correction +
+  // scaling, V2 softmax groups without renorm, gpt-oss clamped SwiGLU with biases; shapes off
+  // the tile sizes, and one expert with more rows than a tile.
+  {
+    Routing softmax;
+    Routing v3{true, 4, 2, false, true, true, 2.5f};
+    Routing v2{false, 4, 2, true, false, false, 1.f};
+    check_moe<__nv_bfloat16>(9, 8, 2, 48, 40, 0, softmax, false, "softmax top-2 silu");
+    check_moe<float>(9, 8, 2, 48, 40, 0, softmax, false, "softmax top-2 silu");
+    check_moe<__half>(5, 8, 3, 64, 32, 1, softmax, false, "softmax top-3 gelu");
+    check_moe<__nv_bfloat16>(7, 16, 4, 40, 24, 0, v3, false, "sigmoid groups correction");
+    check_moe<float>(7, 16, 4, 40, 24, 0, v3, false, "sigmoid groups correction");
+    check_moe<float>(6, 16, 3, 33, 20, 0, v2, false, "softmax groups no renorm");
+    check_moe<__nv_bfloat16>(6, 4, 2, 64, 64, 2, softmax, true, "clamped swiglu biases");
+    check_moe<float>(40, 2, 2, 36, 70, 0, softmax, true, "two tiles per expert");
+  }
   std::printf("%s: %d failure(s)\n", failures ? "FAILED" : "all kernels ok", failures);
   return failures ? 1 : 0;
 }

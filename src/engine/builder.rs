@@ -191,6 +191,7 @@ fn gpu_kv_budget(
             query_len: tokens,
             context_len: tokens,
             block_table: (0..blocks as u32).collect(),
+            prompt_len: tokens,
         };
         let meta = AttnMetadata::new(vec![seq], sched.block_size, device)?;
         let rows = Tensor::new(&[tokens as u32 - 1], device)?;

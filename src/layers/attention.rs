@@ -23,6 +23,9 @@ pub struct SeqAttn {
     /// Tokens in context after this step: cached ones plus the new ones.
     pub context_len: usize,
     pub block_table: Vec<u32>,
+    /// Tokens of the sequence's prompt, whatever part of it is computed yet (longrope chooses
+    /// its factors by it, see `layers::rope`).
+    pub prompt_len: usize,
 }
 
 /// Per-step metadata shared by every layer.
@@ -426,18 +429,21 @@ mod tests {
                 query_len: 1,
                 context_len: 9,
                 block_table: vec![7, 2, 11],
+                prompt_len: 0,
             },
             SeqAttn {
                 query_start: 1,
                 query_len: 5,
                 context_len: 11,
                 block_table: vec![0, 15, 3],
+                prompt_len: 0,
             },
             SeqAttn {
                 query_start: 6,
                 query_len: 7,
                 context_len: 7,
                 block_table: vec![9, 4],
+                prompt_len: 0,
             },
         ];
         let meta = AttnMetadata::new(seqs, bs, &dev).unwrap();
@@ -484,12 +490,14 @@ mod tests {
                 query_len: 2,
                 context_len: 6,
                 block_table: vec![3, 1],
+                prompt_len: 0,
             },
             SeqAttn {
                 query_start: 2,
                 query_len: 5,
                 context_len: 5,
                 block_table: vec![6, 0],
+                prompt_len: 0,
             },
         ];
         let meta = AttnMetadata::new(seqs, bs, &dev).unwrap();

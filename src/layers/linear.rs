@@ -19,6 +19,18 @@ impl Linear {
         Self::new(QMatMul::Tensor(weight), bias)
     }
 
+    /// The `[out, in]` weight when it is a plain dense tensor (not quantized).
+    pub fn dense_weight(&self) -> Option<&Tensor> {
+        match &self.weight {
+            QMatMul::Tensor(w) => Some(w),
+            _ => None,
+        }
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
     /// `x: [tokens, in] -> [tokens, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.weight.forward(x)?;

@@ -70,7 +70,7 @@ impl Mla {
             &self.kv_a_norm,
             self.eps,
         )?;
-        let (cos, sin) = rotary.cos_sin(&meta.positions, dtype)?;
+        let (cos, sin) = rotary.cos_sin(meta, dtype)?;
         let q_rope = rotary.apply(&q.narrow(2, nope, rope)?.contiguous()?, &cos, &sin)?;
         let k_rope = rotary.apply(
             &kv.narrow(1, lora, rope)?.reshape((t, 1, rope))?,

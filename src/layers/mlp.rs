@@ -1,10 +1,11 @@
 //! Feed-forward blocks: the gated MLP `down(act(gate(x)) * up(x))` and a sparse mixture of them.
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{Result, Tensor};
 
 use super::linear::Linear;
-use crate::models::config::{Activation, Scoring};
+use crate::models::config::Activation;
 use crate::ops;
+use crate::ops::moe::{FusedExperts, Routing};
 
 pub struct GatedMlp {
     pub gate: Linear,
@@ -33,100 +34,104 @@ impl GatedMlp {
     }
 }
 
-/// Routing over experts, each token to its `top_k` best: softmax (Mixtral, Qwen3-MoE,
-/// gpt-oss) or DeepSeek-V3's sigmoid scores with a correction bias and group limits. The
-/// step's tokens are grouped by expert and each active expert runs once over its rows, never
-/// once per token. A token's result depends only on its own row: routing is per row and the
-/// contributions are summed in expert order, whatever else is in the batch.
+/// A sparse mixture of gated MLPs: each token goes to its `routing.top_k` best experts.
+///
+/// Two executions of one layer. Per expert (the CPU path, and any device when experts are
+/// quantized): the step's tokens are grouped by expert and each active expert runs once over
+/// its rows, never once per token, with the router logits read on the host. Fused (CUDA with
+/// dense experts, see `fuse`): `ops::moe::fused_moe`, routing included, all on the device.
+/// Either way a token's result depends only on its own row: routing is per row and the
+/// contributions are summed in a fixed order, whatever else is in the batch.
 pub struct SparseMoe {
     pub router: Linear,
+    /// Empty once fused (the stacked copy replaces them).
     pub experts: Vec<GatedMlp>,
-    pub top_k: usize,
-    pub norm_topk_prob: bool,
-    pub scoring: Scoring,
-    /// `(n_group, topk_group)`, see `MoeConfig::groups`.
-    pub groups: Option<(usize, usize)>,
-    /// See `MoeConfig::group_by_best`.
-    pub group_by_best: bool,
-    /// Added to the scores for the choice only (DeepSeek-V3's `e_score_correction_bias`).
-    pub correction: Option<Vec<f32>>,
-    pub routed_scaling_factor: f32,
+    pub routing: Routing,
     /// Experts every token goes through, added unweighted.
     pub shared: Option<GatedMlp>,
-}
-
-/// Indices of the `k` largest of `v`, best first; ties to the lower index (torch.topk's
-/// behaviour in practice).
-fn top_indices(v: &[f32], k: usize, order: &mut Vec<usize>) {
-    order.clear();
-    order.extend(0..v.len());
-    order.sort_by(|&a, &b| v[b].total_cmp(&v[a]).then(a.cmp(&b)));
-    order.truncate(k);
+    pub fused: Option<FusedExperts>,
 }
 
 impl SparseMoe {
-    /// Per token: the chosen experts and their weights.
-    fn route(&self, logits: &[f32], order: &mut Vec<usize>) -> Vec<(usize, f32)> {
-        let n = logits.len();
-        let scores: Vec<f32> = match self.scoring {
-            Scoring::Softmax => {
-                let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let e: Vec<f32> = logits.iter().map(|x| (x - max).exp()).collect();
-                let sum: f32 = e.iter().sum();
-                e.into_iter().map(|x| x / sum).collect()
+    pub fn new(
+        router: Linear,
+        experts: Vec<GatedMlp>,
+        routing: Routing,
+        shared: Option<GatedMlp>,
+    ) -> Self {
+        Self {
+            router,
+            experts,
+            routing,
+            shared,
+            fused: None,
+        }
+    }
+
+    /// Stacks the experts for the fused op and drops the per-expert weights. False (and
+    /// nothing changes) when an expert's weights are quantized or the experts differ in
+    /// activation, bias or shape.
+    pub fn fuse(&mut self) -> Result<bool> {
+        let Some(first) = self.experts.first() else {
+            return Ok(false);
+        };
+        let activation = first.activation;
+        let with_bias = first.gate.bias().is_some();
+        let mut gate_up = Vec::with_capacity(self.experts.len());
+        let mut down = Vec::with_capacity(self.experts.len());
+        let (mut gate_up_bias, mut down_bias) = (Vec::new(), Vec::new());
+        for e in &self.experts {
+            let (Some(g), Some(u), Some(d)) = (
+                e.gate.dense_weight(),
+                e.up.dense_weight(),
+                e.down.dense_weight(),
+            ) else {
+                return Ok(false);
+            };
+            let biases = [e.gate.bias(), e.up.bias(), e.down.bias()];
+            if e.activation != activation || biases.iter().any(|b| b.is_some() != with_bias) {
+                return Ok(false);
             }
-            Scoring::Sigmoid => logits.iter().map(|x| 1.0 / (1.0 + (-x).exp())).collect(),
-        };
-        let mut choice: Vec<f32> = match &self.correction {
-            Some(b) => scores.iter().zip(b).map(|(s, b)| s + b).collect(),
-            None => scores.clone(),
-        };
-        if let Some((n_group, topk_group)) = self.groups {
-            let per = n / n_group;
-            let group_score: Vec<f32> = choice
-                .chunks(per)
-                .map(|g| {
-                    let k = if self.group_by_best { 1 } else { 2.min(per) };
-                    top_indices(g, k, order);
-                    order.iter().map(|&i| g[i]).sum()
-                })
-                .collect();
-            top_indices(&group_score, topk_group, order);
-            let keep: Vec<bool> = (0..n_group).map(|g| order.contains(&g)).collect();
-            for (i, c) in choice.iter_mut().enumerate() {
-                if !keep[i / per] {
-                    *c = f32::NEG_INFINITY;
-                }
+            gate_up.push(Tensor::cat(&[g, u], 0)?);
+            down.push(d.clone());
+            if let [Some(bg), Some(bu), Some(bd)] = biases {
+                gate_up_bias.push(Tensor::cat(&[bg, bu], 0)?);
+                down_bias.push(bd.clone());
             }
         }
-        top_indices(&choice, self.top_k, order);
-        let sum: f32 = order.iter().map(|&e| scores[e]).sum();
-        order
-            .iter()
-            .map(|&e| {
-                let w = if self.norm_topk_prob {
-                    scores[e] / (sum + 1e-20)
-                } else {
-                    scores[e]
-                };
-                (e, w * self.routed_scaling_factor)
-            })
-            .collect()
+        let stack = |v: &[Tensor]| -> Result<Option<Tensor>> {
+            match v.is_empty() {
+                true => Ok(None),
+                false => Tensor::stack(v, 0).map(Some),
+            }
+        };
+        self.fused = Some(FusedExperts::new(
+            Tensor::stack(&gate_up, 0)?,
+            stack(&gate_up_bias)?,
+            Tensor::stack(&down, 0)?,
+            stack(&down_bias)?,
+            activation,
+            &self.routing,
+        )?);
+        self.experts.clear();
+        Ok(true)
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let logits = self.router.forward(x)?;
+        if let Some(fused) = &self.fused {
+            let routed = ops::moe::fused_moe(x, &logits, fused, &self.routing)?;
+            return match &self.shared {
+                Some(s) => routed + s.forward(x)?,
+                None => Ok(routed),
+            };
+        }
         let device = x.device();
         let num_experts = self.experts.len();
-        let logits = self
-            .router
-            .forward(x)?
-            .to_dtype(DType::F32)?
-            .to_vec2::<f32>()?;
         let mut rows: Vec<Vec<u32>> = vec![Vec::new(); num_experts];
         let mut weights: Vec<Vec<f32>> = vec![Vec::new(); num_experts];
-        let mut order: Vec<usize> = Vec::with_capacity(num_experts);
-        for (t, l) in logits.iter().enumerate() {
-            for (e, w) in self.route(l, &mut order) {
+        for (t, choice) in self.routing.route_all(&logits)?.into_iter().enumerate() {
+            for (e, w) in choice {
                 rows[e].push(t as u32);
                 weights[e].push(w);
             }

@@ -31,6 +31,15 @@ pub enum RopeScaling {
         attention_factor: f64,
         truncate: bool,
     },
+    /// LongRoPE (Phi-3 128k, Phi-4-mini): frequencies divided per dimension by `short_factor`,
+    /// or by `long_factor` for tokens of a sequence past `original_max_position_embeddings`
+    /// (see `layers::rope` for the rule); cos/sin scaled by `attention_factor` on both.
+    LongRope {
+        short_factor: Vec<f64>,
+        long_factor: Vec<f64>,
+        original_max_position_embeddings: usize,
+        attention_factor: f64,
+    },
 }
 
 /// The MLP's activation: `act(gate) * up`.
@@ -185,6 +194,9 @@ pub struct ModelConfig {
     /// denominator, letting a head attend to nothing.
     pub attention_sinks: bool,
     pub mla: Option<MlaConfig>,
+    /// Rotary on the first `rotary_dim` dims of each head only (Phi-4-mini's
+    /// `partial_rotary_factor`); None: all `head_dim`.
+    pub rotary_dim: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -209,6 +221,9 @@ struct HfConfig {
     rope_parameters: Option<HashMap<String, serde_json::Value>>,
     #[serde(default = "default_max_pos")]
     max_position_embeddings: usize,
+    /// Phi-3 keeps longrope's pretraining length here, outside the rope dict, and it wins.
+    #[serde(default)]
+    original_max_position_embeddings: Option<usize>,
     #[serde(default)]
     tie_word_embeddings: Option<bool>,
     #[serde(default)]
@@ -279,7 +294,16 @@ fn get_f64(m: &HashMap<String, serde_json::Value>, key: &str) -> Option<f64> {
     m.get(key).and_then(|v| v.as_f64())
 }
 
-fn parse_rope_scaling(m: &HashMap<String, serde_json::Value>) -> Result<RopeScaling> {
+/// The config's keys outside the rope dict that some scalings read.
+struct RopeContext {
+    max_position_embeddings: usize,
+    original_max_position_embeddings: Option<usize>,
+}
+
+fn parse_rope_scaling(
+    m: &HashMap<String, serde_json::Value>,
+    ctx: &RopeContext,
+) -> Result<RopeScaling> {
     let kind = m
         .get("rope_type")
         .or_else(|| m.get("type"))
@@ -327,8 +351,35 @@ fn parse_rope_scaling(m: &HashMap<String, serde_json::Value>) -> Result<RopeScal
                 truncate: m.get("truncate").and_then(|v| v.as_bool()).unwrap_or(true),
             }
         }
+        "longrope" => {
+            let factors = |key: &str| -> Result<Vec<f64>> {
+                m.get(key)
+                    .and_then(|v| v.as_array())
+                    .and_then(|a| a.iter().map(|x| x.as_f64()).collect::<Option<Vec<_>>>())
+                    .with_context(|| format!("longrope rope scaling without a numeric `{key}`"))
+            };
+            // transformers: the top-level key wins (Phi-3), then the dict's.
+            let original = ctx
+                .original_max_position_embeddings
+                .or_else(|| get_f64(m, "original_max_position_embeddings").map(|v| v as usize))
+                .context("longrope rope scaling without `original_max_position_embeddings`")?;
+            let factor = get_f64(m, "factor")
+                .unwrap_or(ctx.max_position_embeddings as f64 / original as f64);
+            let attention_factor = match get_f64(m, "attention_factor") {
+                Some(a) => a,
+                None if factor <= 1.0 => 1.0,
+                None => (1.0 + factor.ln() / (original as f64).ln()).sqrt(),
+            };
+            RopeScaling::LongRope {
+                short_factor: factors("short_factor")?,
+                long_factor: factors("long_factor")?,
+                original_max_position_embeddings: original,
+                attention_factor,
+            }
+        }
         other => bail!(
-            "unsupported rope scaling type `{other}` (supported: default, linear, llama3, yarn)"
+            "unsupported rope scaling type `{other}` (supported: default, linear, llama3, yarn, \
+             longrope)"
         ),
     })
 }
@@ -384,8 +435,12 @@ impl ModelConfig {
             .rope_theta
             .or_else(|| rope_params.and_then(|m| get_f64(m, "rope_theta")))
             .unwrap_or(10_000.0);
+        let ctx = RopeContext {
+            max_position_embeddings: c.max_position_embeddings,
+            original_max_position_embeddings: c.original_max_position_embeddings,
+        };
         let rope_scaling = match (&c.rope_scaling, rope_params) {
-            (Some(m), _) | (None, Some(m)) => parse_rope_scaling(m)?,
+            (Some(m), _) | (None, Some(m)) => parse_rope_scaling(m, &ctx)?,
             (None, None) => RopeScaling::None,
         };
         let attention_bias = c.attention_bias.unwrap_or(false);
@@ -429,6 +484,26 @@ impl ModelConfig {
             self.num_attention_heads,
             self.num_key_value_heads
         );
+        let rotary_dim = self.rotary_dim();
+        anyhow::ensure!(
+            rotary_dim.is_multiple_of(2) && rotary_dim <= self.head_dim,
+            "rotary on {rotary_dim} of {} head dims",
+            self.head_dim
+        );
+        if let RopeScaling::LongRope {
+            short_factor,
+            long_factor,
+            ..
+        } = &self.rope_scaling
+        {
+            anyhow::ensure!(
+                short_factor.len() == rotary_dim / 2 && long_factor.len() == rotary_dim / 2,
+                "longrope with {} short and {} long factors for {rotary_dim} rotary dims (want {})",
+                short_factor.len(),
+                long_factor.len(),
+                rotary_dim / 2
+            );
+        }
         if let Some(m) = &self.moe {
             anyhow::ensure!(
                 m.top_k >= 1 && m.top_k <= m.num_experts,
@@ -511,6 +586,11 @@ impl ModelConfig {
         (family.configure_gguf)(content, &mut cfg)?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Dims of each head the rotary turns (the first ones).
+    pub fn rotary_dim(&self) -> usize {
+        self.rotary_dim.unwrap_or(self.head_dim)
     }
 
     pub fn num_queries_per_kv(&self) -> usize {

@@ -16,6 +16,7 @@ use crate::layers::mla::{Mla, QueryProj};
 use crate::layers::mlp::{GatedMlp, Mlp, SparseMoe};
 use crate::layers::rope::Rotary;
 use crate::ops;
+use crate::ops::moe::Routing;
 
 struct RmsNorm {
     /// The scale actually applied: `w`, or `1 + w` for Gemma's offset norms.
@@ -309,9 +310,7 @@ fn load_mlp(w: &Weights, cfg: &ModelConfig, layer: usize) -> Result<Mlp> {
                 )?),
                 None => None,
             };
-            Ok(Mlp::Sparse(SparseMoe {
-                router: w.linear(&router, m.router_bias)?,
-                experts,
+            let routing = Routing {
                 top_k: m.top_k,
                 norm_topk_prob: m.norm_topk_prob,
                 scoring: m.scoring,
@@ -319,8 +318,15 @@ fn load_mlp(w: &Weights, cfg: &ModelConfig, layer: usize) -> Result<Mlp> {
                 group_by_best: m.group_by_best,
                 correction,
                 routed_scaling_factor: m.routed_scaling_factor as f32,
-                shared,
-            }))
+            };
+            let mut moe =
+                SparseMoe::new(w.linear(&router, m.router_bias)?, experts, routing, shared);
+            // On CUDA the fused kernel runs the layer (routing included) when the experts are
+            // dense; quantized experts keep the per-expert path.
+            if w.device().is_cuda() {
+                moe.fuse()?;
+            }
+            Ok(Mlp::Sparse(moe))
         }
         // Phi-3: gate rows, then up rows, in one `gate_up_proj`.
         _ if cfg.fused_projections => {
@@ -512,12 +518,14 @@ impl CausalLm for Decoder {
             .unwrap_or(1.0 / (cfg.head_dim as f64).sqrt()) as f32;
         // On CUDA: fused kernels (src/ops); on the CPU: candle's stock ops.
         let cuda = self.device.is_cuda();
-        let cos_sin = match cuda {
+        // Longrope and partial rotary take the cos/sin path on CUDA too.
+        let fused_rotary = cuda && self.rotaries.iter().all(|r| r.fused_kernel_ok());
+        let cos_sin = match fused_rotary {
             true => Vec::new(),
             false => self
                 .rotaries
                 .iter()
-                .map(|r| r.cos_sin(&meta.positions, self.dtype))
+                .map(|r| r.cos_sin(meta, self.dtype))
                 .collect::<candle_core::Result<Vec<_>>>()?,
         };
         let mut x = self.embed.index_select(tokens, 0)?;
@@ -533,8 +541,9 @@ impl CausalLm for Decoder {
             let (residual, hs) = add_norm(&x, pending.as_ref(), &layer.input_norm, cuda)?;
             let (k_cache, v_cache) = kv.layer(i);
             let rotary = &self.rotaries[layer.rotary];
-            // YaRN scales cos/sin by `attention_factor`, i.e. the rotary logits by its square.
-            let rope_scale = (rotary.attention_factor * rotary.attention_factor) as f32;
+            // YaRN and longrope scale cos/sin by an attention factor, i.e. the logits by its
+            // square (partial rotary: in cos/sin instead, see `Rotary::logit_scale`).
+            let rope_scale = rotary.logit_scale() as f32;
             let mut attn = match &layer.attn {
                 Attention::Latent(m) => {
                     m.forward(&hs, meta, k_cache, v_cache, rotary, scale, rope_scale)?

@@ -44,6 +44,24 @@ pub const PRESETS: &[(&str, &str)] = &[
         "smollm2-360m",
         include_str!("../../models/presets/smollm2-360m.json"),
     ),
+    // Mixture-of-experts widths for GPU runs of the MoE kernels (bf16 dims; gpt-oss without
+    // its MXFP4 `quantization_config`).
+    (
+        "qwen3-30b-a3b",
+        include_str!("../../models/presets/qwen3-30b-a3b.json"),
+    ),
+    (
+        "mixtral-8x7b",
+        include_str!("../../models/presets/mixtral-8x7b.json"),
+    ),
+    (
+        "gpt-oss-20b",
+        include_str!("../../models/presets/gpt-oss-20b.json"),
+    ),
+    (
+        "deepseek-v2-lite",
+        include_str!("../../models/presets/deepseek-v2-lite.json"),
+    ),
 ];
 
 /// Prefix of a model argument that names a bundled preset.
@@ -444,6 +462,132 @@ mod tests {
         assert_eq!(params("llama-3.2-1b"), 1_235_814_400);
         assert_eq!(params("Qwen2.5-7B"), 7_615_616_512);
         assert!(resolve("preset:nope").is_err());
+    }
+
+    /// Every tensor name any family's checkpoint has in layer `i` (a superset: the shapes
+    /// say which exist).
+    fn layer_tensor_names(c: &ModelConfig, i: usize) -> Vec<String> {
+        let mut tails: Vec<String> = [
+            "input_layernorm",
+            "post_attention_layernorm",
+            "pre_feedforward_layernorm",
+            "post_feedforward_layernorm",
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "self_attn.qkv_proj",
+            "self_attn.q_norm",
+            "self_attn.k_norm",
+            "self_attn.q_a_proj",
+            "self_attn.q_a_layernorm",
+            "self_attn.q_b_proj",
+            "self_attn.kv_a_proj_with_mqa",
+            "self_attn.kv_a_layernorm",
+            "self_attn.kv_b_proj",
+        ]
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+        // A sparse layer has no dense MLP (the dummy shapes would still answer for one).
+        if !c.moe.as_ref().is_some_and(|m| m.sparse_layers[i]) {
+            for t in [
+                "mlp.gate_proj",
+                "mlp.up_proj",
+                "mlp.down_proj",
+                "mlp.gate_up_proj",
+            ] {
+                tails.push(t.to_string());
+            }
+        }
+        let mut full = vec![format!("model.layers.{i}.self_attn.sinks")];
+        if let Some(m) = &c.moe {
+            let n = &m.names;
+            tails.push(n.router.to_string());
+            for suffix in [
+                "gate_up_proj",
+                "gate_up_proj_bias",
+                "down_proj",
+                "down_proj_bias",
+            ] {
+                full.push(format!("model.layers.{i}.{}.{suffix}", n.experts));
+            }
+            full.push(format!(
+                "model.layers.{i}.{}.e_score_correction_bias",
+                n.router
+            ));
+            for proj in [n.gate, n.up, n.down] {
+                tails.push(format!("mlp.shared_experts.{proj}"));
+                // Stacked experts (gpt-oss) have no per-expert tensors.
+                for j in (0..m.num_experts).filter(|_| !m.stacked_experts) {
+                    tails.push(format!("{}.{j}.{proj}", n.experts));
+                }
+            }
+        }
+        let mut names: Vec<String> = tails
+            .iter()
+            .flat_map(|t| ["weight", "bias"].map(|s| format!("model.layers.{i}.{t}.{s}")))
+            .chain(full)
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// The MoE presets parse with their routing and give the model cards' parameter counts
+    /// (shapes only: nothing is allocated).
+    #[test]
+    fn moe_presets_parse_with_their_real_sizes() {
+        let total = |name: &str| -> (ModelConfig, usize) {
+            let c = resolve(&format!("preset:{name}")).unwrap().config;
+            let w = DummyWeights::new(&c, DType::BF16, &Device::Cpu, 0).unwrap();
+            let mut names = vec![
+                "model.embed_tokens.weight".to_string(),
+                "lm_head.weight".into(),
+                "model.norm.weight".into(),
+            ];
+            for i in 0..c.num_hidden_layers {
+                names.extend(layer_tensor_names(&c, i));
+            }
+            let n = names
+                .iter()
+                .filter_map(|n| w.shape(n))
+                .map(|s| s.elem_count())
+                .sum();
+            (c, n)
+        };
+        let near = |got: usize, card: f64, name: &str| {
+            let rel = (got as f64 / card - 1.0).abs();
+            assert!(rel < 0.01, "{name}: {got} parameters, model card {card:e}");
+        };
+        let (c, n) = total("qwen3-30b-a3b");
+        near(n, 30.5e9, "qwen3-30b-a3b");
+        let m = c.moe.as_ref().unwrap();
+        assert_eq!(
+            (m.num_experts, m.top_k, m.expert_intermediate_size),
+            (128, 8, 768)
+        );
+        assert!(m.sparse_layers.iter().all(|&s| s) && m.norm_topk_prob);
+
+        let (c, n) = total("mixtral-8x7b");
+        near(n, 46.7e9, "mixtral-8x7b");
+        let m = c.moe.as_ref().unwrap();
+        assert_eq!((m.num_experts, m.top_k), (8, 2));
+
+        let (c, n) = total("gpt-oss-20b");
+        near(n, 20.9e9, "gpt-oss-20b");
+        let m = c.moe.as_ref().unwrap();
+        assert_eq!((m.num_experts, m.top_k), (32, 4));
+        assert!(m.stacked_experts && c.attention_sinks);
+        assert_eq!((c.window(0), c.window(1)), (Some(128), None));
+
+        let (c, n) = total("deepseek-v2-lite");
+        near(n, 15.7e9, "deepseek-v2-lite");
+        let m = c.moe.as_ref().unwrap();
+        assert_eq!((m.num_experts, m.top_k), (64, 6));
+        assert_eq!(m.shared_intermediate_size, Some(2 * 1408));
+        assert!(!m.sparse_layers[0] && m.sparse_layers[1..].iter().all(|&s| s));
+        assert_eq!(c.mla.as_ref().unwrap().kv_lora_rank, 512);
     }
 
     #[test]

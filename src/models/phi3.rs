@@ -1,7 +1,7 @@
 //! Phi-3 and Phi-4: the Llama layout with q/k/v fused into `qkv_proj` and gate/up into
 //! `gate_up_proj` (split at load), and a sliding window on every layer when configured.
-//! Longrope scaling (the 128k variants, Phi-4-mini) is refused by the rope parser until it is
-//! implemented; partial rotary is refused here.
+//! Longrope scaling (the 128k variants, Phi-4-mini) is parsed with the other rope scalings;
+//! partial rotary (Phi-4-mini's `partial_rotary_factor` 0.75) turns the first dims of a head.
 
 use anyhow::{bail, Result};
 use candle_core::quantized::gguf_file;
@@ -24,11 +24,12 @@ fn configure(raw: &serde_json::Value, cfg: &mut ModelConfig) -> Result<()> {
         raw.get("rope_parameters")
             .and_then(|p| raw_f64(p, "partial_rotary_factor"))
     });
-    if partial.is_some_and(|f| f != 1.0) {
-        bail!(
-            "phi3 with partial_rotary_factor {} is not supported",
-            partial.unwrap()
-        );
+    if let Some(f) = partial.filter(|&f| f != 1.0) {
+        if !(f > 0.0 && f < 1.0) {
+            bail!("phi3 with partial_rotary_factor {f} is not supported");
+        }
+        // transformers: int(head_dim * factor).
+        cfg.rotary_dim = Some((cfg.head_dim as f64 * f) as usize);
     }
     if let Some(act) = raw.get("hidden_act").and_then(|v| v.as_str()) {
         if act != "silu" {

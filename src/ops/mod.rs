@@ -4,6 +4,7 @@
 
 pub mod activation;
 pub mod kv_write;
+pub mod moe;
 pub mod norm;
 pub mod paged_attention;
 pub mod rotary;

@@ -26,6 +26,8 @@ pub struct StepSeq<'a> {
     /// Whether the step samples for this sequence (its last new token's logits are needed);
     /// false for a prompt chunk that is not the last one.
     pub wants_logits: bool,
+    /// Tokens of the sequence's prompt (see `SeqAttn::prompt_len`).
+    pub prompt_len: usize,
 }
 
 pub struct CandleForward {
@@ -74,6 +76,7 @@ impl CandleForward {
                 query_len: n,
                 context_len: s.num_computed + n,
                 block_table: s.block_table.to_vec(),
+                prompt_len: s.prompt_len,
             });
             ids.extend_from_slice(s.new_tokens);
             if s.wants_logits {
@@ -221,6 +224,7 @@ impl ModelRunner for CandleRunner {
                 num_computed: s.num_computed_tokens,
                 block_table: &s.block_table,
                 wants_logits: s.samples_this_step,
+                prompt_len: self.seqs.get(&s.id).map_or(0, |st| st.prompt.len()),
             })
             .collect();
         let Some(logits) = self.logits_and_masks(out, &steps)? else {
