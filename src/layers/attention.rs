@@ -187,7 +187,37 @@ impl Element for f16 {
     }
 }
 
+/// `Σ a[i]·b[i]` with 8 independent lanes summed in a fixed order at the end: vectorizes, and
+/// the result depends only on the two rows (never on the batch or the thread).
+#[inline(always)]
+fn dot<T: Element>(a: &[f32], b: &[T]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (ac, at) = a.as_chunks::<8>();
+    let (bc, bt) = b.as_chunks::<8>();
+    for (x, y) in ac.iter().zip(bc) {
+        for l in 0..8 {
+            lanes[l] += x[l] * y[l].to_f32();
+        }
+    }
+    let mut tail = 0f32;
+    for (x, y) in at.iter().zip(bt) {
+        tail += x * y.to_f32();
+    }
+    let s4 = [
+        lanes[0] + lanes[4],
+        lanes[1] + lanes[5],
+        lanes[2] + lanes[6],
+        lanes[3] + lanes[7],
+    ];
+    (s4[0] + s4[2]) + (s4[1] + s4[3]) + tail
+}
+
 impl PagedAttention {
+    /// One work item per (query row, KV head), in parallel over the rayon pool: the item
+    /// computes the outputs of the query heads sharing that KV head, reading each cached key
+    /// and value row once for all of them. Every output comes from one item, whose arithmetic
+    /// depends only on its own query and context, so results do not depend on the batch or
+    /// the thread count.
     fn run<T: Element>(
         &self,
         q: &[T],
@@ -196,60 +226,95 @@ impl PagedAttention {
         v: &[T],
         kv_heads: usize,
     ) -> Vec<T> {
+        use rayon::prelude::*;
         let (num_tokens, heads, d) = qd;
         let group = heads / kv_heads;
         let bs = self.meta.block_size;
         let mut out = vec![T::from_f32(0.0); num_tokens * heads * d];
-        let mut scores: Vec<f32> = Vec::new();
-        let mut acc = vec![0f32; d];
-        let mut qf = vec![0f32; d];
+        // Sequence of every row.
+        let mut seq_of = vec![0usize; num_tokens];
+        for (i, s) in self.meta.seqs.iter().enumerate() {
+            seq_of[s.query_start..s.query_start + s.query_len].fill(i);
+        }
         let slot_row = |table: &[u32], pos: usize| table[pos / bs] as usize * bs + pos % bs;
-        for s in self.meta.seqs.iter() {
-            let first_pos = s.context_len - s.query_len;
-            for i in 0..s.query_len {
-                let pos = first_pos + i;
-                let lo = match self.sliding_window {
-                    Some(w) if pos + 1 > w => pos + 1 - w,
-                    _ => 0,
-                };
-                let row = s.query_start + i;
-                for h in 0..heads {
-                    let kvh = h / group;
-                    let qo = (row * heads + h) * d;
-                    for (x, y) in qf.iter_mut().zip(&q[qo..qo + d]) {
-                        *x = y.to_f32() * self.scale;
-                    }
-                    scores.clear();
-                    let sink = self.sinks.as_ref().map(|s| s[h]);
-                    let mut max = sink.unwrap_or(f32::NEG_INFINITY);
-                    for p in lo..=pos {
-                        let ko = (slot_row(&s.block_table, p) * kv_heads + kvh) * d;
-                        let dot: f32 = qf
-                            .iter()
-                            .zip(&k[ko..ko + d])
-                            .map(|(a, b)| a * b.to_f32())
-                            .sum();
-                        max = max.max(dot);
-                        scores.push(dot);
-                    }
-                    let mut sum = sink.map_or(0.0, |s| (s - max).exp());
-                    for x in scores.iter_mut() {
-                        *x = (*x - max).exp();
-                        sum += *x;
-                    }
-                    acc.iter_mut().for_each(|a| *a = 0.0);
-                    for (j, p) in (lo..=pos).enumerate() {
-                        let vo = (slot_row(&s.block_table, p) * kv_heads + kvh) * d;
-                        let w = scores[j] / sum;
-                        for (a, b) in acc.iter_mut().zip(&v[vo..vo + d]) {
-                            *a += w * b.to_f32();
-                        }
-                    }
-                    for (o, a) in out[qo..qo + d].iter_mut().zip(&acc) {
-                        *o = T::from_f32(*a);
+        let work = |scratch: &mut (Vec<f32>, Vec<f32>, Vec<f32>), (item, o): (usize, &mut [T])| {
+            let (row, kvh) = (item / kv_heads, item % kv_heads);
+            let s = &self.meta.seqs[seq_of[row]];
+            let pos = s.context_len - s.query_len + (row - s.query_start);
+            let lo = match self.sliding_window {
+                Some(w) if pos + 1 > w => pos + 1 - w,
+                _ => 0,
+            };
+            let n = pos + 1 - lo;
+            let (qf, scores, acc) = scratch;
+            qf.clear();
+            for g in 0..group {
+                let qo = (row * heads + kvh * group + g) * d;
+                qf.extend(q[qo..qo + d].iter().map(|y| y.to_f32() * self.scale));
+            }
+            scores.clear();
+            scores.resize(group * n, 0.0);
+            for (j, p) in (lo..=pos).enumerate() {
+                let ko = (slot_row(&s.block_table, p) * kv_heads + kvh) * d;
+                let kr = &k[ko..ko + d];
+                for g in 0..group {
+                    scores[g * n + j] = dot(&qf[g * d..(g + 1) * d], kr);
+                }
+            }
+            acc.clear();
+            acc.resize(group * d, 0.0);
+            for g in 0..group {
+                let h = kvh * group + g;
+                let sc = &mut scores[g * n..(g + 1) * n];
+                let sink = self.sinks.as_ref().map(|s| s[h]);
+                let max = sc
+                    .iter()
+                    .fold(sink.unwrap_or(f32::NEG_INFINITY), |a, &b| a.max(b));
+                let mut sum = sink.map_or(0.0, |s| (s - max).exp());
+                for x in sc.iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                let inv = 1.0 / sum;
+                for x in sc.iter_mut() {
+                    *x *= inv;
+                }
+            }
+            for (j, p) in (lo..=pos).enumerate() {
+                let vo = (slot_row(&s.block_table, p) * kv_heads + kvh) * d;
+                let vr = &v[vo..vo + d];
+                for g in 0..group {
+                    let w = scores[g * n + j];
+                    for (a, b) in acc[g * d..(g + 1) * d].iter_mut().zip(vr) {
+                        *a += w * b.to_f32();
                     }
                 }
             }
+            for (o, a) in o.iter_mut().zip(acc.iter()) {
+                *o = T::from_f32(*a);
+            }
+        };
+        let init = || (Vec::new(), Vec::new(), Vec::new());
+        // Small steps on the calling thread (no fork/join cost); same arithmetic either way.
+        if num_tokens
+            * heads
+            * self
+                .meta
+                .seqs
+                .iter()
+                .map(|s| s.context_len)
+                .max()
+                .unwrap_or(0)
+            < 1 << 12
+        {
+            let mut scratch = init();
+            out.chunks_mut(group * d)
+                .enumerate()
+                .for_each(|x| work(&mut scratch, x));
+        } else {
+            out.par_chunks_mut(group * d)
+                .enumerate()
+                .for_each_init(init, work);
         }
         out
     }
