@@ -337,7 +337,8 @@ impl QActs {
         let mut q = vec![0i8; m * k];
         let mut d = vec![0f32; m * kb];
         let mut sum = vec![0f32; m * kb];
-        let work = |(((xb, qb), db), sb): (((&[f32], &mut [i8]), &mut f32), &mut f32)| {
+        type Item<'a> = (((&'a [f32], &'a mut [i8]), &'a mut f32), &'a mut f32);
+        let work = |(((xb, qb), db), sb): Item| {
             let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
             let scale = amax / 127.0;
             let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
@@ -431,6 +432,7 @@ mod x86 {
     }
 
     #[inline(always)]
+    #[allow(clippy::needless_range_loop)] // `i` indexes rows of several arrays
     unsafe fn column_body<const R: usize, const VNNI: bool>(
         w: &QWeight,
         c: usize,
