@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:-${FLARE_CACHE:-$HOME/.cache/flare}/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 out=${2:-benches/results/profile-cpu-$(basename "$model" .gguf)-$(date +%Y-%m-%d).txt}
-flare=${FLARE:-target/release/flare}
+flare=${FLARE:-${CARGO_TARGET_DIR:-target}/release/flare}
 t=${THREADS:-1}
 tmp=$(mktemp -d)
 {

@@ -50,7 +50,7 @@ if ! have_all || [ "$(cat "$peers/build/.flare-flags" 2>/dev/null)" != noamx ]; 
 fi
 cargo build --release -q
 [ -n "${BUILD_ONLY:-}" ] && exit 0
-flare=target/release/flare
+flare=${CARGO_TARGET_DIR:-target}/release/flare
 kv=(--kv-cache-memory 1000000000)
 
 {
