@@ -6,8 +6,9 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use flare::cpu::qgemm::{available, QWeight};
 
-const TYPES: [GgmlDType; 5] = [
+const TYPES: [GgmlDType; 6] = [
     GgmlDType::Q4_0,
+    GgmlDType::Q5_0,
     GgmlDType::Q4_1,
     GgmlDType::Q8_0,
     GgmlDType::Q4K,

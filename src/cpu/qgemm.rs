@@ -4,8 +4,8 @@
 //! activation block size), column by column:
 //! - [`Layout::Q4`] (Q4_0, Q4_1, Q4_K): 4-bit codes `q` in 0..16 with an f32 scale `d` and
 //!   offset `m` per block, `w = d·q + m` (Q4_0: `m = -8d`; Q4_K: `d·sc`, `-dmin·mn`);
-//! - [`Layout::Q8`] (Q8_0, Q6_K): signed 8-bit codes with one f32 scale per 16 elements
-//!   (Q8_0 repeats its block scale; Q6_K's codes are `q - 32` under `d·sc`).
+//! - [`Layout::Q8`] (Q8_0, Q5_0, Q6_K): signed 8-bit codes with one f32 scale per 16 elements
+//!   (Q8_0 and Q5_0 repeat their block scale, Q5_0's codes are `q - 16`; Q6_K's codes are `q - 32` under `d·sc`).
 //!
 //! Activations are quantized once per call to 8-bit blocks of 32 (`a = d_a·qa`, round to
 //! nearest) and every weight block read is used for up to [`ROWS`] activation rows.
@@ -103,6 +103,7 @@ impl QWeight {
             Q4_1 => (Layout::Q4, 20, 32),
             Q4K => (Layout::Q4, 144, 256),
             Q8_0 => (Layout::Q8, 34, 32),
+            Q5_0 => (Layout::Q8, 22, 32),
             Q6K => (Layout::Q8, 210, 256),
             _ => return None,
         };
@@ -145,6 +146,19 @@ impl QWeight {
                 Q8_0 => {
                     let d = f16_at(src, 0);
                     q.copy_from_slice(&src[2..34]);
+                    emit(0, &q, [d, d]);
+                }
+                Q5_0 => {
+                    // d, 32 fifth bits, then nibbles as Q4_0; codes q - 16 in -16..16.
+                    let d = f16_at(src, 0);
+                    let qh = u32::from_le_bytes([src[2], src[3], src[4], src[5]]);
+                    let qs = &src[6..22];
+                    for j in 0..16 {
+                        let h0 = ((qh >> j) & 1) as u8;
+                        let h1 = ((qh >> (j + 16)) & 1) as u8;
+                        q[j] = (((qs[j] & 0xF) | (h0 << 4)) as i8 - 16) as u8;
+                        q[j + 16] = (((qs[j] >> 4) | (h1 << 4)) as i8 - 16) as u8;
+                    }
                     emit(0, &q, [d, d]);
                 }
                 Q4K => {
