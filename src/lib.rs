@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod chat_template;
+pub mod cpu;
 pub mod engine;
 pub mod guidance;
 pub mod kv;

@@ -65,14 +65,48 @@ fn add_norm(
 
 /// Attention with per-head keys and values in the cache (every family but DeepSeek).
 struct StandardAttn {
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    qkv: QkvProj,
     o: Linear,
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
     /// gpt-oss's per-head sink logits (f32).
     sinks: Option<Vec<f32>>,
+}
+
+/// q, k and v projections: separate, or one map whose output is q, k, v side by side (our CPU
+/// kernel's repacked weights: the input is quantized once and read by one pass).
+enum QkvProj {
+    Separate { q: Linear, k: Linear, v: Linear },
+    Fused(Linear),
+}
+
+impl QkvProj {
+    fn new(q: Linear, k: Linear, v: Linear) -> Self {
+        match Linear::fuse(&[&q, &k, &v]) {
+            Some(f) => Self::Fused(f),
+            None => Self::Separate { q, k, v },
+        }
+    }
+
+    /// `hs: [t, hidden]` -> q `[t, q_dim]`, k and v `[t, kv_dim]`.
+    fn forward(
+        &self,
+        hs: &Tensor,
+        q_dim: usize,
+        kv_dim: usize,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        Ok(match self {
+            Self::Separate { q, k, v } => (q.forward(hs)?, k.forward(hs)?, v.forward(hs)?),
+            Self::Fused(f) => {
+                let y = f.forward(hs)?;
+                (
+                    y.narrow(1, 0, q_dim)?,
+                    y.narrow(1, q_dim, kv_dim)?,
+                    y.narrow(1, q_dim + kv_dim, kv_dim)?,
+                )
+            }
+        })
+    }
 }
 
 enum Attention {
@@ -375,9 +409,7 @@ impl Decoder {
                     None => {
                         let (q, k, v) = load_qkv(w, &cfg, &a)?;
                         Attention::Standard(StandardAttn {
-                            q,
-                            k,
-                            v,
+                            qkv: QkvProj::new(q, k, v),
                             o: w.linear(&format!("{a}.o_proj"), cfg.o_bias)?,
                             q_norm: norm_if(cfg.qk_norm, format!("{a}.q_norm"))?,
                             k_norm: norm_if(cfg.qk_norm, format!("{a}.k_norm"))?,
@@ -457,9 +489,10 @@ impl Decoder {
         );
         let cuda = self.device.is_cuda();
         let rotary = &self.rotaries[layer.rotary];
-        let mut q = sa.q.forward(hs)?.reshape((t, h, d))?;
-        let mut k = sa.k.forward(hs)?.reshape((t, kvh, d))?;
-        let v = sa.v.forward(hs)?.reshape((t, kvh, d))?.contiguous()?;
+        let (q, k, v) = sa.qkv.forward(hs, h * d, kvh * d)?;
+        let mut q = q.reshape((t, h, d))?;
+        let mut k = k.reshape((t, kvh, d))?;
+        let v = v.reshape((t, kvh, d))?.contiguous()?;
         if let (Some(qn), Some(kn)) = (&sa.q_norm, &sa.k_norm) {
             q = qn.forward(&q.contiguous()?)?;
             k = kn.forward(&k.contiguous()?)?;

@@ -1,0 +1,180 @@
+//! The CPU quantized GEMM (`flare::cpu::qgemm`): repacking keeps candle's dequantized values,
+//! products agree with an f32 reference within the activation quantization's error bound, and
+//! every row is bit-identical alone or inside batches of 2..64 at 1 and 2 threads.
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use flare::cpu::qgemm::{available, QWeight};
+
+const TYPES: [GgmlDType; 6] = [
+    GgmlDType::Q4_0,
+    GgmlDType::Q5_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q8_0,
+    GgmlDType::Q4K,
+    GgmlDType::Q6K,
+];
+
+fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+}
+
+/// Random weights `[n, k]` quantized by candle, and our repack of them.
+fn weight(dtype: GgmlDType, n: usize, k: usize, seed: u64) -> (QTensor, QWeight) {
+    let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+    let _ = seed;
+    let q = QTensor::quantize(&w, dtype).unwrap();
+    let p = QWeight::from_qtensor(&q).expect("repackable");
+    (q, p)
+}
+
+fn acts(m: usize, k: usize) -> Vec<f32> {
+    // Mixed magnitudes per block, some all-zero blocks, a few outliers.
+    let t = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
+    let mut v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for (i, x) in v.iter_mut().enumerate() {
+        if (i / 32) % 7 == 3 {
+            *x = 0.0;
+        }
+        if i % 101 == 0 {
+            *x *= 20.0;
+        }
+    }
+    v
+}
+
+#[test]
+fn repack_keeps_candles_dequantized_values() {
+    if !available() {
+        return;
+    }
+    for dtype in TYPES {
+        let (q, p) = weight(dtype, 8, 512, 1);
+        let want = q
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let got = p.dequantize();
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                "{dtype:?} element {i}: {a} vs {b}"
+            );
+        }
+    }
+}
+
+#[test]
+fn products_agree_with_f32_reference_within_the_quantization_bound() {
+    if !available() {
+        return;
+    }
+    let (m, n, k) = (9, 70, 512);
+    let x = acts(m, k);
+    for dtype in TYPES {
+        let (_, p) = weight(dtype, n, k, 2);
+        let w = p.dequantize();
+        let mut y = vec![0f32; m * n];
+        p.matmul(&x, m, &mut y);
+        for r in 0..m {
+            for c in 0..n {
+                let (xr, wc) = (&x[r * k..(r + 1) * k], &w[c * k..(c + 1) * k]);
+                let exact: f64 = xr.iter().zip(wc).map(|(a, b)| *a as f64 * *b as f64).sum();
+                // Each activation moves by at most half a step (amax/127/2) of its block.
+                let bound: f64 = xr
+                    .chunks(32)
+                    .zip(wc.chunks(32))
+                    .map(|(xb, wb)| {
+                        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs())) as f64;
+                        amax / 254.0 * wb.iter().map(|v| v.abs() as f64).sum::<f64>()
+                    })
+                    .sum();
+                let err = (y[r * n + c] as f64 - exact).abs();
+                assert!(
+                    err <= bound * 1.01 + 1e-3,
+                    "{dtype:?} ({r},{c}): {} vs {exact}, bound {bound}",
+                    y[r * n + c]
+                );
+            }
+        }
+        // And the bound is not vacuous: the product is far from zero on average.
+        let mean: f32 = y.iter().map(|v| v.abs()).sum::<f32>() / y.len() as f32;
+        assert!(mean > 1.0, "{dtype:?}: mean |y| {mean}");
+    }
+}
+
+#[test]
+fn rows_are_bit_identical_alone_and_in_batches_of_2_to_64_at_1_and_2_threads() {
+    if !available() {
+        return;
+    }
+    let (n, k) = (37, 512);
+    let m = 64;
+    let x = acts(m, k);
+    for dtype in TYPES {
+        let (_, p) = weight(dtype, n, k, 3);
+        // Each row alone, one thread.
+        let alone: Vec<Vec<f32>> = pool(1).install(|| {
+            (0..m)
+                .map(|r| {
+                    let mut y = vec![0f32; n];
+                    p.matmul(&x[r * k..(r + 1) * k], 1, &mut y);
+                    y
+                })
+                .collect()
+        });
+        for threads in [1, 2] {
+            pool(threads).install(|| {
+                for batch in [2, 3, 4, 5, 7, 8, 13, 16, 31, 32, 33, 64] {
+                    // Rows [start, start + batch) so a row lands at different tile offsets.
+                    for start in [0, 1, m - batch] {
+                        if start + batch > m {
+                            continue;
+                        }
+                        let mut y = vec![0f32; batch * n];
+                        p.matmul(&x[start * k..(start + batch) * k], batch, &mut y);
+                        for i in 0..batch {
+                            let got = &y[i * n..(i + 1) * n];
+                            let want = &alone[start + i];
+                            assert!(
+                                got.iter()
+                                    .zip(want)
+                                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                                "{dtype:?} threads {threads} batch {batch} start {start} row {i}"
+                            );
+                        }
+                    }
+                }
+            });
+        }
+    }
+}
+
+#[test]
+fn fused_weights_give_each_parts_columns_unchanged() {
+    if !available() {
+        return;
+    }
+    let (m, k) = (5, 256);
+    let x = acts(m, k);
+    let (_, a) = weight(GgmlDType::Q4_1, 12, k, 4);
+    let (_, b) = weight(GgmlDType::Q4_1, 4, k, 5);
+    let fused = QWeight::concat(&[&a, &b]).unwrap();
+    let (mut ya, mut yb, mut yf) = (vec![0f32; m * 12], vec![0f32; m * 4], vec![0f32; m * 16]);
+    a.matmul(&x, m, &mut ya);
+    b.matmul(&x, m, &mut yb);
+    fused.matmul(&x, m, &mut yf);
+    for r in 0..m {
+        assert_eq!(&yf[r * 16..r * 16 + 12], &ya[r * 12..r * 12 + 12]);
+        assert_eq!(&yf[r * 16 + 12..r * 16 + 16], &yb[r * 4..r * 4 + 4]);
+    }
+    // Different layouts do not fuse.
+    let (_, c) = weight(GgmlDType::Q8_0, 4, k, 6);
+    assert!(QWeight::concat(&[&a, &c]).is_none());
+}
