@@ -263,3 +263,75 @@ async fn disconnect_frees_blocks_on_the_real_model() {
     );
     assert!(server.stop().await);
 }
+
+/// A grammar that takes longer than `--grammar-compile-timeout` to compile is a 400 in the OpenAI
+/// error shape, while a request already streaming goes on to its end undisturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_grammar_is_refused_while_others_stream() {
+    let state = AppState::new(ServerConfig {
+        served_model_names: vec![MODEL.into()],
+        ..ServerConfig::default()
+    });
+    let args = EngineArgs {
+        // No grammar compiles this fast: every uncached one times out.
+        grammar_compile_timeout: Duration::from_micros(1),
+        ..engine_args()
+    };
+    flare::server::load_into(&state, args).expect("model loads");
+    let server = serve(state).await;
+    let c = client();
+    let mut streaming = c
+        .post(server.url("/v1/chat/completions"))
+        .json(&question(
+            json!({"stream": true, "max_tokens": 64, "temperature": 0}),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streaming.status().as_u16(), 200);
+    let mut before = String::from_utf8(streaming.chunk().await.unwrap().unwrap().to_vec()).unwrap();
+
+    let properties: serde_json::Map<String, Value> = (0..200)
+        .map(|i| {
+            (
+                format!("field_{i}"),
+                json!({"type": "string", "pattern": "^[a-z]{3,9}$"}),
+            )
+        })
+        .collect();
+    let schema = json!({"type": "object", "properties": properties, "required": ["field_0"]});
+    let (status, v) = post(
+        &c,
+        &server.url("/v1/chat/completions"),
+        question(json!({
+            "max_tokens": 8,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "wide", "schema": schema}},
+        })),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    let (message, kind, param) = error_of(&v);
+    assert_eq!(kind, "invalid_request_error");
+    assert_eq!(param, json!("response_format"));
+    assert!(message.contains("took longer than"), "{message}");
+
+    // The stream started before the refusal finishes normally after it.
+    let mut after = String::new();
+    while let Some(chunk) = streaming.chunk().await.unwrap() {
+        after.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    before.push_str(&after);
+    let events = sse_data(&before);
+    assert_eq!(events.last(), Some(&Value::String("[DONE]".into())));
+    let finish = events
+        .iter()
+        .find_map(|e| e["choices"][0]["finish_reason"].as_str())
+        .expect("a finish reason");
+    assert!(finish == "length" || finish == "stop", "{finish}");
+    assert!(
+        after.contains("\"content\""),
+        "tokens kept streaming after the 400: {after}"
+    );
+    wait_idle(&c, &server, Duration::from_secs(30)).await;
+    server.stop().await;
+}

@@ -46,6 +46,10 @@ pub struct ModelArgs {
     /// key's priority, lower first; preemption takes the least important first).
     #[arg(long, default_value = "fcfs")]
     pub scheduling_policy: String,
+    /// Seconds a structured-output grammar (JSON schema, regex, Lark) may take to compile;
+    /// a request whose grammar takes longer gets a 400.
+    #[arg(long, default_value_t = 10.0)]
+    pub grammar_compile_timeout: f64,
 }
 
 impl ModelArgs {
@@ -84,8 +88,14 @@ impl ModelArgs {
             "dummy" => LoadFormat::Dummy,
             other => bail!("unknown load format `{other}` (auto, dummy)"),
         };
+        if !(self.grammar_compile_timeout > 0.0 && self.grammar_compile_timeout.is_finite()) {
+            bail!("--grammar-compile-timeout must be a positive number of seconds");
+        }
         Ok(EngineArgs {
             load_format,
+            grammar_compile_timeout: std::time::Duration::from_secs_f64(
+                self.grammar_compile_timeout,
+            ),
             model: self.model.clone(),
             revision: self.revision.clone(),
             dtype,

@@ -31,6 +31,8 @@ pub struct EngineArgs {
     pub scheduler: SchedulerConfig,
     /// Dummy: random weights for the config `model` names (preset, config.json or HF dir).
     pub load_format: LoadFormat,
+    /// Wall-clock limit on compiling one structured-output grammar (`--grammar-compile-timeout`).
+    pub grammar_compile_timeout: std::time::Duration,
 }
 
 /// How weights are obtained (vLLM's `--load-format`).
@@ -55,6 +57,7 @@ impl Default for EngineArgs {
             max_model_len: None,
             scheduler: SchedulerConfig::default(),
             load_format: LoadFormat::Auto,
+            grammar_compile_timeout: Guidance::DEFAULT_COMPILE_TIMEOUT,
         }
     }
 }
@@ -138,7 +141,7 @@ pub fn build_engine(args: &EngineArgs) -> Result<LoadedEngine> {
     let tokenizer = Arc::new(tokenizer);
     let t = std::time::Instant::now();
     let guidance = Guidance::new(tokenizer.clone(), cfg.vocab_size, &eos)
-        .map(Arc::new)
+        .map(|g| Arc::new(g.with_compile_timeout(args.grammar_compile_timeout)))
         .map_err(|e| e.to_string());
     match &guidance {
         Ok(_) => tracing::info!("grammar token table built in {:?}", t.elapsed()),
