@@ -39,6 +39,9 @@ pub struct SamplingParams {
     pub logprobs: Option<usize>,
     /// Structured output: every generated token is constrained by this grammar.
     pub constraint: Option<Constraint>,
+    /// With a constraint and a reasoning model: the grammar binds only the answer, which starts
+    /// where these markers say the reasoning ends.
+    pub constraint_after: Option<ReasoningMarkers>,
     /// Leave special tokens out of the text (vLLM's default). Off for tool-call and reasoning
     /// parsers whose markers are special tokens (gpt-oss, Mistral); the token that ends the
     /// generation (EOS, a stop token id) is left out either way.
@@ -63,6 +66,17 @@ pub enum Constraint {
     Lark(String),
 }
 
+/// How a reasoning model's output marks the end of its thinking, plain data (from the
+/// server's `--reasoning-parser`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReasoningMarkers {
+    /// The output reasons only if it opens with this token (Qwen3's `<think>`); None: the
+    /// output starts inside the reasoning (DeepSeek-R1, gpt-oss).
+    pub opener: Option<String>,
+    /// The text after which the answer begins (`</think>`, gpt-oss's final-channel header).
+    pub closer: String,
+}
+
 impl Default for SamplingParams {
     fn default() -> Self {
         Self {
@@ -82,6 +96,7 @@ impl Default for SamplingParams {
             stop: Vec::new(),
             logprobs: None,
             constraint: None,
+            constraint_after: None,
             skip_special_tokens: true,
         }
     }

@@ -154,3 +154,53 @@ fn gguf_answers_a_question_with_a_clear_answer() {
         "{answer:?}"
     );
 }
+
+/// A structured-output grammar behind a reasoning gate on the real model: the text up to the
+/// reasoning's closer is the model's own greedy text, and the answer after it follows the grammar.
+/// (Markers chosen so that SmolLM2, which does not think, closes its "reasoning" by itself.)
+#[test]
+fn grammar_binds_only_the_answer_after_the_reasoning() {
+    use flare::request::{Constraint, ReasoningMarkers};
+    let mut e = engine(&source::default_gguf_path());
+    let tok = e.tokenizer.clone();
+    let template = ChatTemplate::from_tokenizer(&tok).unwrap().unwrap();
+    let question = "What is the capital of France? Answer in one sentence.";
+    let text = template
+        .render(&[ChatMessage::new("user", question)], true)
+        .unwrap();
+    let prompt = tok.encode(&text, false).unwrap();
+    let run = |e: &mut LoadedEngine, params: SamplingParams| {
+        e.engine.add_request(prompt.clone(), params, 0).unwrap();
+        let (mut text, mut finish) = (String::new(), None);
+        while e.engine.has_unfinished() {
+            for o in e.engine.step().unwrap() {
+                text.push_str(&o.text);
+                finish = o.finish_reason.or(finish);
+            }
+        }
+        (text, finish)
+    };
+    let (free, _) = run(&mut e, SamplingParams::greedy(30));
+    let cut = free.find("Paris").expect("the model names Paris") + "Paris".len();
+
+    let gated = SamplingParams {
+        constraint: Some(Constraint::Regex("[0-9]{4}".into())),
+        constraint_after: Some(ReasoningMarkers {
+            opener: None,
+            closer: "Paris".into(),
+        }),
+        ..SamplingParams::greedy(30)
+    };
+    let (text, finish) = run(&mut e, gated);
+    assert_eq!(
+        &text[..cut],
+        &free[..cut],
+        "the reasoning is the model's own text"
+    );
+    let answer = &text[cut..];
+    assert!(
+        answer.len() == 4 && answer.bytes().all(|b| b.is_ascii_digit()),
+        "{text:?}"
+    );
+    assert_eq!(finish, Some(flare::request::FinishReason::Stop), "{text:?}");
+}

@@ -127,7 +127,7 @@ impl<R: ModelRunner> EngineCore<R> {
             None => None,
             Some(c) => {
                 let guidance = self.guidance.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
-                Some(guidance.matcher(c)?)
+                Some(guidance.matcher_after(c, params.constraint_after.as_ref())?)
             }
         };
         let id = self.next_id;

@@ -2,6 +2,7 @@
 //! [`Constraint`] (off the engine thread, cached per grammar text, bounded in fuel and time) and
 //! per-sequence [`GrammarMatcher`]s whose masks the runner applies before sampling.
 
+mod gate;
 mod matcher;
 mod tokenv;
 
@@ -16,7 +17,7 @@ use serde_json::{json, Value};
 pub use matcher::GrammarMatcher;
 pub use tokenv::{token_bytes, FlareTokEnv};
 
-use crate::request::Constraint;
+use crate::request::{Constraint, ReasoningMarkers};
 use crate::tokenizer::Tokenizer;
 
 /// Grammars kept compiled; past this the cache starts over (compiling again is correct, only
@@ -127,8 +128,19 @@ impl Guidance {
 
     /// A fresh matcher for `c` at the start of the output (compiles on a cache miss).
     pub fn matcher(&self, c: &Constraint) -> Result<GrammarMatcher, GuidanceError> {
+        self.matcher_after(c, None)
+    }
+
+    /// As [`Guidance::matcher`]; with `reasoning`, the grammar binds only the answer after the
+    /// model's reasoning.
+    pub fn matcher_after(
+        &self,
+        c: &Constraint,
+        reasoning: Option<&ReasoningMarkers>,
+    ) -> Result<GrammarMatcher, GuidanceError> {
         let parser = self.parser(c)?;
-        Ok(GrammarMatcher::new(Matcher::new(Ok(parser))))
+        let gate = reasoning.map(|m| gate::Gate::new(self.factory.tok_env().clone(), m));
+        Ok(GrammarMatcher::new(Matcher::new(Ok(parser)), gate))
     }
 
     fn cached(&self, key: &str) -> bool {

@@ -132,8 +132,85 @@ fn invalid_grammars_are_errors_naming_the_problem() {
 #[test]
 fn compilation_past_the_time_limit_is_a_timeout() {
     let g = Arc::new(guidance().with_compile_timeout(std::time::Duration::from_nanos(1)));
-    let c = Constraint::JsonSchema(json!({"type": "object", "properties": {
-        "a": {"type": "string", "format": "email"}, "b": {"type": "array", "items": {"type": "number"}}}}));
+    // Wide enough that compiling takes milliseconds, not a race with the 1 ns limit.
+    let properties: serde_json::Map<String, Value> = (0..200)
+        .map(|i| {
+            (
+                format!("f{i}"),
+                json!({"type": "string", "format": "email"}),
+            )
+        })
+        .collect();
+    let c = Constraint::JsonSchema(json!({"type": "object", "properties": properties}));
     let r = g.compile_within_limit(&c);
     assert!(matches!(r, Err(GuidanceError::Timeout(_))), "{r:?}");
+}
+
+fn markers(opener: Option<&str>, closer: &str) -> crate::request::ReasoningMarkers {
+    crate::request::ReasoningMarkers {
+        opener: opener.map(str::to_string),
+        closer: closer.into(),
+    }
+}
+
+fn commit_text(m: &mut GrammarMatcher, text: &str) {
+    for b in text.bytes() {
+        m.commit(byte(b)).unwrap();
+    }
+}
+
+#[test]
+fn reasoning_is_free_text_without_eos_and_the_grammar_binds_the_answer() {
+    let g = guidance();
+    let vocab = g.vocab_size();
+    let c = Constraint::Regex("xy+".into());
+    let mut m = g.matcher_after(&c, Some(&markers(None, "</t>"))).unwrap();
+    let free = allowed(&mut m, vocab);
+    assert!(free.contains(&byte(b'q')) && free.contains(&byte(b'<')));
+    assert!(
+        !free.contains(&EOS),
+        "the reasoning may not end the sequence"
+    );
+    assert!(!m.is_accepting());
+    // A closer split over tokens is found.
+    commit_text(&mut m, "think </t");
+    assert!(allowed(&mut m, vocab).contains(&byte(b'q')));
+    commit_text(&mut m, ">");
+    assert_eq!(allowed(&mut m, vocab), vec![byte(b'x')]);
+    commit_text(&mut m, "xy");
+    assert!(m.is_accepting());
+
+    // Rolling back over the closer reopens the reasoning, and going forward again closes it.
+    m.rollback(3).unwrap();
+    assert!(allowed(&mut m, vocab).contains(&byte(b'q')));
+    commit_text(&mut m, ">");
+    assert_eq!(allowed(&mut m, vocab), vec![byte(b'x')]);
+    assert!(m.rollback(100).is_err(), "more than was committed");
+}
+
+#[test]
+fn an_opener_token_is_offered_beside_the_grammar_at_the_start() {
+    let g = guidance();
+    let vocab = g.vocab_size();
+    let c = Constraint::Regex("xy+".into());
+    let qwen_like = markers(Some("a"), "b");
+
+    // The model opens its reasoning: free text until the closer, then the grammar.
+    let mut m = g.matcher_after(&c, Some(&qwen_like)).unwrap();
+    assert_eq!(allowed(&mut m, vocab), vec![byte(b'a'), byte(b'x')]);
+    commit_text(&mut m, "a");
+    assert!(allowed(&mut m, vocab).contains(&byte(b'z')));
+    commit_text(&mut m, "zzb");
+    assert_eq!(allowed(&mut m, vocab), vec![byte(b'x')]);
+
+    // The model answers at once: the grammar binds from the first token.
+    let mut m = g.matcher_after(&c, Some(&qwen_like)).unwrap();
+    commit_text(&mut m, "x");
+    assert_eq!(allowed(&mut m, vocab), vec![byte(b'y')]);
+
+    // An opener that is no single token cannot be offered: the grammar binds at once.
+    let mut m = g
+        .matcher_after(&c, Some(&markers(Some("<think>"), "</think>")))
+        .unwrap();
+    assert_eq!(allowed(&mut m, vocab), vec![byte(b'x')]);
 }

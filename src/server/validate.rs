@@ -217,6 +217,7 @@ pub fn sampling_params(
             .collect(),
         logprobs: None,
         constraint: None,
+        constraint_after: None,
         skip_special_tokens: true,
     };
     Ok((params, n))
@@ -481,15 +482,9 @@ pub fn chat(loaded: &Loaded, req: ChatCompletionRequest) -> Result<Plan, ApiErro
         single_call: tools.single_call,
         reasoning: loaded.reasoning_parser,
     };
-    if let (Some(_), Some((_, param))) = (output.reasoning, &constraint) {
-        // The grammar would bind from the first token, i.e. the reasoning too.
-        return Err(ApiError::invalid(
-            param,
-            format!(
-                "`{param}` (structured output) is not supported together with the server's \
-                 --reasoning-parser yet: the grammar would also bind the reasoning."
-            ),
-        ));
+    if constraint.is_some() {
+        // The grammar binds the answer, after the reasoning the parser splits off.
+        base.constraint_after = output.reasoning.map(|r| r.markers());
     }
     if output.needs_special_tokens() {
         base.skip_special_tokens = false;

@@ -5,6 +5,7 @@ use std::ops::Range;
 
 use super::harmony;
 use super::json_scan::partial_marker_len;
+use crate::request::ReasoningMarkers;
 
 const THINK: &str = "<think>";
 const END_THINK: &str = "</think>";
@@ -32,6 +33,24 @@ impl ReasoningKind {
             "gpt_oss" | "openai" | "harmony" => Self::GptOss,
             _ => return None,
         })
+    }
+
+    /// Where the reasoning ends and the answer (which a structured-output grammar binds) begins.
+    pub fn markers(self) -> ReasoningMarkers {
+        match self {
+            Self::Qwen3 => ReasoningMarkers {
+                opener: Some(THINK.into()),
+                closer: END_THINK.into(),
+            },
+            Self::DeepSeekR1 => ReasoningMarkers {
+                opener: None,
+                closer: END_THINK.into(),
+            },
+            Self::GptOss => ReasoningMarkers {
+                opener: None,
+                closer: "<|channel|>final<|message|>".into(),
+            },
+        }
     }
 
     pub fn needs_special_tokens(self) -> bool {
