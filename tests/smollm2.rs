@@ -204,3 +204,63 @@ fn grammar_binds_only_the_answer_after_the_reasoning() {
     );
     assert_eq!(finish, Some(flare::request::FinishReason::Stop), "{text:?}");
 }
+
+/// The device-side greedy path (taken on GPUs: grammar masks uploaded, argmax where the logits
+/// are) picks exactly the tokens of the host sampler, constrained rows and free rows alike.
+#[test]
+fn greedy_on_device_with_grammar_masks_matches_the_host_sampler() {
+    use flare::request::Constraint;
+    let mut e = engine(&source::default_gguf_path());
+    let tok = e.tokenizer.clone();
+    let template = ChatTemplate::from_tokenizer(&tok).unwrap().unwrap();
+    let prompt = |q: &str| {
+        let text = template
+            .render(&[ChatMessage::new("user", q)], true)
+            .unwrap();
+        tok.encode(&text, false).unwrap()
+    };
+    let requests = [
+        (
+            prompt("Give a person as JSON."),
+            Some(Constraint::JsonSchema(serde_json::json!({
+            "type": "object",
+            "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer"}},
+            "required": ["name", "age"], "additionalProperties": false}))),
+        ),
+        (prompt("What is the capital of France?"), None),
+        (
+            prompt("Pick a colour."),
+            Some(Constraint::Choice(vec!["red".into(), "green".into()])),
+        ),
+    ];
+    let run = |e: &mut LoadedEngine, on_device: bool| {
+        e.engine.runner_mut().set_greedy_on_device(on_device);
+        let ids: Vec<u64> = requests
+            .iter()
+            .map(|(p, c)| {
+                let params = SamplingParams {
+                    constraint: c.clone(),
+                    ..SamplingParams::greedy(24)
+                };
+                e.engine.add_request(p.clone(), params, 0).unwrap()
+            })
+            .collect();
+        let mut outs = vec![(Vec::new(), None); ids.len()];
+        while e.engine.has_unfinished() {
+            for o in e.engine.step().unwrap() {
+                let i = ids.iter().position(|&x| x == o.id).unwrap();
+                outs[i].0.extend(o.token_ids);
+                outs[i].1 = o.finish_reason.or(outs[i].1);
+            }
+        }
+        outs
+    };
+    let host = run(&mut e, false);
+    let device = run(&mut e, true);
+    assert_eq!(host, device);
+    let person = tok.decode(&device[0].0, true).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&person).expect(&person);
+    assert!(v["age"].is_i64(), "{person}");
+    let colour = tok.decode(&device[2].0, true).unwrap();
+    assert!(colour == "red" || colour == "green", "{colour}");
+}

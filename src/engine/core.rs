@@ -89,6 +89,10 @@ impl<R: ModelRunner> EngineCore<R> {
         self.guidance.as_ref().map_err(|e| e.as_str())
     }
 
+    pub fn runner_mut(&mut self) -> &mut R {
+        &mut self.runner
+    }
+
     pub fn runner(&self) -> &R {
         &self.runner
     }

@@ -119,6 +119,9 @@ pub struct CandleRunner {
     /// Sequences with a grammar; while 0 a step does no grammar work at all.
     num_constrained: usize,
     mask_stats: MaskStats,
+    /// Greedy steps pick tokens on the logits' device even on the CPU (see
+    /// [`CandleRunner::set_greedy_on_device`]); on a GPU they always do.
+    greedy_on_device: bool,
 }
 
 impl CandleRunner {
@@ -129,6 +132,7 @@ impl CandleRunner {
             seqs: HashMap::new(),
             num_constrained: 0,
             mask_stats: MaskStats::default(),
+            greedy_on_device: false,
         }
     }
 
@@ -177,6 +181,73 @@ impl CandleRunner {
 
     pub fn forward(&self) -> &CandleForward {
         &self.forward
+    }
+
+    /// Takes the device path for all-greedy steps on the CPU too (tests compare the paths).
+    pub fn set_greedy_on_device(&mut self, on: bool) {
+        self.greedy_on_device = on;
+    }
+
+    /// A step whose every sequence is greedy (grammars allowed) picks its tokens where the
+    /// logits are: grammar masks go up as one `rows x vocab` u8 tensor, only token ids come
+    /// back, not `rows x vocab` f32 logits. None: some sequence needs the host sampler.
+    fn sample_greedy_on_device(
+        &mut self,
+        out: &SchedulerOutput,
+        logits: &Tensor,
+    ) -> Result<Option<ModelRunnerOutput>> {
+        let ids: Vec<SeqId> = out
+            .seqs
+            .iter()
+            .filter(|s| s.samples_this_step)
+            .map(|s| s.id)
+            .collect();
+        let all_greedy = ids.iter().all(|id| {
+            self.seqs
+                .get(id)
+                .is_some_and(|st| plain_greedy(st.sampler.params(), st.output.len()))
+        });
+        if !all_greedy {
+            return Ok(None);
+        }
+        let mut result = ModelRunnerOutput::default();
+        let vocab = logits.dim(1)?;
+        let mut failed: Vec<Option<String>> = vec![None; ids.len()];
+        let mut logits = logits.clone();
+        if ids.iter().any(|id| self.seqs[id].grammar.is_some()) {
+            let mut allowed = vec![1u8; ids.len() * vocab];
+            let mut row = vec![0f32; vocab];
+            for (i, id) in ids.iter().enumerate() {
+                let Some(grammar) = self.seqs.get_mut(id).and_then(|s| s.grammar.as_mut()) else {
+                    continue;
+                };
+                row.fill(0.0);
+                if let Err(e) = grammar.apply_mask(&mut row) {
+                    failed[i] = Some(e);
+                    continue;
+                }
+                for (a, l) in allowed[i * vocab..(i + 1) * vocab].iter_mut().zip(&row) {
+                    *a = u8::from(l.is_finite());
+                }
+            }
+            let shape = (ids.len(), vocab);
+            let allowed = Tensor::from_vec(allowed, shape, logits.device())?;
+            let banned = Tensor::full(f32::NEG_INFINITY, shape, logits.device())?
+                .to_dtype(logits.dtype())?;
+            logits = allowed.where_cond(&logits, &banned)?;
+        }
+        let tokens = crate::ops::sampling::argmax(&logits)?.to_vec1::<u32>()?;
+        for ((id, token), failure) in ids.iter().zip(tokens).zip(failed) {
+            let state = self.seqs.get_mut(id).expect("checked above");
+            if let Some(e) = failure {
+                end_ungrammatical(*id, state, &self.eos_token_ids, e, &mut result);
+                continue;
+            }
+            state.output.push(token);
+            commit_to_grammar(*id, state, token, &mut result);
+            result.sampled.push((*id, vec![token]));
+        }
+        Ok(Some(result))
     }
 }
 
@@ -230,26 +301,12 @@ impl ModelRunner for CandleRunner {
         let Some(logits) = self.logits_and_masks(out, &steps)? else {
             return Ok(ModelRunnerOutput::default());
         };
-        let mut result = ModelRunnerOutput::default();
-        // On a GPU, a step whose every sequence is plain greedy picks its tokens there: only
-        // the ids cross PCIe, not `rows x vocab` logits.
-        if !logits.device().is_cpu() {
-            let sampling = out.seqs.iter().filter(|s| s.samples_this_step);
-            let all_greedy = sampling.clone().all(|s| {
-                self.seqs
-                    .get(&s.id)
-                    .is_some_and(|st| plain_greedy(st.sampler.params(), st.output.len()))
-            });
-            if all_greedy {
-                let ids = crate::ops::sampling::argmax(&logits)?.to_vec1::<u32>()?;
-                for (s, token) in sampling.zip(ids) {
-                    let state = self.seqs.get_mut(&s.id).expect("checked above");
-                    state.output.push(token);
-                    result.sampled.push((s.id, vec![token]));
-                }
+        if self.greedy_on_device || !logits.device().is_cpu() {
+            if let Some(result) = self.sample_greedy_on_device(out, &logits)? {
                 return Ok(result);
             }
         }
+        let mut result = ModelRunnerOutput::default();
         let mut logits = logits.to_vec2::<f32>()?;
         for (s, row) in out
             .seqs
@@ -267,12 +324,7 @@ impl ModelRunner for CandleRunner {
             }
             if let Some(grammar) = state.grammar.as_mut() {
                 if let Err(e) = grammar.apply_mask(row) {
-                    // The grammar cannot go on: end the sequence rather than free-run it.
-                    tracing::warn!(id = s.id, "structured output ended: {e}");
-                    let eos = self.eos_token_ids.first().copied().unwrap_or(0);
-                    state.output.push(eos);
-                    result.sampled.push((s.id, vec![eos]));
-                    result.grammar_finished.push((s.id, FinishReason::Abort));
+                    end_ungrammatical(s.id, state, &self.eos_token_ids, e, &mut result);
                     continue;
                 }
             }
@@ -283,16 +335,7 @@ impl ModelRunner for CandleRunner {
             };
             let sampled = state.sampler.sample(row, &ctx);
             state.output.push(sampled.token);
-            if let Some(grammar) = state.grammar.as_mut() {
-                match grammar.commit(sampled.token) {
-                    Ok(false) => {}
-                    Ok(true) => result.grammar_finished.push((s.id, FinishReason::Stop)),
-                    Err(e) => {
-                        tracing::warn!(id = s.id, "structured output ended: {e}");
-                        result.grammar_finished.push((s.id, FinishReason::Abort));
-                    }
-                }
-            }
+            commit_to_grammar(s.id, state, sampled.token, &mut result);
             if state.sampler.params().logprobs.is_some() {
                 let lp = TokenLogprobs {
                     token: sampled.token,
@@ -304,6 +347,41 @@ impl ModelRunner for CandleRunner {
             result.sampled.push((s.id, vec![sampled.token]));
         }
         Ok(result)
+    }
+}
+
+/// The grammar cannot go on (its matcher failed): the sequence ends with EOS rather than
+/// free-running.
+fn end_ungrammatical(
+    id: SeqId,
+    state: &mut SeqSampling,
+    eos_token_ids: &[u32],
+    error: String,
+    result: &mut ModelRunnerOutput,
+) {
+    tracing::warn!(id, "structured output ended: {error}");
+    let eos = eos_token_ids.first().copied().unwrap_or(0);
+    state.output.push(eos);
+    result.sampled.push((id, vec![eos]));
+    result.grammar_finished.push((id, FinishReason::Abort));
+}
+
+/// Advances the sequence's grammar past its sampled token; a complete grammar ends it.
+fn commit_to_grammar(
+    id: SeqId,
+    state: &mut SeqSampling,
+    token: u32,
+    result: &mut ModelRunnerOutput,
+) {
+    if let Some(grammar) = state.grammar.as_mut() {
+        match grammar.commit(token) {
+            Ok(false) => {}
+            Ok(true) => result.grammar_finished.push((id, FinishReason::Stop)),
+            Err(e) => {
+                tracing::warn!(id, "structured output ended: {e}");
+                result.grammar_finished.push((id, FinishReason::Abort));
+            }
+        }
     }
 }
 
@@ -322,8 +400,8 @@ pub fn logits_fault(row: &[f32]) -> Option<String> {
     None
 }
 
-/// Greedy with nothing that changes the logits first and no logprobs wanted: the token is the
-/// plain argmax of the row.
+/// Greedy with nothing but a grammar mask changing the logits first and no logprobs wanted: the
+/// token is the argmax of the (masked) row.
 fn plain_greedy(p: &SamplingParams, generated: usize) -> bool {
     p.is_greedy()
         && p.logprobs.is_none()
@@ -332,7 +410,6 @@ fn plain_greedy(p: &SamplingParams, generated: usize) -> bool {
         && p.frequency_penalty == 0.0
         && p.presence_penalty == 0.0
         && generated >= p.min_tokens
-        && p.constraint.is_none()
 }
 
 #[cfg(test)]
