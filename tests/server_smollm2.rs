@@ -335,3 +335,38 @@ async fn slow_grammar_is_refused_while_others_stream() {
     wait_idle(&c, &server, Duration::from_secs(30)).await;
     server.stop().await;
 }
+
+/// A constraint holds for every one of `n` seeded choices, and logprobs come with the
+/// constrained tokens (taken over the masked distribution, so each is a real probability).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn constraints_hold_for_every_choice_with_logprobs() {
+    let schema = json!({
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 16}, "rank": {"type": "integer", "minimum": 1, "maximum": 9}},
+        "required": ["city", "rank"],
+        "additionalProperties": false,
+    });
+    let v = call(
+        "/v1/chat/completions",
+        question(json!({
+            "n": 3, "seed": 11, "temperature": 0.8, "max_tokens": 40,
+            "logprobs": true, "top_logprobs": 2,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
+        })),
+    )
+    .await;
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    for c in choices {
+        let text = c["message"]["content"].as_str().unwrap();
+        let obj: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert!(obj["city"].is_string() && obj["rank"].is_i64(), "{text}");
+        assert_eq!(c["finish_reason"], "stop", "{text}");
+        let lps = c["logprobs"]["content"].as_array().unwrap();
+        assert!(!lps.is_empty());
+        for lp in lps {
+            let p = lp["logprob"].as_f64().unwrap();
+            assert!(p <= 0.0 && p.is_finite(), "{lp}");
+        }
+    }
+}
