@@ -50,10 +50,7 @@ pub fn build(
             .targets
             .iter()
             .map(|t| {
-                let local = models
-                    .iter()
-                    .find(|m| m.names.contains(&t.model))
-                    .cloned();
+                let local = models.iter().find(|m| m.names.contains(&t.model)).cloned();
                 Target::new(t, if t.is_upstream() { None } else { local })
             })
             .collect::<Result<Vec<_>>>()?;
