@@ -89,12 +89,20 @@ async fn wait_ready(base: &str, p: &mut Proc) -> Value {
 }
 
 async fn post(base: &str, path: &str, body: Value) -> (u16, reqwest::header::HeaderMap, Value) {
-    let r = client()
-        .post(format!("{base}{path}"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    post_as(base, path, body, None).await
+}
+
+async fn post_as(
+    base: &str,
+    path: &str,
+    body: Value,
+    key: Option<&str>,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut req = client().post(format!("{base}{path}"));
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    let r = req.json(&body).send().await.unwrap();
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     let text = r.text().await.unwrap();
@@ -149,6 +157,9 @@ fn chat(model: &str, prompt: &str, max_tokens: u64) -> Value {
     })
 }
 
+/// The server's one API key (`--api-key`), valid for every model.
+const KEY: &str = "sk-multi-test";
+
 const KV: &str = "kv_cache_memory = 134217728\nmax_model_len = 1024\nmax_num_seqs = 8";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,6 +185,8 @@ async fn two_models_one_process_and_a_bad_entry_fails_alone() {
         cfg.to_str().unwrap(),
         "--port",
         &port.to_string(),
+        "--api-key",
+        KEY,
     ]);
     let health = wait_ready(&base, &mut p).await;
     assert_eq!(health["status"], "degraded", "{health}");
@@ -190,6 +203,7 @@ async fn two_models_one_process_and_a_bad_entry_fails_alone() {
 
     let models: Value = client()
         .get(format!("{base}/v1/models"))
+        .bearer_auth(KEY)
         .send()
         .await
         .unwrap()
@@ -214,10 +228,19 @@ async fn two_models_one_process_and_a_bad_entry_fails_alone() {
         ),
         0.0
     );
-    let (s, h, v) = post(
+    // One key for every model: checked once at the front.
+    let (s, _, v) = post(
         &base,
         "/v1/chat/completions",
         chat("smol-q4", "What is 2+2?", 6),
+    )
+    .await;
+    assert_eq!(s, 401, "{v}");
+    let (s, h, v) = post_as(
+        &base,
+        "/v1/chat/completions",
+        chat("smol-q4", "What is 2+2?", 6),
+        Some(KEY),
     )
     .await;
     assert_eq!(s, 200, "{v}");
@@ -242,9 +265,9 @@ async fn two_models_one_process_and_a_bad_entry_fails_alone() {
         0.0
     );
 
-    let (s, h, v) = post(&base, "/v1/completions", json!({
+    let (s, h, v) = post_as(&base, "/v1/completions", json!({
         "model": "smol-full", "prompt": "The capital of France is", "max_tokens": 5, "temperature": 0
-    }))
+    }), Some(KEY))
     .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(
@@ -277,10 +300,22 @@ async fn two_models_one_process_and_a_bad_entry_fails_alone() {
     );
 
     // The failed model is refused by name with a 503 naming it; unknown names are 404.
-    let (s, _, v) = post(&base, "/v1/chat/completions", chat("broken", "hi", 4)).await;
+    let (s, _, v) = post_as(
+        &base,
+        "/v1/chat/completions",
+        chat("broken", "hi", 4),
+        Some(KEY),
+    )
+    .await;
     assert_eq!(s, 503, "{v}");
     assert_eq!(v["error"]["code"], "model_unavailable");
-    let (s, _, v) = post(&base, "/v1/chat/completions", chat("nope", "hi", 4)).await;
+    let (s, _, v) = post_as(
+        &base,
+        "/v1/chat/completions",
+        chat("nope", "hi", 4),
+        Some(KEY),
+    )
+    .await;
     assert_eq!(s, 404, "{v}");
     assert_eq!(v["error"]["code"], "model_not_found");
 

@@ -281,6 +281,76 @@ impl LocalModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A loopback upstream answering `statuses` in turn (then 200), counting calls.
+    async fn upstream(statuses: Vec<u16>) -> (String, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let app = axum::Router::new().route(
+            "/v1/chat/completions",
+            axum::routing::post(move || {
+                let c = c.clone();
+                let statuses = statuses.clone();
+                async move {
+                    let i = c.fetch_add(1, Ordering::SeqCst);
+                    let s = statuses.get(i).copied().unwrap_or(200);
+                    let body = serde_json::json!({"model": "up", "choices": [], "call": i});
+                    (StatusCode::from_u16(s).unwrap(), axum::Json(body))
+                }
+            }),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(l, app).await });
+        (format!("http://{addr}/v1"), calls)
+    }
+
+    fn target(url: &str, retries: u32) -> Target {
+        let cfg: TargetConfig = toml::from_str(&format!(
+            "model = \"up\"\nurl = \"{url}\"\nretries = {retries}\nbackoff_ms = 1\n"
+        ))
+        .unwrap();
+        Target::new(&cfg, None).unwrap()
+    }
+
+    #[tokio::test]
+    async fn upstream_retries_5xx_and_429_then_answers() {
+        let (url, calls) = upstream(vec![503, 429]).await;
+        let body = serde_json::json!({"model": "auto", "messages": []});
+        match target(&url, 2).call(Api::Chat, body, None).await {
+            Called::Answer(v) => {
+                assert_eq!(v["call"], 2);
+                assert_eq!(v["model"], "up");
+            }
+            _ => panic!("expected an answer"),
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn upstream_gives_up_after_its_retries_and_never_retries_a_400() {
+        let (url, calls) = upstream(vec![500, 502, 504]).await;
+        let body = serde_json::json!({"messages": []});
+        let r = target(&url, 1).call(Api::Chat, body.clone(), None).await;
+        assert!(matches!(r, Called::Failed(ref e) if e.contains("502")));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        let (url, calls) = upstream(vec![400]).await;
+        let r = target(&url, 3).call(Api::Chat, body, None).await;
+        assert!(matches!(r, Called::Refused(ref resp) if resp.status() == 400));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // Nothing listening: connect errors are retried, then fail.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dead = format!("http://127.0.0.1:{port}/v1");
+        let r = target(&dead, 1)
+            .call(Api::Chat, serde_json::json!({}), None)
+            .await;
+        assert!(matches!(r, Called::Failed(_)));
+    }
 
     #[tokio::test]
     async fn sse_payloads_across_chunk_boundaries() {
