@@ -429,7 +429,11 @@ async fn cascade_escalates_to_an_upstream_and_survives_its_loss() {
              [[routes]]\nname = \"auto\"\ntelemetry = \"{}\"\ncommit_after_tokens = 64\n\
              escalate = {{ min_mean_logprob = {threshold} }}\n\
              [[routes.targets]]\nmodel = \"small\"\n\
-             [[routes.targets]]\nmodel = \"big\"\nurl = \"{up_base}/v1\"\nretries = 1\nbackoff_ms = 50\ntimeout_s = 60\n",
+             [[routes.targets]]\nmodel = \"big\"\nurl = \"{up_base}/v1\"\nretries = 1\nbackoff_ms = 50\ntimeout_s = 60\n\n\
+             [[routes]]\nname = \"early\"\ncommit_after_tokens = 2\n\
+             escalate = {{ min_mean_logprob = {threshold} }}\n\
+             [[routes.targets]]\nmodel = \"small\"\n\
+             [[routes.targets]]\nmodel = \"big\"\nurl = \"{up_base}/v1\"\n",
             gguf(),
             telemetry.display()
         ),
@@ -537,6 +541,53 @@ async fn cascade_escalates_to_an_upstream_and_survives_its_loss() {
         assert_eq!(line["escalated"], who == "big");
         assert!(line["attempts"][0]["mean_logprob"].is_number());
         assert!(line.get("prompt").is_none(), "no prompt text unless asked");
+    }
+
+    // A route that decides after 2 tokens: an escalated stream abandons the local request
+    // mid-generation; whatever it decides, the answer is one model's and no KV block leaks.
+    for p in PROMPTS {
+        let mut body = chat("early", p, MAX_TOKENS);
+        body["stream"] = json!(true);
+        let r = client()
+            .post(format!("{base}/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let who = header(r.headers(), "x-flare-model").unwrap().to_string();
+        let text = r.text().await.unwrap();
+        assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+        for d in text.split("\n\n").filter_map(|e| e.strip_prefix("data: ")) {
+            if d != "[DONE]" {
+                let c: Value = serde_json::from_str(d).unwrap();
+                assert_eq!(c["model"], who.as_str(), "{text}");
+            }
+        }
+    }
+    let m = metrics(&base).await;
+    println!(
+        "route `early`: {} of {} streams escalated after 2 tokens",
+        sample(
+            &m,
+            "flare:route_escalations_total",
+            &["model_name=\"early\""]
+        ),
+        PROMPTS.len()
+    );
+    let start = Instant::now();
+    loop {
+        let m = metrics(&base).await;
+        let held = sample(&m, "flare:kv_cache_used_blocks", &["model_name=\"small\""]);
+        let running = sample(&m, "flare:num_requests_running", &["model_name=\"small\""]);
+        if held == 0.0 && running == 0.0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "KV blocks still held after the streams ended: {held}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     // The upstream dies: an escalating request gets the local answer and a logged failure.
