@@ -324,6 +324,8 @@ impl Route {
 #[derive(Default)]
 struct Seen {
     logprobs: Vec<f64>,
+    /// Deltas with text (counts tokens when a target returns no logprobs).
+    text_deltas: usize,
     /// Per choice index: finished, with `length`?
     finished: Vec<Option<bool>>,
     text: Vec<String>,
@@ -352,16 +354,18 @@ impl Seen {
                         self.logprobs
                             .extend(a.iter().filter_map(|t| t["logprob"].as_f64()));
                     }
-                    if let Some(t) = c["delta"]["content"].as_str() {
+                    if let Some(t) = c["delta"]["content"].as_str().filter(|t| !t.is_empty()) {
                         self.text[i].push_str(t);
+                        self.text_deltas += 1;
                     }
                 }
                 Api::Completions => {
                     if let Some(a) = c["logprobs"]["token_logprobs"].as_array() {
                         self.logprobs.extend(a.iter().filter_map(Value::as_f64));
                     }
-                    if let Some(t) = c["text"].as_str() {
+                    if let Some(t) = c["text"].as_str().filter(|t| !t.is_empty()) {
                         self.text[i].push_str(t);
+                        self.text_deltas += 1;
                     }
                 }
             }
@@ -369,6 +373,11 @@ impl Seen {
                 self.finished[i] = Some(r == "length");
             }
         }
+    }
+
+    /// Tokens seen so far (by logprobs, else by text deltas).
+    fn tokens(&self) -> usize {
+        self.logprobs.len().max(self.text_deltas)
     }
 
     fn all_finished(&self, n: usize) -> bool {
@@ -444,7 +453,7 @@ impl Route {
             let mut ended = false;
             let mut broken = None;
             if !last {
-                while seen.logprobs.len() < commit_after && !seen.all_finished(n_choices) {
+                while seen.tokens() < commit_after && !seen.all_finished(n_choices) {
                     match events.next().await {
                         Some(Ok(ev)) => {
                             seen.take(api, &ev);
@@ -479,7 +488,7 @@ impl Route {
                 let mut a = attempt(name, &c, seen.usage, t0);
                 a.outcome = "escalated";
                 a.reason = Some(r.as_str());
-                a.completion_tokens = a.completion_tokens.max(seen.logprobs.len() as u64);
+                a.completion_tokens = a.completion_tokens.max(seen.tokens() as u64);
                 self.metrics
                     .tokens(self.name(), name, a.prompt_tokens, a.completion_tokens);
                 self.metrics.escalation(self.name(), r.as_str());
@@ -623,7 +632,7 @@ impl PendingLog {
         let mut at = attempt(&self.target, &c, self.seen.usage, self.t0);
         at.outcome = outcome;
         at.error = error;
-        at.completion_tokens = at.completion_tokens.max(self.seen.logprobs.len() as u64);
+        at.completion_tokens = at.completion_tokens.max(self.seen.tokens() as u64);
         let r = &self.route;
         r.metrics.tokens(
             r.name(),
