@@ -284,13 +284,6 @@ async fn litellm_proxy_spreads_over_two_replicas_and_survives_a_sigkill() {
             p.name
         );
     }
-    for port in [pa, pb, pp] {
-        assert!(
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
-            "port {port} still listening"
-        );
-    }
-
     assert!(b_before_kill > 0.0, "replica B served before it was killed");
     assert!(a_total > 0.0, "replica A served");
     assert!(
