@@ -431,7 +431,7 @@ async fn cascade_escalates_to_an_upstream_and_survives_its_loss() {
              [[routes.targets]]\nmodel = \"small\"\n\
              [[routes.targets]]\nmodel = \"big\"\nurl = \"{up_base}/v1\"\nretries = 1\nbackoff_ms = 50\ntimeout_s = 60\n\n\
              [[routes]]\nname = \"early\"\ncommit_after_tokens = 2\n\
-             escalate = {{ min_mean_logprob = {threshold} }}\n\
+             escalate = {{ min_mean_logprob = {threshold}, on_length = true, on_parse_failure = true }}\n\
              [[routes.targets]]\nmodel = \"small\"\n\
              [[routes.targets]]\nmodel = \"big\"\nurl = \"{up_base}/v1\"\n",
             gguf(),
@@ -589,6 +589,24 @@ async fn cascade_escalates_to_an_upstream_and_survives_its_loss() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // The other two tests, end to end: an answer cut at max_tokens, and JSON that does not
+    // parse under `response_format` (checked first).
+    let (s, h, v) = post(
+        &base,
+        "/v1/chat/completions",
+        chat("early", "Write a long story about a dragon.", 3),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(header(&h, "x-flare-escalated"), Some("length"));
+    assert_eq!(header(&h, "x-flare-model"), Some("big"));
+    let mut body = chat("early", "Give a JSON object with a name and an age.", 3);
+    body["response_format"] = json!({"type": "json_object"});
+    let (s, h, v) = post(&base, "/v1/chat/completions", body).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(header(&h, "x-flare-escalated"), Some("parse_failure"));
+    assert_eq!(v["model"], "big");
 
     // The upstream dies: an escalating request gets the local answer and a logged failure.
     drop(upstream);
