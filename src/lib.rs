@@ -10,6 +10,7 @@ pub mod layers;
 pub mod models;
 pub mod ops;
 pub mod request;
+pub mod router;
 pub mod runner;
 pub mod sample;
 pub mod scheduler;

@@ -24,6 +24,8 @@ enum Command {
     Serve(cli::serve::ServeArgs),
     /// Benchmarks: offline throughput, batch latency, or a client against a serving endpoint.
     Bench(cli::bench::BenchArgs),
+    /// Cascade routes: `route eval` replays a prompt set through a route at several thresholds.
+    Route(cli::route::RouteArgs),
 }
 
 fn main() -> Result<()> {
@@ -38,5 +40,6 @@ fn main() -> Result<()> {
         Command::Generate(args) => cli::generate::run(args),
         Command::Serve(args) => cli::serve::run(args),
         Command::Bench(args) => cli::bench::run(args),
+        Command::Route(args) => cli::route::run(args),
     }
 }

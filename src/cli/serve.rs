@@ -52,9 +52,16 @@ pub struct ServeArgs {
     /// Seconds to let in-flight requests finish after SIGTERM or Ctrl-C.
     #[arg(long, default_value_t = 30)]
     pub shutdown_timeout: u64,
+    /// TOML file of several models (and cascade routes) to serve from one process; the model
+    /// flags above are every model's defaults (README, "Several models and cascade routes").
+    #[arg(long, conflicts_with_all = ["model", "served_model_name"])]
+    pub config: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
+    if let Some(path) = args.config.clone() {
+        return super::multi::run(args, &path);
+    }
     let engine_args = args.model.engine_args()?;
     let model = args
         .model
@@ -114,7 +121,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
 
 /// The key file and --api-key together must still be unambiguous, and a key priority needs the
 /// priority policy (it would otherwise be ignored).
-fn check_keys(keys: &[ApiKey], single: Option<&str>, policy: SchedulingPolicy) -> Result<()> {
+pub(crate) fn check_keys(
+    keys: &[ApiKey],
+    single: Option<&str>,
+    policy: SchedulingPolicy,
+) -> Result<()> {
     let mut all = keys.to_vec();
     if let Some(k) = single {
         all.push(ApiKey {
