@@ -1,0 +1,360 @@
+//! The Responses and Anthropic Messages APIs (issue 15) over the alphabet mock: shapes, event
+//! order, streamed == whole, the response store, stop sequences, errors in each API's shape,
+//! `x-api-key`, count_tokens, `/v1/models` `context_length`, and the `max_tokens: 1` probe.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use flare::server::ServerConfig;
+use serde_json::{json, Value};
+
+/// (event name, data) of an SSE body.
+fn sse_events(body: &str) -> Vec<(String, Value)> {
+    body.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|ev| {
+            let name = ev
+                .lines()
+                .find_map(|l| l.strip_prefix("event:"))
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            let data = ev
+                .lines()
+                .find_map(|l| l.strip_prefix("data:"))
+                .unwrap_or("")
+                .trim();
+            (name, serde_json::from_str(data).unwrap())
+        })
+        .collect()
+}
+
+async fn post_sse(c: &reqwest::Client, url: &str, body: Value) -> Vec<(String, Value)> {
+    let r = c.post(url).json(&body).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    sse_events(&r.text().await.unwrap())
+}
+
+fn output_text(resp: &Value) -> String {
+    resp["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["type"] == "message")
+        .flat_map(|i| i["content"].as_array().unwrap().iter())
+        .map(|c| c["text"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_create_stream_store_and_continue() {
+    let server = mock_server(config(), MockOpts::default()).await;
+    let c = client();
+    let url = server.url("/v1/responses");
+    let (s, r) = post(
+        &c,
+        &url,
+        json!({"model": "mock", "input": "Say the alphabet."}),
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["object"], "response");
+    assert_eq!(r["status"], "completed");
+    assert_eq!(output_text(&r), ALPHABET);
+    let id = r["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("resp_"));
+    let u = &r["usage"];
+    assert_eq!(u["output_tokens"], 27, "26 letters and EOS");
+    assert_eq!(
+        u["total_tokens"].as_u64().unwrap(),
+        u["input_tokens"].as_u64().unwrap() + 27
+    );
+    assert!(u["input_tokens_details"]["cached_tokens"].is_u64());
+
+    // Streamed: the typed events in order, deltas equal to the whole text, and the final
+    // object equal to the non-streamed one but for ids and usage's cached tokens.
+    let evs = post_sse(
+        &c,
+        &url,
+        json!({"input": "Say the alphabet.", "stream": true, "store": false}),
+    )
+    .await;
+    let names: Vec<&str> = evs.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names[..4],
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added"
+        ]
+    );
+    assert_eq!(
+        names[names.len() - 4..],
+        [
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed"
+        ]
+    );
+    for (i, (name, data)) in evs.iter().enumerate() {
+        assert_eq!(data["type"], name.as_str());
+        assert_eq!(data["sequence_number"], i);
+    }
+    let deltas: String = evs
+        .iter()
+        .filter(|(n, _)| n == "response.output_text.delta")
+        .map(|(_, d)| d["delta"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(deltas, ALPHABET);
+    let done = &evs.last().unwrap().1["response"];
+    assert_eq!(output_text(done), ALPHABET);
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["usage"]["output_tokens"], 27);
+    // Not stored.
+    let (s, _) = get(
+        &c,
+        &server.url(&format!("/v1/responses/{}", done["id"].as_str().unwrap())),
+    )
+    .await;
+    assert_eq!(s, 404);
+
+    // Stored: GET returns it; a follow-up sees the earlier turn (a longer prompt).
+    let (s, got) = get(&c, &server.url(&format!("/v1/responses/{id}"))).await;
+    assert_eq!(s, 200);
+    let got: Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(got, r);
+    let (s, r2) = post(
+        &c,
+        &url,
+        json!({"input": "Again.", "previous_response_id": id, "max_output_tokens": 3}),
+    )
+    .await;
+    assert_eq!(s, 200, "{r2}");
+    assert_eq!(r2["status"], "incomplete");
+    assert_eq!(r2["incomplete_details"]["reason"], "max_output_tokens");
+    assert_eq!(r2["previous_response_id"], id.as_str());
+    let (_, alone) = post(&c, &url, json!({"input": "Again.", "store": false})).await;
+    assert!(
+        r2["usage"]["input_tokens"].as_u64().unwrap()
+            > alone["usage"]["input_tokens"].as_u64().unwrap() + 26,
+        "{r2} vs {alone}"
+    );
+    // DELETE, then it is gone for GET and for previous_response_id (404, OpenAI's shape).
+    let d = c
+        .delete(server.url(&format!("/v1/responses/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(d.status().as_u16(), 200);
+    let d: Value = d.json().await.unwrap();
+    assert_eq!(d["deleted"], true);
+    let (s, e) = post(&c, &url, json!({"input": "x", "previous_response_id": id})).await;
+    assert_eq!(s, 404);
+    assert_eq!(error_of(&e).2, "previous_response_id");
+
+    // Errors name the Responses field.
+    for (body, param) in [
+        (json!({"input": "x", "background": true}), "background"),
+        (
+            json!({"input": "x", "max_output_tokens": 0}),
+            "max_output_tokens",
+        ),
+        (json!({"input": "x", "temperature": -1}), "temperature"),
+        (
+            json!({"input": "x", "tools": [{"type": "function"}]}),
+            "tools[0].name",
+        ),
+        (
+            json!({"input": "x", "text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "nonsense"}}}}),
+            "text.format",
+        ),
+    ] {
+        let (s, e) = post(&c, &url, body.clone()).await;
+        assert_eq!(s, 400, "{body}: {e}");
+        assert_eq!(error_of(&e).2, param, "{body}: {e}");
+    }
+    wait_idle(&c, &server, Duration::from_secs(10)).await;
+    assert!(server.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_create_stream_stop_sequence_and_count() {
+    let server = mock_server(config(), MockOpts::default()).await;
+    let c = client();
+    let url = server.url("/v1/messages");
+    let body = json!({
+        "model": "mock", "max_tokens": 64,
+        "system": "You recite.",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Say the alphabet."}]}],
+    });
+    let (s, m) = post(&c, &url, body.clone()).await;
+    assert_eq!(s, 200, "{m}");
+    assert_eq!(m["type"], "message");
+    assert_eq!(m["role"], "assistant");
+    assert_eq!(m["content"], json!([{"type": "text", "text": ALPHABET}]));
+    assert_eq!(m["stop_reason"], "end_turn");
+    assert_eq!(m["usage"]["output_tokens"], 27);
+    let prompt = m["usage"]["input_tokens"].as_u64().unwrap()
+        + m["usage"]["cache_read_input_tokens"].as_u64().unwrap();
+
+    let (s, n) = post(&c, &server.url("/v1/messages/count_tokens"), body.clone()).await;
+    assert_eq!(s, 200, "{n}");
+    assert_eq!(n["input_tokens"].as_u64().unwrap(), prompt);
+
+    // Anthropic's documented order.
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    let evs = post_sse(&c, &url, sbody).await;
+    let names: Vec<&str> = evs.iter().map(|(n, _)| n.as_str()).collect();
+    let mut want = vec!["message_start", "content_block_start"];
+    want.extend(std::iter::repeat_n("content_block_delta", names.len() - 5));
+    want.extend(["content_block_stop", "message_delta", "message_stop"]);
+    assert_eq!(names, want);
+    for (name, data) in &evs {
+        assert_eq!(data["type"], name.as_str());
+    }
+    let text: String = evs
+        .iter()
+        .filter(|(n, _)| n == "content_block_delta")
+        .map(|(_, d)| {
+            assert_eq!(d["delta"]["type"], "text_delta");
+            d["delta"]["text"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(text, ALPHABET);
+    let delta = &evs[evs.len() - 2].1;
+    assert_eq!(delta["delta"]["stop_reason"], "end_turn");
+    assert_eq!(delta["usage"]["output_tokens"], 27);
+
+    // A stop sequence ends the text before it and is reported.
+    let mut stop = body.clone();
+    stop["stop_sequences"] = json!(["zz", "efg"]);
+    let (_, m) = post(&c, &url, stop).await;
+    assert_eq!(m["content"][0]["text"], "abcd");
+    assert_eq!(m["stop_reason"], "stop_sequence");
+    assert_eq!(m["stop_sequence"], "efg");
+    // max_tokens.
+    let mut short = body.clone();
+    short["max_tokens"] = json!(3);
+    let (_, m) = post(&c, &url, short).await;
+    assert_eq!(
+        (m["content"][0]["text"].as_str(), m["stop_reason"].as_str()),
+        (Some("abc"), Some("max_tokens"))
+    );
+
+    // Errors in Anthropic's shape, naming what is wrong.
+    for (body, status, kind) in [
+        (
+            json!({"messages": [{"role": "user", "content": "hi"}]}),
+            400,
+            "invalid_request_error",
+        ),
+        (
+            json!({"max_tokens": 5, "messages": "nope"}),
+            400,
+            "invalid_request_error",
+        ),
+        (
+            json!({"max_tokens": 5, "model": "other", "messages": [{"role": "user", "content": "hi"}]}),
+            404,
+            "not_found_error",
+        ),
+        (
+            json!({"max_tokens": 0, "messages": [{"role": "user", "content": "hi"}]}),
+            400,
+            "invalid_request_error",
+        ),
+    ] {
+        let (s, e) = post(&c, &url, body.clone()).await;
+        assert_eq!(s, status, "{body}: {e}");
+        assert_eq!(e["type"], "error", "{e}");
+        assert_eq!(e["error"]["type"], kind, "{e}");
+        assert!(e["error"]["message"].as_str().unwrap().len() > 5);
+    }
+    let (_, e) = post(
+        &c,
+        &url,
+        json!({"messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_tokens"),
+        "{e}"
+    );
+    wait_idle(&c, &server, Duration::from_secs(10)).await;
+    assert!(server.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_api_key_models_context_length_and_one_token_probe() {
+    let server = mock_server(
+        ServerConfig {
+            api_key: Some("sk-test".into()),
+            ..config()
+        },
+        MockOpts::default(),
+    )
+    .await;
+    let c = client();
+    let body = json!({"max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+    let r = c
+        .post(server.url("/v1/messages"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["type"], "authentication_error");
+    let r = c
+        .post(server.url("/v1/messages"))
+        .header("x-api-key", "sk-test")
+        .header("anthropic-version", "2023-06-01")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = c
+        .post(server.url("/v1/messages"))
+        .header("x-api-key", "sk-wrong")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+
+    let models: Value = c
+        .get(server.url("/v1/models"))
+        .bearer_auth("sk-test")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let card = &models["data"][0];
+    assert_eq!(card["context_length"], 256);
+    assert_eq!(card["context_length"], card["max_model_len"]);
+
+    // LiteLLM's health probe: one token, 200, finish_reason length.
+    let r = c
+        .post(server.url("/v1/chat/completions"))
+        .bearer_auth("sk-test")
+        .json(&chat_body(json!({"max_tokens": 1})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["usage"]["completion_tokens"], 1);
+    assert!(server.stop().await);
+}
