@@ -194,6 +194,38 @@ fn tool_choice(choice: Option<&Value>) -> Result<(Option<Value>, Option<bool>), 
     Ok((Some(chat), parallel))
 }
 
+/// `output_config.format` as a chat `response_format`.
+fn output_format(config: Option<&Value>) -> Result<Option<Value>, ApiError> {
+    let Some(c) = config.filter(|c| !c.is_null()) else {
+        return Ok(None);
+    };
+    if c.get("effort").is_some_and(|e| !e.is_null()) {
+        return Err(invalid(
+            "output_config.effort",
+            "`output_config.effort` is not supported by this server.",
+        ));
+    }
+    let Some(f) = c.get("format").filter(|f| !f.is_null()) else {
+        return Ok(None);
+    };
+    match f.get("type").and_then(Value::as_str) {
+        Some("json_schema") => {
+            let schema = f
+                .get("schema")
+                .cloned()
+                .ok_or_else(|| invalid("output_config.format.schema", "`schema` is required."))?;
+            Ok(Some(json!({
+                "type": "json_schema",
+                "json_schema": {"name": "output", "schema": schema},
+            })))
+        }
+        _ => Err(invalid(
+            "output_config.format.type",
+            "`output_config.format.type` must be json_schema.",
+        )),
+    }
+}
+
 /// Whether `thinking` asks for reasoning.
 pub fn wants_thinking(req: &MessagesRequest) -> Result<bool, ApiError> {
     match req.thinking.as_ref().filter(|t| !t.is_null()) {
@@ -243,6 +275,7 @@ pub fn to_chat(req: &MessagesRequest, count_only: bool) -> Result<ChatCompletion
             top_k: req.top_k,
             stop: req.stop_sequences.clone().map(StopField::Many),
             stream: if count_only { None } else { req.stream },
+            response_format: output_format(req.output_config.as_ref())?,
             ..Default::default()
         },
         max_completion_tokens: None,
@@ -261,6 +294,7 @@ pub fn rename(e: ApiError) -> ApiError {
         "max_completion_tokens" => Some("max_tokens".into()),
         "stop" => Some("stop_sequences".into()),
         "prompt" => Some("messages".into()),
+        p if p.starts_with("response_format") => Some("output_config.format".into()),
         _ => super::flat_tool_param(p, "input_schema"),
     })
 }

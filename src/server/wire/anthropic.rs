@@ -45,6 +45,9 @@ pub struct MessagesRequest {
     /// reasoning then comes back as `thinking` blocks (the budget is not enforced).
     #[schema(value_type = Option<Object>)]
     pub thinking: Option<Value>,
+    /// `{"format": {"type": "json_schema", "schema"}}`: structured output; `effort` is refused.
+    #[schema(value_type = Option<Object>)]
+    pub output_config: Option<Value>,
     /// Accepted and ignored.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
