@@ -91,6 +91,17 @@ async fn main() {
         .connect()
         .await
         .unwrap();
+    // One connection per client, as reqwest's pool gives the HTTP clients.
+    let mut channels = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        channels.push(
+            tonic::transport::Channel::from_shared(args[1].clone())
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        );
+    }
     println!("requests={requests} concurrency={concurrency} prompt={PROMPT:?} max_tokens=1");
     println!("api               req/s    p50_ms   p90_ms   p99_ms");
     for api in [Api::HttpChat, Api::HttpCompletions, Api::Grpc] {
@@ -102,7 +113,8 @@ async fn main() {
         let tasks: Vec<_> = (0..concurrency)
             .map(|w| {
                 let (http, base, model) = (http.clone(), base.clone(), model.clone());
-                let mut g = FlareClient::new(channel.clone());
+                let channel = channels[w].clone();
+                let mut g = FlareClient::new(channel);
                 let n = requests / concurrency + usize::from(w < requests % concurrency);
                 tokio::spawn(async move {
                     let mut lat = Vec::with_capacity(n);

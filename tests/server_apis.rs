@@ -358,3 +358,44 @@ async fn x_api_key_models_context_length_and_one_token_probe() {
     assert_eq!(v["usage"]["completion_tokens"], 1);
     assert!(server.stop().await);
 }
+
+/// A client that leaves mid-stream frees the request's KV blocks, on both new APIs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_mid_stream_frees_blocks() {
+    let server = mock_server(
+        config(),
+        MockOpts {
+            step_delay: Duration::from_millis(10),
+            ..MockOpts::default()
+        },
+    )
+    .await;
+    let c = client();
+    let msg = json!([{"role": "user", "content": "Say the alphabet."}]);
+    for (path, body) in [
+        (
+            "/v1/responses",
+            json!({"input": "Say the alphabet.", "stream": true}),
+        ),
+        (
+            "/v1/messages",
+            json!({"max_tokens": 64, "messages": msg, "stream": true}),
+        ),
+    ] {
+        let mut r = c.post(server.url(path)).json(&body).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        // Wait for generated text, so the request holds blocks, then hang up.
+        let mut seen = String::new();
+        while !seen.contains("delta") {
+            seen.push_str(&String::from_utf8_lossy(&r.chunk().await.unwrap().unwrap()));
+        }
+        let m = metrics(&c, &server).await;
+        assert!(
+            metric(&m, "flare:kv_cache_used_blocks").unwrap() > 0.0,
+            "{path}"
+        );
+        drop(r);
+        wait_idle(&c, &server, Duration::from_secs(10)).await;
+    }
+    assert!(server.stop().await);
+}
