@@ -399,3 +399,73 @@ async fn disconnect_mid_stream_frees_blocks() {
     }
     assert!(server.stop().await);
 }
+
+/// With a reasoning parser (DeepSeek-R1's: output starts inside the reasoning, so the mock's
+/// whole alphabet is reasoning), Responses returns a `reasoning` item and Messages `thinking`
+/// blocks, streamed as `response.reasoning_text.delta` and `thinking_delta`. Without one,
+/// `thinking` is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reasoning_items_and_thinking_blocks() {
+    let plain = mock_server(config(), MockOpts::default()).await;
+    let c = client();
+    let msg = json!([{"role": "user", "content": "Think."}]);
+    let thinking = json!({"max_tokens": 64, "messages": msg, "thinking": {"type": "enabled", "budget_tokens": 32}});
+    let (s, e) = post(&c, &plain.url("/v1/messages"), thinking.clone()).await;
+    assert_eq!(s, 400, "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("thinking"),
+        "{e}"
+    );
+    assert!(plain.stop().await);
+
+    let server = mock_server(
+        ServerConfig {
+            reasoning_parser: Some(flare::tools::reasoning::ReasoningKind::DeepSeekR1),
+            ..config()
+        },
+        MockOpts::default(),
+    )
+    .await;
+    let (s, r) = post(&c, &server.url("/v1/responses"), json!({"input": "Think."})).await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["output"][0]["type"], "reasoning");
+    assert_eq!(r["output"][0]["content"][0]["text"], ALPHABET);
+    assert_eq!(r["output"].as_array().unwrap().len(), 1);
+    assert!(
+        r["usage"]["output_tokens_details"]["reasoning_tokens"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let evs = post_sse(
+        &c,
+        &server.url("/v1/responses"),
+        json!({"input": "Think.", "stream": true}),
+    )
+    .await;
+    let reasoning: String = evs
+        .iter()
+        .filter(|(n, _)| n == "response.reasoning_text.delta")
+        .map(|(_, d)| d["delta"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(reasoning, ALPHABET);
+
+    let (s, m) = post(&c, &server.url("/v1/messages"), thinking.clone()).await;
+    assert_eq!(s, 200, "{m}");
+    assert_eq!(m["content"][0]["type"], "thinking");
+    assert_eq!(m["content"][0]["thinking"], ALPHABET);
+    let mut st = thinking;
+    st["stream"] = json!(true);
+    let evs = post_sse(&c, &server.url("/v1/messages"), st).await;
+    assert_eq!(evs[1].1["content_block"]["type"], "thinking");
+    let text: String = evs
+        .iter()
+        .filter(|(n, _)| n == "content_block_delta")
+        .map(|(_, d)| {
+            assert_eq!(d["delta"]["type"], "thinking_delta");
+            d["delta"]["thinking"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(text, ALPHABET);
+    assert!(server.stop().await);
+}
