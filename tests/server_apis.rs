@@ -365,7 +365,7 @@ async fn disconnect_mid_stream_frees_blocks() {
     let server = mock_server(
         config(),
         MockOpts {
-            step_delay: Duration::from_millis(10),
+            step_delay: Duration::from_millis(50),
             ..MockOpts::default()
         },
     )
@@ -467,5 +467,66 @@ async fn reasoning_items_and_thinking_blocks() {
         })
         .collect();
     assert_eq!(text, ALPHABET);
+    assert!(server.stop().await);
+}
+
+/// The API key's limits apply through the new APIs as through chat: a `max_tokens` cap in
+/// reject mode refuses `max_output_tokens` / `max_tokens` above it (each API's field name and
+/// error shape), in clamp mode it shortens the output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_limits_apply_to_the_new_apis() {
+    use flare::server::keys::{ApiKey, KeyLimits, MaxTokensMode};
+    let key = |id: &str, secret: &str, mode| ApiKey {
+        id: id.into(),
+        key: secret.into(),
+        limits: KeyLimits {
+            max_tokens: Some(3),
+            max_tokens_mode: mode,
+            ..KeyLimits::default()
+        },
+    };
+    let server = mock_server(
+        ServerConfig {
+            api_keys: vec![
+                key("clamp", "sk-clamp", MaxTokensMode::Clamp),
+                key("reject", "sk-reject", MaxTokensMode::Reject),
+            ],
+            ..config()
+        },
+        MockOpts::default(),
+    )
+    .await;
+    let c = client();
+    let send = |path: &str, secret: &str, body: Value| {
+        c.post(server.url(path))
+            .header("x-api-key", secret)
+            .json(&body)
+            .send()
+    };
+    let resp = json!({"input": "Say the alphabet.", "max_output_tokens": 10});
+    let msgs =
+        json!({"max_tokens": 10, "messages": [{"role": "user", "content": "Say the alphabet."}]});
+    let r: Value = send("/v1/responses", "sk-clamp", resp.clone())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(output_text(&r), "abc", "{r}");
+    let r: Value = send("/v1/messages", "sk-clamp", msgs.clone())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["content"][0]["text"], "abc", "{r}");
+    let r = send("/v1/responses", "sk-reject", resp).await.unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(error_of(&e).2, "max_output_tokens", "{e}");
+    let r = send("/v1/messages", "sk-reject", msgs).await.unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["type"], "invalid_request_error", "{e}");
     assert!(server.stop().await);
 }
