@@ -1,3 +1,6 @@
+//! Compiles proto/flare/v1/flare.proto (the gRPC API) with protox, a pure-Rust protobuf
+//! compiler, so no system `protoc` is needed.
+//!
 //! Compiles kernels/*.cu to PTX with nvcc, only when the `cuda` feature is on; the default
 //! build needs no CUDA toolkit. Each kernel file becomes a `&str` constant in
 //! `$OUT_DIR/kernels.rs` (e.g. `PAGED_ATTENTION` for kernels/paged_attention.cu).
@@ -11,6 +14,7 @@ use std::process::Command;
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=kernels");
+    compile_protos();
     for var in ["CUDA_COMPUTE_CAP", "NVCC", "CUDA_HOME"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
@@ -67,4 +71,14 @@ fn main() {
         ));
     }
     std::fs::write(out.join("kernels.rs"), rs).expect("writing kernels.rs");
+}
+
+/// The gRPC service's messages, server and client (the client serves tests and the bench).
+fn compile_protos() {
+    println!("cargo:rerun-if-changed=proto");
+    let fds =
+        protox::compile(["flare/v1/flare.proto"], ["proto"]).expect("proto/flare/v1/flare.proto");
+    tonic_prost_build::configure()
+        .compile_fds(fds)
+        .expect("generating the gRPC code");
 }

@@ -71,6 +71,10 @@ fn parsers(
 }
 
 pub fn run(args: ServeArgs, path: &Path) -> Result<()> {
+    anyhow::ensure!(
+        args.grpc_port.is_none(),
+        "--grpc-port is not served with --config yet (gRPC serves one model)"
+    );
     let cfg = MultiConfig::load(path)?;
     let api_key = args.api_key.clone().filter(|k| !k.is_empty());
     let api_keys = match &args.api_keys {
@@ -90,6 +94,8 @@ pub fn run(args: ServeArgs, path: &Path) -> Result<()> {
         max_request_bytes: args.max_request_bytes,
         tool_call_parser: None,
         reasoning_parser: None,
+        responses_ttl: std::time::Duration::from_secs(args.responses_ttl),
+        responses_store_size: args.responses_store_size,
     };
     // A bad entry (unknown dtype, device, parser) fails that model alone, as a bad path does.
     let mut configs = Vec::new();

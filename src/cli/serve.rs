@@ -49,6 +49,16 @@ pub struct ServeArgs {
     /// Splits reasoning into `reasoning_content`: qwen3, deepseek_r1, gpt_oss.
     #[arg(long)]
     pub reasoning_parser: Option<String>,
+    /// Also serve the gRPC API (proto/flare/v1/flare.proto) on this port, same host.
+    #[arg(long)]
+    pub grpc_port: Option<u16>,
+    /// Seconds a stored Responses API response (`store: true`) stays retrievable and usable as
+    /// `previous_response_id`.
+    #[arg(long, default_value_t = 3600)]
+    pub responses_ttl: u64,
+    /// Most stored Responses API responses kept in memory (the oldest go first; 0: none).
+    #[arg(long, default_value_t = 1024)]
+    pub responses_store_size: usize,
     /// Seconds to let in-flight requests finish after SIGTERM or Ctrl-C.
     #[arg(long, default_value_t = 30)]
     pub shutdown_timeout: u64,
@@ -109,6 +119,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 })
             })
             .transpose()?,
+        responses_ttl: Duration::from_secs(args.responses_ttl),
+        responses_store_size: args.responses_store_size,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -158,6 +170,9 @@ async fn serve(args: ServeArgs, engine_args: EngineArgs, config: ServerConfig) -
         config.served_model_names[0]
     );
     let state = AppState::new(config);
+    if let Some(port) = args.grpc_port {
+        serve_grpc(&args.host, port, state.clone()).await?;
+    }
     let mut loader = {
         let state = state.clone();
         tokio::task::spawn_blocking(move || server::load_into(&state, engine_args))
@@ -186,5 +201,20 @@ async fn serve(args: ServeArgs, engine_args: EngineArgs, config: ServerConfig) -
         }
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Starts the gRPC server beside the HTTP one; it stops with the process (new calls get
+/// `UNAVAILABLE` once shutdown begins, as HTTP requests get 503).
+async fn serve_grpc(host: &str, port: u16, state: std::sync::Arc<AppState>) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind((host, port))
+        .await
+        .with_context(|| format!("binding {host}:{port} (--grpc-port)"))?;
+    tracing::info!("gRPC (flare.v1) on {}", listener.local_addr()?);
+    tokio::spawn(async move {
+        if let Err(e) = flare::grpc::serve(listener, state, std::future::pending()).await {
+            tracing::error!("gRPC server stopped: {e}");
+        }
+    });
     Ok(())
 }

@@ -34,6 +34,12 @@ pub enum ApiError {
     Unauthorized,
     #[error("The model `{0}` does not exist.")]
     ModelNotFound(String),
+    /// A stored object (a response id) that is not there.
+    #[error("{message}")]
+    NotFound {
+        message: String,
+        param: Option<String>,
+    },
     #[error("No route for {0}.")]
     RouteNotFound(String),
     #[error("Method {0} is not allowed here.")]
@@ -118,6 +124,7 @@ impl ApiError {
             | ApiError::ContextLength { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::ModelNotFound(_) | ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::QueueFull(_) | ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -149,6 +156,9 @@ impl ApiError {
                 Some("model_not_found"),
             ),
             ApiError::RouteNotFound(_) => ("invalid_request_error", None, Some("not_found")),
+            ApiError::NotFound { param, .. } => {
+                ("invalid_request_error", param.clone(), Some("not_found"))
+            }
             ApiError::MethodNotAllowed(_) => {
                 ("invalid_request_error", None, Some("method_not_allowed"))
             }

@@ -2,6 +2,7 @@
 //! metrics, auth and the one error type, in front of an [`crate::engine::EngineHandle`].
 
 mod auth;
+mod convert;
 mod error;
 mod extract;
 mod generate;
@@ -11,7 +12,9 @@ mod load;
 mod logprobs;
 mod metrics;
 mod openapi;
+mod response_store;
 mod routes;
+mod segments;
 mod serve;
 mod sse;
 mod state;
@@ -21,8 +24,10 @@ mod validate;
 pub mod wire;
 
 pub use error::ApiError;
+// For the gRPC service (crate::grpc): the HTTP API's own path to the engine.
 pub use load::{load_into, spawn_engine};
 pub use openapi::ApiDoc;
+pub(crate) use routes::completions::start as start_completion;
 pub use routes::router;
 pub use serve::{serve, shutdown_signal};
 pub use state::{AppState, Loaded, ServerConfig};

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::routes::{chat, completions, models, ops, tokenize};
+use super::routes::{chat, completions, messages, models, ops, responses, tokenize};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,6 +16,11 @@ use super::routes::{chat, completions, models, ops, tokenize};
         completions::completions,
         models::list_models,
         models::retrieve_model,
+        responses::create_response,
+        responses::get_response,
+        responses::delete_response,
+        messages::create_message,
+        messages::count_tokens,
         tokenize::tokenize,
         tokenize::detokenize,
         ops::health,

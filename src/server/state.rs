@@ -7,6 +7,7 @@ use super::error::ApiError;
 use super::keys::{ApiKey, KeyLimits, SINGLE_KEY_ID};
 use super::limits::KeyRegistry;
 use super::metrics::Metrics;
+use super::response_store::ResponseStore;
 use crate::chat_template::ChatTemplate;
 use crate::engine::EngineHandle;
 use crate::guidance::Guidance;
@@ -39,6 +40,10 @@ pub struct ServerConfig {
     pub tool_call_parser: Option<ParserKind>,
     /// `--reasoning-parser`; None: reasoning stays in the content.
     pub reasoning_parser: Option<ReasoningKind>,
+    /// How long a stored Responses API response is kept (`--responses-ttl`).
+    pub responses_ttl: std::time::Duration,
+    /// Most stored responses (`--responses-store-size`); the oldest go first.
+    pub responses_store_size: usize,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +59,8 @@ impl Default for ServerConfig {
             max_request_bytes: 8 << 20,
             tool_call_parser: None,
             reasoning_parser: None,
+            responses_ttl: std::time::Duration::from_secs(3600),
+            responses_store_size: 1024,
         }
     }
 }
@@ -77,6 +84,8 @@ pub struct Loaded {
 pub struct AppState {
     pub config: ServerConfig,
     pub metrics: Metrics,
+    /// Stored Responses API responses.
+    pub responses: ResponseStore,
     keys: KeyRegistry,
     loaded: OnceLock<Loaded>,
     /// Engine requests admitted by this server and not yet ended.
@@ -100,6 +109,7 @@ impl AppState {
             });
         }
         Arc::new(Self {
+            responses: ResponseStore::new(config.responses_ttl, config.responses_store_size),
             keys: KeyRegistry::new(keys, &metrics),
             metrics,
             config,

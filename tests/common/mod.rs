@@ -2,6 +2,8 @@
 //! on a free loopback port, SSE and Prometheus parsing.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -503,7 +503,14 @@ pub async fn authenticate_and_admit(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
+        .map(|(_, token)| token.trim())
+        // Anthropic's clients send the key as `x-api-key`.
+        .or_else(|| {
+            req.headers()
+                .get("x-api-key")
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+        });
     let Some(caller) = token.and_then(|t| keys.authenticate(t)) else {
         return Err(ApiError::Unauthorized);
     };

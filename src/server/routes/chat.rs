@@ -18,6 +18,7 @@ use crate::server::generate::{self, Tracked};
 use crate::server::limits::RequestGuard;
 use crate::server::state::AppState;
 use crate::server::tools::{self, ChoiceParser, OutputPlan};
+use crate::server::validate::Plan;
 use crate::server::wire::{
     ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest,
     ChatCompletionResponse, ChatDelta, ChatMessageOut, ErrorResponse, Usage,
@@ -43,30 +44,16 @@ use crate::tokenizer::Tokenizer;
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     key: Option<Extension<Arc<RequestGuard>>>,
-    OpenAiJson(mut req): OpenAiJson<ChatCompletionRequest>,
+    OpenAiJson(req): OpenAiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let arrival = Instant::now();
-    state.check_model(req.sampling.model.as_deref())?;
     let guard = key.map(|Extension(g)| g);
-    if let Some(g) = &guard {
-        g.key()
-            .cap_requested(&mut req.max_completion_tokens, "max_completion_tokens")?;
-        g.key()
-            .cap_requested(&mut req.sampling.max_tokens, "max_tokens")?;
-    }
-    let plan = blocking(&state, move |loaded| validate::chat(loaded, req)).await?;
-    let tokenizer = state.loaded()?.tokenizer.clone();
+    let Started {
+        plan,
+        tracked,
+        prompt_len,
+        tokenizer,
+    } = start(&state, guard.as_ref(), req, Instant::now()).await?;
     let meta = ResponseMeta::new("chatcmpl", &state);
-    let prompt_len = plan.jobs[0].prompt.len();
-    let tracked = generate::start(
-        &state,
-        guard.as_ref(),
-        plan.jobs,
-        plan.n,
-        plan.priority,
-        arrival,
-    )
-    .await?;
     let want_logprobs = plan.logprobs.is_some();
     if plan.stream {
         let events = stream(
@@ -115,6 +102,44 @@ pub async fn chat_completions(
         usage: generate::usage(&[prompt_len], plan.n, &counts),
     })
     .into_response())
+}
+
+/// A chat-shaped request validated and running on the engine.
+pub(crate) struct Started {
+    /// The plan, its jobs moved to the engine.
+    pub plan: Plan,
+    pub tracked: Vec<Tracked>,
+    pub prompt_len: usize,
+    pub tokenizer: Arc<Tokenizer>,
+}
+
+/// The one way a chat-shaped request (chat completions, and the Responses and Messages APIs
+/// converted to it) reaches the engine: model check, the key's `max_tokens` cap, validation,
+/// admission and start.
+pub(crate) async fn start(
+    state: &Arc<AppState>,
+    guard: Option<&Arc<RequestGuard>>,
+    mut req: ChatCompletionRequest,
+    arrival: Instant,
+) -> Result<Started, ApiError> {
+    state.check_model(req.sampling.model.as_deref())?;
+    if let Some(g) = guard {
+        g.key()
+            .cap_requested(&mut req.max_completion_tokens, "max_completion_tokens")?;
+        g.key()
+            .cap_requested(&mut req.sampling.max_tokens, "max_tokens")?;
+    }
+    let mut plan = blocking(state, move |loaded| validate::chat(loaded, req)).await?;
+    let tokenizer = state.loaded()?.tokenizer.clone();
+    let prompt_len = plan.jobs[0].prompt.len();
+    let jobs = std::mem::take(&mut plan.jobs);
+    let tracked = generate::start(state, guard, jobs, plan.n, plan.priority, arrival).await?;
+    Ok(Started {
+        plan,
+        tracked,
+        prompt_len,
+        tokenizer,
+    })
 }
 
 /// OpenAI's reason: a generation that ended on its own after calling tools ends in

@@ -43,22 +43,16 @@ use crate::tokenizer::Tokenizer;
 pub async fn completions(
     State(state): State<Arc<AppState>>,
     key: Option<Extension<Arc<RequestGuard>>>,
-    OpenAiJson(mut req): OpenAiJson<CompletionRequest>,
+    OpenAiJson(req): OpenAiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let arrival = Instant::now();
-    state.check_model(req.sampling.model.as_deref())?;
     let guard = key.map(|Extension(g)| g);
-    if let Some(g) = &guard {
-        g.key()
-            .cap_requested(&mut req.sampling.max_tokens, "max_tokens")?;
-    }
-    let mut plan = blocking(&state, move |loaded| validate::completion(loaded, req)).await?;
-    let tokenizer = state.loaded()?.tokenizer.clone();
+    let started = start(&state, guard.as_ref(), req, Instant::now()).await?;
+    let (plan, tracked, tokenizer) = (started.plan, started.tracked, started.tokenizer);
+    let prompts = Prompts {
+        ids: started.prompt_ids,
+        texts: plan.prompt_texts.clone(),
+    };
     let meta = ResponseMeta::new("cmpl", &state);
-    let prompts = Prompts::of(&plan);
-    let jobs = std::mem::take(&mut plan.jobs);
-    let tracked =
-        generate::start(&state, guard.as_ref(), jobs, plan.n, plan.priority, arrival).await?;
     if plan.stream {
         return Ok(sse::response(stream(
             tokenizer, tracked, meta, prompts, plan,
@@ -98,6 +92,42 @@ pub async fn completions(
         usage: Some(Some(generate::usage(&prompts.lens(), plan.n, &counts))),
     })
     .into_response())
+}
+
+/// A completion request validated and running on the engine.
+pub(crate) struct Started {
+    /// The plan, its jobs moved to the engine.
+    pub plan: Plan,
+    pub tracked: Vec<Tracked>,
+    /// Each prompt once.
+    pub prompt_ids: Vec<Vec<u32>>,
+    pub tokenizer: Arc<Tokenizer>,
+}
+
+/// The one way a completion request (HTTP, or gRPC's `Generate`) reaches the engine: model
+/// check, the key's `max_tokens` cap, validation, admission and start.
+pub(crate) async fn start(
+    state: &Arc<AppState>,
+    guard: Option<&Arc<RequestGuard>>,
+    mut req: CompletionRequest,
+    arrival: Instant,
+) -> Result<Started, ApiError> {
+    state.check_model(req.sampling.model.as_deref())?;
+    if let Some(g) = guard {
+        g.key()
+            .cap_requested(&mut req.sampling.max_tokens, "max_tokens")?;
+    }
+    let mut plan = blocking(state, move |loaded| validate::completion(loaded, req)).await?;
+    let tokenizer = state.loaded()?.tokenizer.clone();
+    let prompt_ids = Prompts::of(&plan).ids;
+    let jobs = std::mem::take(&mut plan.jobs);
+    let tracked = generate::start(state, guard, jobs, plan.n, plan.priority, arrival).await?;
+    Ok(Started {
+        plan,
+        tracked,
+        prompt_ids,
+        tokenizer,
+    })
 }
 
 /// Each prompt once (a plan holds it n times, once per choice).

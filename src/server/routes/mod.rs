@@ -2,8 +2,10 @@
 
 pub(crate) mod chat;
 pub(crate) mod completions;
+pub(crate) mod messages;
 pub(crate) mod models;
 pub(crate) mod ops;
+pub(crate) mod responses;
 pub(crate) mod tokenize;
 
 use std::sync::Arc;
@@ -28,12 +30,27 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completions::completions))
         .route("/v1/models", get(models::list_models))
         .route("/v1/models/{*model}", get(models::retrieve_model))
+        .route("/v1/responses", post(responses::create_response))
+        .route(
+            "/v1/responses/{response_id}",
+            get(responses::get_response).delete(responses::delete_response),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             limits::authenticate_and_admit,
         ));
+    // Anthropic's API: the same keys and limits, errors in Anthropic's shape.
+    let anthropic = Router::new()
+        .route("/v1/messages", post(messages::create_message))
+        .route("/v1/messages/count_tokens", post(messages::count_tokens))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::authenticate_and_admit,
+        ))
+        .route_layer(middleware::from_fn(messages::anthropic_errors));
     Router::new()
         .merge(v1)
+        .merge(anthropic)
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
         .route("/tokenize", post(tokenize::tokenize))

@@ -23,6 +23,7 @@ fn cards(state: &AppState) -> Result<Vec<ModelCard>, ApiError> {
             owned_by: "flare".into(),
             root: state.config.model_root.clone(),
             max_model_len: loaded.max_model_len,
+            context_length: loaded.max_model_len,
             architecture: loaded.architecture.clone(),
         })
         .collect())

@@ -15,6 +15,8 @@ pub struct ModelCard {
     /// What was loaded: the model argument or the default model's files.
     pub root: String,
     pub max_model_len: usize,
+    /// The same as `max_model_len`, under the name routers such as LiteLLM and OpenRouter read.
+    pub context_length: usize,
     /// The checkpoint's `model_type`: `llama`, `qwen3`, `gemma3_text`, `mixtral`, ...
     pub architecture: String,
 }

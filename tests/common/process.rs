@@ -1,0 +1,91 @@
+//! A `flare serve` child process on a free loopback port, and pytest runs against it: for the
+//! tests that drive the server with the official Python SDKs.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Killed when dropped.
+pub struct FlareProcess {
+    child: Child,
+    pub port: u16,
+    pub base: String,
+}
+
+impl Drop for FlareProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl FlareProcess {
+    /// `flare serve MODEL --port P ARGS...` (offline, quiet), once /health says 200.
+    pub async fn start(model: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_flare"))
+            .arg("serve")
+            .arg(model)
+            .args(["--port", &port.to_string()])
+            .args(args)
+            .envs(envs.iter().copied())
+            .env("HF_HUB_OFFLINE", "1")
+            .env("RUST_LOG", "flare=warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("flare binary");
+        let mut p = Self {
+            child,
+            port,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let client = super::client();
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = client.get(format!("{}/health", p.base)).send().await {
+                if r.status().is_success() {
+                    return p;
+                }
+            }
+            if let Some(status) = p.child.try_wait().unwrap() {
+                panic!("flare serve exited early: {status}");
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(180),
+                "not healthy after 3 minutes"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Runs `python3 -m pytest DIR -q` from the repository root with `envs` (and the offline
+/// variables); panics with the log on failure, returns the summary line.
+pub fn pytest(dir: &str, envs: &[(&str, String)]) -> String {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new("python3")
+        .args(["-m", "pytest", dir, "-q", "-p", "no:cacheprovider"])
+        .current_dir(root)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TRANSFORMERS_OFFLINE", "1")
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .output()
+        .expect("python3");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "pytest {dir} failed:\n{log}");
+    log.lines().last().unwrap_or("").to_string()
+}
