@@ -9,6 +9,7 @@ pub mod kv;
 pub mod layers;
 pub mod models;
 pub mod ops;
+pub mod quant;
 pub mod request;
 pub mod runner;
 pub mod sample;

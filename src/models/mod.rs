@@ -56,13 +56,43 @@ pub trait CausalLm: Send {
 /// quantized weights (candle's quantized matmuls, f32 activations); in bf16/f16 it is
 /// dequantized to dense.
 pub fn load_model(files: &ModelFiles, dtype: DType, device: &Device) -> Result<Box<dyn CausalLm>> {
+    load_model_quantized(files, dtype, device, None)
+}
+
+/// [`load_model`], quantizing a dense checkpoint at load as `quantization` names (`fp8`).
+pub fn load_model_quantized(
+    files: &ModelFiles,
+    dtype: DType,
+    device: &Device,
+    quantization: Option<&str>,
+) -> Result<Box<dyn CausalLm>> {
+    if let (Some(q), ModelFiles::Gguf(_) | ModelFiles::Dummy(_)) = (quantization, files) {
+        anyhow::bail!("--quantization {q} applies to safetensors checkpoints only");
+    }
     match files {
         ModelFiles::HfDir(dir) => {
             let cfg_path = dir.join("config.json");
             let text = std::fs::read_to_string(&cfg_path)
                 .with_context(|| format!("reading {}", cfg_path.display()))?;
-            let cfg = ModelConfig::from_hf_json(&text)?;
-            let w = Weights::safetensors(&weights::safetensors_files(dir)?, dtype, device)?;
+            let mut cfg = ModelConfig::from_hf_json(&text)?;
+            if let Some(q) = quantization {
+                if let Some(have) = &cfg.quantization {
+                    anyhow::bail!(
+                        "--quantization {q} on a checkpoint already quantized ({})",
+                        have.name()
+                    );
+                }
+                cfg.quantization = Some(crate::quant::QuantConfig::online(q)?);
+            }
+            if let Some(q) = &cfg.quantization {
+                tracing::info!("weights quantized: {}", q.name());
+            }
+            let w = Weights::safetensors_quantized(
+                &weights::safetensors_files(dir)?,
+                dtype,
+                device,
+                cfg.quantization.clone(),
+            )?;
             registry::build(cfg, &w)
         }
         ModelFiles::Gguf(path) => {
