@@ -4,6 +4,7 @@ pub mod bench;
 pub mod chat_template;
 pub mod cpu;
 pub mod engine;
+pub mod eval;
 pub mod guidance;
 pub mod kv;
 pub mod layers;

@@ -24,6 +24,8 @@ enum Command {
     Serve(cli::serve::ServeArgs),
     /// Benchmarks: offline throughput, batch latency, or a client against a serving endpoint.
     Bench(cli::bench::BenchArgs),
+    /// Model quality checks: perplexity of a text (llama-perplexity's method).
+    Eval(cli::eval::EvalArgs),
 }
 
 fn main() -> Result<()> {
@@ -38,5 +40,6 @@ fn main() -> Result<()> {
         Command::Generate(args) => cli::generate::run(args),
         Command::Serve(args) => cli::serve::run(args),
         Command::Bench(args) => cli::bench::run(args),
+        Command::Eval(args) => cli::eval::run(args),
     }
 }

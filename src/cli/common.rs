@@ -46,6 +46,10 @@ pub struct ModelArgs {
     /// key's priority, lower first; preemption takes the least important first).
     #[arg(long, default_value = "fcfs")]
     pub scheduling_policy: String,
+    /// Quantize a dense (f32/bf16/f16) checkpoint at load: fp8 (per-channel e4m3 weights,
+    /// dynamic per-token FP8 activations). Quantized checkpoints are read as they are.
+    #[arg(long)]
+    pub quantization: Option<String>,
 }
 
 impl ModelArgs {
@@ -93,6 +97,7 @@ impl ModelArgs {
             kv_cache_memory: self.kv_cache_memory,
             gpu_memory_utilization: self.gpu_memory_utilization,
             max_model_len: self.max_model_len,
+            quantization: self.quantization.clone(),
             scheduler: SchedulerConfig {
                 max_num_seqs: self.max_num_seqs,
                 max_num_batched_tokens: self.max_num_batched_tokens,

@@ -2,5 +2,6 @@
 
 pub mod bench;
 pub mod common;
+pub mod eval;
 pub mod generate;
 pub mod serve;

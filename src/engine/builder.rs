@@ -7,7 +7,7 @@ use candle_core::{DType, Device};
 
 use super::EngineCore;
 use crate::guidance::Guidance;
-use crate::models::{config::ModelConfig, dummy, load_model, source};
+use crate::models::{config::ModelConfig, dummy, source};
 use crate::runner::candle::{CandleForward, CandleRunner};
 use crate::scheduler::{config::SchedulerConfig, Scheduler};
 use crate::tokenizer::Tokenizer;
@@ -31,6 +31,8 @@ pub struct EngineArgs {
     pub scheduler: SchedulerConfig,
     /// Dummy: random weights for the config `model` names (preset, config.json or HF dir).
     pub load_format: LoadFormat,
+    /// Quantize a dense checkpoint at load (`fp8`); None: as the checkpoint is.
+    pub quantization: Option<String>,
 }
 
 /// How weights are obtained (vLLM's `--load-format`).
@@ -55,6 +57,7 @@ impl Default for EngineArgs {
             max_model_len: None,
             scheduler: SchedulerConfig::default(),
             load_format: LoadFormat::Auto,
+            quantization: None,
         }
     }
 }
@@ -80,7 +83,12 @@ pub fn build_engine(args: &EngineArgs) -> Result<LoadedEngine> {
         (LoadFormat::Auto, spec) => source::resolve(spec, args.revision.as_deref())?,
     };
     tracing::info!("loading {}", files.path().display());
-    let model = load_model(&files, args.dtype, &args.device)?;
+    let model = crate::models::load_model_quantized(
+        &files,
+        args.dtype,
+        &args.device,
+        args.quantization.as_deref(),
+    )?;
     let tokenizer = match &files {
         source::ModelFiles::HfDir(dir) => Tokenizer::from_hf_dir(dir)?,
         source::ModelFiles::Gguf(path) => {
