@@ -266,3 +266,43 @@ fn honours_ignore_lists() {
     }));
     assert!(e.contains("mlp.down_proj.weight"), "{e}");
 }
+
+mod common;
+
+/// `/v1/models` says which format the served weights are in; dense models have no field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_endpoint_reports_the_quantization() {
+    use flare::engine::EngineArgs;
+    use flare::server::{AppState, ServerConfig};
+    let dense = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama");
+    for (path, want) in [
+        (dir("awq"), Some("awq int4 (group 32)")),
+        (
+            dir("ct-fp8-dynamic"),
+            Some("compressed-tensors fp8 fp8 activations"),
+        ),
+        (dense, None),
+    ] {
+        let state = AppState::new(ServerConfig {
+            served_model_names: vec!["m".into()],
+            ..ServerConfig::default()
+        });
+        let args = EngineArgs {
+            model: Some(path.to_string_lossy().into_owned()),
+            kv_cache_memory: Some(4 << 20),
+            ..EngineArgs::default()
+        };
+        flare::server::load_into(&state, args).expect("model loads");
+        let name = path.display();
+        let server = common::serve(state).await;
+        let (s, body) = common::get(&common::client(), &server.url("/v1/models")).await;
+        assert_eq!(s, 200);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            v["data"][0]["quantization"].as_str(),
+            want,
+            "{name}: {body}"
+        );
+        assert!(server.stop().await);
+    }
+}

@@ -99,9 +99,35 @@ pub fn load_model_quantized(
             // f32: candle's quantized matmuls; bf16/f16: weights dequantized to dense.
             let dense = (dtype != DType::F32).then_some(dtype);
             let w = Weights::gguf(path, device, dense)?;
-            let cfg = ModelConfig::from_gguf(w.gguf_content().expect("gguf"))?;
+            let mut cfg = ModelConfig::from_gguf(w.gguf_content().expect("gguf"))?;
+            cfg.quantization = gguf_main_type(w.gguf_content().expect("gguf")).map(|t| {
+                crate::quant::QuantConfig {
+                    method: crate::quant::Method::Gguf(t),
+                    ignore: Vec::new(),
+                }
+            });
+            match (&cfg.quantization, dense) {
+                (Some(q), None) => tracing::info!("weights quantized: {}", q.name()),
+                (Some(q), Some(dt)) => {
+                    tracing::info!("weights: {} dequantized to {dt:?}", q.name())
+                }
+                _ => {}
+            }
             registry::build(cfg, &w)
         }
         ModelFiles::Dummy(spec) => dummy::load(&dummy::resolve(spec)?.config, dtype, device, 0),
     }
+}
+
+/// The GGUF tensor type holding most of a file's weights (`Q4_1`, `Q4_K`, ...), for reports.
+fn gguf_main_type(c: &candle_core::quantized::gguf_file::Content) -> Option<String> {
+    let mut by_type: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for t in c.tensor_infos.values() {
+        *by_type.entry(format!("{:?}", t.ggml_dtype)).or_default() += t.shape.elem_count();
+    }
+    by_type
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .map(|(t, _)| t)
+        .filter(|t| t != "F32" && t != "F16" && t != "BF16")
 }

@@ -135,7 +135,7 @@ pub fn linear(st: &MmapedSafetensors, q: &QuantConfig, name: &str) -> Result<Opt
     }
     let t = |suffix: &str| format!("{name}.{suffix}");
     match &q.method {
-        Method::Mxfp4 => Ok(None),
+        Method::Mxfp4 | Method::Gguf(_) => Ok(None),
         Method::OnlineFp8 => {
             let v = need(st, &t("weight"))?;
             ensure!(

@@ -55,6 +55,8 @@ pub enum Method {
     /// `--quantization fp8` on a dense checkpoint: per-channel e4m3 weights made at load,
     /// dynamic per-token FP8 activations (vLLM's online FP8).
     OnlineFp8,
+    /// A GGUF file's weights (reported only; GGUF has its own loader), by their main type.
+    Gguf(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +124,7 @@ impl QuantConfig {
             }
             Method::Mxfp4 => "mxfp4".into(),
             Method::OnlineFp8 => "fp8 (quantized at load)".into(),
+            Method::Gguf(t) => format!("gguf {t}"),
         }
     }
 

@@ -24,6 +24,7 @@ fn cards(state: &AppState) -> Result<Vec<ModelCard>, ApiError> {
             root: state.config.model_root.clone(),
             max_model_len: loaded.max_model_len,
             architecture: loaded.architecture.clone(),
+            quantization: state.quantization(),
         })
         .collect())
 }
