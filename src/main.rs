@@ -26,6 +26,8 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     /// Cascade routes: `route eval` replays a prompt set through a route at several thresholds.
     Route(cli::route::RouteArgs),
+    /// Model quality checks: perplexity of a text (llama-perplexity's method).
+    Eval(cli::eval::EvalArgs),
 }
 
 fn main() -> Result<()> {
@@ -41,5 +43,6 @@ fn main() -> Result<()> {
         Command::Serve(args) => cli::serve::run(args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Route(args) => cli::route::run(args),
+        Command::Eval(args) => cli::eval::run(args),
     }
 }

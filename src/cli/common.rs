@@ -50,6 +50,10 @@ pub struct ModelArgs {
     /// a request whose grammar takes longer gets a 400.
     #[arg(long, default_value_t = 10.0)]
     pub grammar_compile_timeout: f64,
+    /// Quantize a dense (f32/bf16/f16) checkpoint at load: fp8 (per-channel e4m3 weights,
+    /// dynamic per-token FP8 activations). Quantized checkpoints are read as they are.
+    #[arg(long)]
+    pub quantization: Option<String>,
 }
 
 impl ModelArgs {
@@ -103,6 +107,7 @@ impl ModelArgs {
             kv_cache_memory: self.kv_cache_memory,
             gpu_memory_utilization: self.gpu_memory_utilization,
             max_model_len: self.max_model_len,
+            quantization: self.quantization.clone(),
             scheduler: SchedulerConfig {
                 max_num_seqs: self.max_num_seqs,
                 max_num_batched_tokens: self.max_num_batched_tokens,

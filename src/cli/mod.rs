@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod common;
+pub mod eval;
 pub mod generate;
 pub mod multi;
 pub mod route;

@@ -7,7 +7,7 @@ use candle_core::{DType, Device};
 
 use super::EngineCore;
 use crate::guidance::Guidance;
-use crate::models::{config::ModelConfig, dummy, load_model, source};
+use crate::models::{config::ModelConfig, dummy, source};
 use crate::runner::candle::{CandleForward, CandleRunner};
 use crate::scheduler::{config::SchedulerConfig, Scheduler};
 use crate::tokenizer::Tokenizer;
@@ -33,6 +33,8 @@ pub struct EngineArgs {
     pub load_format: LoadFormat,
     /// Wall-clock limit on compiling one structured-output grammar (`--grammar-compile-timeout`).
     pub grammar_compile_timeout: std::time::Duration,
+    /// Quantize a dense checkpoint at load (`fp8`); None: as the checkpoint is.
+    pub quantization: Option<String>,
 }
 
 /// How weights are obtained (vLLM's `--load-format`).
@@ -58,6 +60,7 @@ impl Default for EngineArgs {
             scheduler: SchedulerConfig::default(),
             load_format: LoadFormat::Auto,
             grammar_compile_timeout: Guidance::DEFAULT_COMPILE_TIMEOUT,
+            quantization: None,
         }
     }
 }
@@ -83,7 +86,12 @@ pub fn build_engine(args: &EngineArgs) -> Result<LoadedEngine> {
         (LoadFormat::Auto, spec) => source::resolve(spec, args.revision.as_deref())?,
     };
     tracing::info!("loading {}", files.path().display());
-    let model = load_model(&files, args.dtype, &args.device)?;
+    let model = crate::models::load_model_quantized(
+        &files,
+        args.dtype,
+        &args.device,
+        args.quantization.as_deref(),
+    )?;
     let tokenizer = match &files {
         source::ModelFiles::HfDir(dir) => Tokenizer::from_hf_dir(dir)?,
         source::ModelFiles::Gguf(path) => {

@@ -1,4 +1,6 @@
 //! A linear map whose weight is dense (f32/bf16/f16) or GGUF-quantized, with optional bias.
+//! Safetensors-quantized formats (FP8, INT4/INT8, see `crate::quant`) arrive here dequantized,
+//! with the activation quantization their format prescribes applied to the input.
 //!
 //! On the CPU, GGUF weights of the types `cpu::qgemm` covers are repacked at load and multiplied
 //! by our batch-invariant kernel; everything else goes through candle's `QMatMul`.
@@ -10,6 +12,7 @@ use candle_core::quantized::QMatMul;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
 
 use crate::cpu::qgemm::QWeight;
+use crate::quant::ActQuant;
 
 #[derive(Debug, Clone)]
 enum Weight {
@@ -21,6 +24,8 @@ enum Weight {
 pub struct Linear {
     weight: Weight,
     bias: Option<Tensor>,
+    /// Round the input to the format's activation grid first (FP8/int8 W8A8 formats).
+    act: Option<ActQuant>,
 }
 
 /// Whether GGUF weights on the CPU use our kernels (on unless `FLARE_CPU_QGEMM=off`, and only
@@ -44,7 +49,24 @@ impl Linear {
             }
             _ => Weight::Candle(weight),
         };
-        Self { weight, bias }
+        Self {
+            weight,
+            bias,
+            act: None,
+        }
+    }
+
+    /// A dequantized weight `[out, in]` whose format quantizes activations with `act`.
+    pub fn quantized(weight: Tensor, act: Option<ActQuant>, bias: Option<Tensor>) -> Self {
+        Self {
+            act,
+            ..Self::dense(weight, bias)
+        }
+    }
+
+    /// The activation quantization of this layer's format, if any.
+    pub fn act_quant(&self) -> Option<ActQuant> {
+        self.act
     }
 
     /// Dense weight of shape `[out, in]` (PyTorch layout).
@@ -52,10 +74,11 @@ impl Linear {
         Self::new(QMatMul::Tensor(weight), bias)
     }
 
-    /// The `[out, in]` weight when it is a plain dense tensor (not quantized).
+    /// The `[out, in]` weight when it is a plain dense tensor (not quantized, and no
+    /// activation quantization a fused consumer would skip).
     pub fn dense_weight(&self) -> Option<&Tensor> {
         match &self.weight {
-            Weight::Candle(QMatMul::Tensor(w)) => Some(w),
+            Weight::Candle(QMatMul::Tensor(w)) if self.act.is_none() => Some(w),
             _ => None,
         }
     }
@@ -77,11 +100,20 @@ impl Linear {
         Some(Linear {
             weight: Weight::Packed(Arc::new(QWeight::concat(&packed)?)),
             bias: None,
+            act: None,
         })
     }
 
     /// `x: [tokens, in] -> [tokens, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let quantized;
+        let x = match self.act {
+            Some(q) => {
+                quantized = crate::quant::fp8::quantize_activations(x, q)?;
+                &quantized
+            }
+            None => x,
+        };
         let y = match &self.weight {
             Weight::Candle(w) => w.forward(x)?,
             Weight::Packed(w) => {

@@ -197,6 +197,8 @@ pub struct ModelConfig {
     /// Rotary on the first `rotary_dim` dims of each head only (Phi-4-mini's
     /// `partial_rotary_factor`); None: all `head_dim`.
     pub rotary_dim: Option<usize>,
+    /// The checkpoint's `quantization_config` (None: dense or GGUF), or `--quantization`.
+    pub quantization: Option<crate::quant::QuantConfig>,
 }
 
 #[derive(Deserialize)]
@@ -388,6 +390,10 @@ impl ModelConfig {
     /// Parses `config.json`: the common keys here, then the family's own through the registry.
     pub fn from_hf_json(text: &str) -> Result<Self> {
         let raw: serde_json::Value = serde_json::from_str(text).context("parsing config.json")?;
+        let quantization = match raw.get("quantization_config") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(q) => Some(crate::quant::QuantConfig::from_hf(q)?),
+        };
         // Multimodal wrappers (Gemma 3 4B+) nest the language model's keys.
         let raw = match raw.get("text_config") {
             Some(t) if raw.get("vocab_size").is_none() => t.clone(),
@@ -415,6 +421,7 @@ impl ModelConfig {
         let mut cfg = Self::common_from_hf(&raw, model_type)?;
         (family.configure)(&raw, &mut cfg)?;
         cfg.validate()?;
+        cfg.quantization = quantization;
         Ok(cfg)
     }
 

@@ -3,18 +3,25 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use candle_core::quantized::{gguf_file, QMatMul, QStorage, QTensor};
+use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::layers::linear::Linear;
+use crate::quant::{load as qload, QuantConfig};
 
 pub enum Weights {
     Safetensors {
         vb: VarBuilder<'static>,
         dtype: DType,
+        /// The same files, read raw: quantized tensors keep their stored dtype.
+        raw: Arc<MmapedSafetensors>,
+        /// The checkpoint's `quantization_config` or `--quantization`.
+        quant: Option<Arc<QuantConfig>>,
     },
     Gguf {
         content: gguf_file::Content,
@@ -73,9 +80,53 @@ fn gguf_name(arch: &str, hf: &str) -> String {
 impl Weights {
     /// Memory-maps `files` (one or several shards of one checkpoint).
     pub fn safetensors(files: &[PathBuf], dtype: DType, device: &Device) -> Result<Self> {
+        Self::safetensors_quantized(files, dtype, device, None)
+    }
+
+    /// Like [`Weights::safetensors`] for a checkpoint quantized as `quant` says.
+    pub fn safetensors_quantized(
+        files: &[PathBuf],
+        dtype: DType,
+        device: &Device,
+        quant: Option<QuantConfig>,
+    ) -> Result<Self> {
         // SAFETY: the files are not modified while mapped (they are model files we only read).
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device)? };
-        Ok(Self::Safetensors { vb, dtype })
+        let raw = Arc::new(unsafe { MmapedSafetensors::multi(files)? });
+        Ok(Self::Safetensors {
+            vb,
+            dtype,
+            raw,
+            quant: quant.map(Arc::new),
+        })
+    }
+
+    /// The quantization the weights are read with, if any.
+    pub fn quantization(&self) -> Option<&QuantConfig> {
+        match self {
+            Weights::Safetensors { quant, .. } => quant.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// `name`'s weight dequantized as a `[out, in]` tensor in the activation dtype, with its
+    /// activation quantization; None when the checkpoint keeps it dense.
+    fn dequantized(&self, name: &str) -> Result<Option<(Tensor, Option<crate::quant::ActQuant>)>> {
+        let Weights::Safetensors {
+            raw,
+            quant: Some(q),
+            dtype,
+            vb,
+        } = self
+        else {
+            return Ok(None);
+        };
+        let Some(d) = qload::linear(raw, q, name).with_context(|| format!("loading {name}"))?
+        else {
+            return Ok(None);
+        };
+        let w = Tensor::from_vec(d.dense, (d.out, d.inp), vb.device())?.to_dtype(*dtype)?;
+        Ok(Some((w, d.act)))
     }
 
     /// `dense`: dequantize to that dtype at load (None: quantized matmuls, f32 activations).
@@ -117,7 +168,9 @@ impl Weights {
 
     pub fn contains(&self, name: &str) -> bool {
         match self {
-            Weights::Safetensors { vb, .. } => vb.contains_tensor(&format!("{name}.weight")),
+            Weights::Safetensors { vb, .. } => ["weight", "qweight", "weight_packed"]
+                .iter()
+                .any(|s| vb.contains_tensor(&format!("{name}.{s}"))),
             Weights::Gguf { content, arch, .. } => content
                 .tensor_infos
                 .contains_key(&format!("{}.weight", gguf_name(arch, name))),
@@ -153,8 +206,36 @@ impl Weights {
     /// A dense tensor in the activation dtype (norm weights, biases, embedding table).
     pub fn tensor(&self, name: &str, suffix: &str) -> Result<Tensor> {
         match self {
-            Weights::Safetensors { vb, .. } => {
+            Weights::Safetensors {
+                vb,
+                raw,
+                quant,
+                dtype,
+            } => {
                 let full = format!("{name}.{suffix}");
+                match raw.get(&full) {
+                    // A quantized tensor read as a plain one would be cast without its scales.
+                    Ok(v) if !qload::is_float(v.dtype()) => anyhow::bail!(
+                        "tensor {full} is stored as {:?}: a quantized weight{}",
+                        v.dtype(),
+                        match quant {
+                            Some(q) => format!(" that {} does not cover here", q.name()),
+                            None => " but config.json has no quantization_config".to_string(),
+                        }
+                    ),
+                    Ok(_) => {}
+                    Err(_) => {}
+                }
+                // gpt-oss MXFP4: the stacked experts' projections come as `_blocks`/`_scales`.
+                let mxfp4 =
+                    matches!(quant.as_deref(), Some(q) if q.method == crate::quant::Method::Mxfp4);
+                if mxfp4 && name.ends_with(".experts") && !suffix.ends_with("_bias") {
+                    let (data, shape) =
+                        qload::mxfp4_stacked(raw, name, suffix)?.with_context(|| {
+                            format!("quantization_config says mxfp4 but {full}_blocks is missing")
+                        })?;
+                    return Ok(Tensor::from_vec(data, &shape, vb.device())?.to_dtype(*dtype)?);
+                }
                 vb.get_unchecked(&full)
                     .with_context(|| format!("missing tensor {full}"))
             }
@@ -173,6 +254,9 @@ impl Weights {
         } else {
             None
         };
+        if let Some((w, act)) = self.dequantized(name)? {
+            return Ok(Linear::quantized(w, act, b));
+        }
         let w = match self {
             Weights::Safetensors { .. } | Weights::Dummy(_) => {
                 QMatMul::Tensor(self.tensor(name, "weight")?)
@@ -227,6 +311,10 @@ impl Weights {
                 .contiguous()?)
         };
         let b = if bias { Some(part("bias")?) } else { None };
+        if let Some((w, act)) = self.dequantized(name)? {
+            let w = w.narrow(0, start, len)?.contiguous()?;
+            return Ok(Linear::quantized(w, act, b));
+        }
         Ok(Linear::new(QMatMul::Tensor(part("weight")?), b))
     }
 

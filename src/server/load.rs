@@ -14,6 +14,8 @@ use crate::tokenizer::Tokenizer;
 pub struct LoadedInfo {
     pub max_model_len: usize,
     pub architecture: String,
+    /// The weights' quantization format, for /v1/models (None: dense).
+    pub quantization: Option<String>,
     /// The engine's grammar compiler (Err: why structured outputs are unavailable).
     pub guidance: Result<Arc<Guidance>, String>,
 }
@@ -26,6 +28,7 @@ pub fn spawn_engine(args: EngineArgs) -> Result<(EngineHandle, Arc<Tokenizer>, L
         let info = LoadedInfo {
             max_model_len: loaded.max_model_len,
             architecture: loaded.config.model_type.clone(),
+            quantization: loaded.config.quantization.as_ref().map(|q| q.name()),
             guidance: loaded.guidance.clone(),
         };
         let _ = tx.send((loaded.tokenizer.clone(), info));
@@ -38,6 +41,7 @@ pub fn spawn_engine(args: EngineArgs) -> Result<(EngineHandle, Arc<Tokenizer>, L
 /// Loads the model and makes it available to `state` (blocking; /health turns 200 after).
 pub fn load_into(state: &AppState, args: EngineArgs) -> Result<()> {
     let (engine, tokenizer, info) = spawn_engine(args)?;
+    state.set_quantization(info.quantization.clone());
     state.set_loaded_with_guidance(
         engine,
         tokenizer,

@@ -91,6 +91,8 @@ pub struct AppState {
     /// Engine requests admitted by this server and not yet ended.
     inflight: AtomicUsize,
     shutting_down: AtomicBool,
+    /// The weights' quantization format once loaded (None inside: dense).
+    quantization: OnceLock<Option<String>>,
 }
 
 impl AppState {
@@ -116,7 +118,18 @@ impl AppState {
             loaded: OnceLock::new(),
             inflight: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
+            quantization: OnceLock::new(),
         })
+    }
+
+    /// Records the loaded weights' quantization format (for /v1/models).
+    pub fn set_quantization(&self, q: Option<String>) {
+        let _ = self.quantization.set(q);
+    }
+
+    /// The loaded weights' quantization format; None: dense or not recorded.
+    pub fn quantization(&self) -> Option<String> {
+        self.quantization.get().cloned().flatten()
     }
 
     /// Makes the model available; /health turns 200 from here on.

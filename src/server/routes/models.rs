@@ -25,6 +25,7 @@ fn cards(state: &AppState) -> Result<Vec<ModelCard>, ApiError> {
             max_model_len: loaded.max_model_len,
             context_length: loaded.max_model_len,
             architecture: loaded.architecture.clone(),
+            quantization: state.quantization(),
         })
         .collect())
 }

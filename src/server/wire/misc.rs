@@ -19,6 +19,10 @@ pub struct ModelCard {
     pub context_length: usize,
     /// The checkpoint's `model_type`: `llama`, `qwen3`, `gemma3_text`, `mixtral`, ...
     pub architecture: String,
+    /// The weights' quantization format (`fp8 (block 128x128)`, `awq int4 (group 128)`,
+    /// `gguf Q4_1`, ...); absent for dense weights.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]

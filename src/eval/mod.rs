@@ -1,0 +1,4 @@
+//! Model quality checks that need no server: perplexity in the manner of llama.cpp's
+//! `llama-perplexity`.
+
+pub mod perplexity;

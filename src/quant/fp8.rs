@@ -1,0 +1,158 @@
+//! FP8 e4m3 (OCP `e4m3fn`: bias 7, no infinities, max 448) and int8 rounding on the CPU, and
+//! the activation fake-quantization op the quantized `Linear` applies to its input.
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+
+use super::ActQuant;
+
+pub const E4M3_MAX: f32 = 448.0;
+
+/// The value of an e4m3fn byte (NaN for 0x7f/0xff).
+pub fn e4m3_to_f32(b: u8) -> f32 {
+    let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
+    let exp = ((b >> 3) & 0x0f) as i32;
+    let man = (b & 0x07) as f32;
+    if exp == 0x0f && b & 0x07 == 0x07 {
+        return f32::NAN;
+    }
+    let mag = if exp == 0 {
+        man * (2f32).powi(-9)
+    } else {
+        (1.0 + man / 8.0) * (2f32).powi(exp - 7)
+    };
+    sign * mag
+}
+
+/// `v` rounded to the nearest e4m3 value (ties to even), saturating at ±448: what
+/// `torch.Tensor.to(torch.float8_e4m3fn)` gives after a clamp.
+pub fn round_e4m3(v: f32) -> f32 {
+    if v.is_nan() {
+        return v;
+    }
+    let a = v.abs().min(E4M3_MAX);
+    // Spacing of the grid: 2^(e - 3) for normals (e >= -6), 2^-9 for subnormals.
+    let e = ((a.to_bits() >> 23) & 0xff) as i32 - 127;
+    let step = (2f32).powi(e.max(-6) - 3);
+    let r = (a / step).round_ties_even() * step;
+    r.min(E4M3_MAX).copysign(v)
+}
+
+/// The e4m3fn byte nearest `v` (after saturation).
+pub fn f32_to_e4m3(v: f32) -> u8 {
+    let r = round_e4m3(v);
+    // A 256-entry search is fine: this runs at load only.
+    let mut best = 0u8;
+    for b in 0..=255u8 {
+        let x = e4m3_to_f32(b);
+        if x == r && (x != 0.0 || (b & 0x80 != 0) == r.is_sign_negative()) {
+            best = b;
+            break;
+        }
+    }
+    best
+}
+
+/// Symmetric int8 rounding of `v / scale` (ties to even, like `torch.round`), clamped.
+pub fn round_int8(v: f32) -> f32 {
+    v.round_ties_even().clamp(-128.0, 127.0)
+}
+
+/// Rounds one row of activations to the format's grid and back, in place.
+fn fake_quant_row(row: &mut [f32], q: ActQuant) {
+    let fp8 = |xs: &mut [f32], scale: f32| {
+        if scale > 0.0 {
+            xs.iter_mut()
+                .for_each(|x| *x = round_e4m3(*x / scale) * scale);
+        }
+    };
+    let int8 = |xs: &mut [f32], scale: f32| {
+        if scale > 0.0 {
+            xs.iter_mut()
+                .for_each(|x| *x = round_int8(*x / scale) * scale);
+        }
+    };
+    let amax = |xs: &[f32]| xs.iter().fold(0f32, |m, x| m.max(x.abs()));
+    match q {
+        ActQuant::Fp8PerToken => {
+            let s = amax(row) / E4M3_MAX;
+            fp8(row, s)
+        }
+        ActQuant::Fp8PerTokenGroup(g) => {
+            for chunk in row.chunks_mut(g) {
+                let s = amax(chunk) / E4M3_MAX;
+                fp8(chunk, s)
+            }
+        }
+        ActQuant::Fp8Static(s) => fp8(row, s),
+        ActQuant::Int8PerToken => {
+            let s = amax(row) / 127.0;
+            int8(row, s)
+        }
+        ActQuant::Int8Static(s) => int8(row, s),
+    }
+}
+
+/// `x: [.., in]` with every row fake-quantized (same dtype as `x`).
+pub fn quantize_activations(x: &Tensor, q: ActQuant) -> Result<Tensor> {
+    let dtype = x.dtype();
+    x.to_dtype(DType::F32)?
+        .contiguous()?
+        .apply_op1_no_bwd(&FakeQuant(q))?
+        .to_dtype(dtype)
+}
+
+struct FakeQuant(ActQuant);
+
+impl CustomOp1 for FakeQuant {
+    fn name(&self) -> &'static str {
+        "flare-act-fake-quant"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(x), Some((a, b))) = (s, l.contiguous_offsets()) else {
+            candle_core::bail!("activation quantization: needs contiguous f32 input");
+        };
+        let k = *l.shape().dims().last().unwrap_or(&1);
+        let mut out = x[a..b].to_vec();
+        for row in out.chunks_mut(k.max(1)) {
+            fake_quant_row(row, self.0);
+        }
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn e4m3_grid_round_trips() {
+        for b in 0..=255u8 {
+            let v = e4m3_to_f32(b);
+            if v.is_nan() {
+                continue;
+            }
+            assert_eq!(round_e4m3(v), v, "byte {b:#x}");
+            assert_eq!(e4m3_to_f32(f32_to_e4m3(v)), v);
+        }
+        assert_eq!(e4m3_to_f32(0x7e), 448.0);
+        assert_eq!(e4m3_to_f32(0x01), 2f32.powi(-9));
+        assert_eq!(round_e4m3(1000.0), 448.0);
+        // 1.0625 lies halfway between 1.0 and 1.125: ties to even (1.0).
+        assert_eq!(round_e4m3(1.0625), 1.0);
+        assert_eq!(round_e4m3(1.1875), 1.25);
+    }
+
+    #[test]
+    fn per_token_quantization_is_row_local() {
+        let mut a = vec![0.1, -3.0, 2.5, 0.01];
+        let mut b = a.clone();
+        fake_quant_row(&mut a, ActQuant::Fp8PerToken);
+        fake_quant_row(&mut b, ActQuant::Fp8PerToken);
+        assert_eq!(a, b);
+        assert_eq!(a[1], -3.0); // the row's max maps to 448 exactly
+        let mut c = vec![1.0, -127.0, 63.4];
+        fake_quant_row(&mut c, ActQuant::Int8PerToken);
+        assert_eq!(c, vec![1.0, -127.0, 63.0]);
+    }
+}
