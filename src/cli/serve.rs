@@ -52,6 +52,13 @@ pub struct ServeArgs {
     /// Seconds to let in-flight requests finish after SIGTERM or Ctrl-C.
     #[arg(long, default_value_t = 30)]
     pub shutdown_timeout: u64,
+    /// Seconds a client may take to send a request's headers, or sit idle between requests on
+    /// a kept-alive connection; then the connection is closed (slowloris).
+    #[arg(long, default_value_t = 10)]
+    pub header_read_timeout: u64,
+    /// Seconds a client may take to send a request body; then it gets 408.
+    #[arg(long, default_value_t = 30)]
+    pub body_read_timeout: u64,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -102,6 +109,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 })
             })
             .transpose()?,
+        header_read_timeout: Duration::from_secs(args.header_read_timeout.max(1)),
+        body_read_timeout: Duration::from_secs(args.body_read_timeout.max(1)),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

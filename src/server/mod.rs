@@ -2,6 +2,7 @@
 //! metrics, auth and the one error type, in front of an [`crate::engine::EngineHandle`].
 
 mod auth;
+mod conn;
 mod error;
 mod extract;
 mod generate;
@@ -11,6 +12,7 @@ mod load;
 mod logprobs;
 mod metrics;
 mod openapi;
+mod openapi_constraints;
 mod routes;
 mod serve;
 mod sse;

@@ -21,6 +21,8 @@ use super::routes::{chat, completions, models, ops, tokenize};
         ops::health,
         ops::metrics,
     ),
+    // Streamed chat chunks (described per SSE event by `openapi_constraints`).
+    components(schemas(crate::server::wire::ChatCompletionChunk)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

@@ -39,6 +39,11 @@ pub struct ServerConfig {
     pub tool_call_parser: Option<ParserKind>,
     /// `--reasoning-parser`; None: reasoning stays in the content.
     pub reasoning_parser: Option<ReasoningKind>,
+    /// A connection that takes longer to send a request's headers (or sits idle between
+    /// requests) is closed: slowloris clients cannot hold connections.
+    pub header_read_timeout: std::time::Duration,
+    /// A request body that takes longer to arrive gets 408.
+    pub body_read_timeout: std::time::Duration,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +59,8 @@ impl Default for ServerConfig {
             max_request_bytes: 8 << 20,
             tool_call_parser: None,
             reasoning_parser: None,
+            header_read_timeout: std::time::Duration::from_secs(10),
+            body_read_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
