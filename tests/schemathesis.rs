@@ -73,9 +73,9 @@ fn metric(text: &str, name: &str) -> f64 {
 }
 
 /// The tiny llama fixture plus a chat template, in a temporary directory.
-fn model_dir() -> std::path::PathBuf {
+fn model_dir(tag: &str) -> std::path::PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama");
-    let dir = std::env::temp_dir().join(format!("flare-schemathesis-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("flare-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     for e in std::fs::read_dir(&src).unwrap() {
         let e = e.unwrap();
@@ -106,7 +106,7 @@ fn failures(out: &str) -> Vec<(String, String)> {
 
 #[test]
 fn schemathesis_finds_the_document_true() {
-    let dir = model_dir();
+    let dir = model_dir("schemathesis");
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let log = dir.join("server.log");
@@ -210,5 +210,77 @@ fn schemathesis_finds_the_document_true() {
     let server_log = std::fs::read_to_string(&log).unwrap();
     assert!(!server_log.contains("panicked"), "{server_log}");
     drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--log-requests`: one `flare::requests` line per request with its counts, and never the
+/// prompt or output text (here or in any other log line).
+#[test]
+fn log_requests_logs_counts_and_never_text() {
+    let dir = model_dir("log-requests");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let log = dir.join("requests.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_flare"))
+        .arg("serve")
+        .arg(&dir)
+        .args(["--port", &port.to_string(), "--served-model-name", MODEL])
+        .args(["--max-model-len", "128", "--log-requests"])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("RUST_LOG", "flare=debug")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("flare binary");
+    let mut server = Server(child);
+    let start = Instant::now();
+    while get(&base, "/health").map(|r| r.0) != Some(200) {
+        assert!(server.0.try_wait().unwrap().is_none(), "flare serve exited");
+        assert!(start.elapsed() < Duration::from_secs(120), "not healthy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let secret = "zebra-quartz-secret-prompt";
+    let body = format!(r#"{{"prompt":"{secret}","max_tokens":5,"ignore_eos":true}}"#);
+    let addr = base.strip_prefix("http://").unwrap();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    use std::io::{Read, Write};
+    write!(
+        s,
+        "POST /v1/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let text: serde_json::Value =
+        serde_json::from_str(resp.split_once("\r\n\r\n").unwrap().1).unwrap();
+    let output = text["choices"][0]["text"].as_str().unwrap().to_string();
+    let _ = Command::new("kill")
+        .args(["-TERM", &server.0.id().to_string()])
+        .status();
+    let _ = server.0.wait();
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let line = logged
+        .lines()
+        .find(|l| l.contains("flare::requests"))
+        .unwrap_or_else(|| panic!("no request line:\n{logged}"));
+    for field in [
+        "outcome=\"length\"",
+        "completion_tokens=5",
+        "key=\"-\"",
+        "latency_ms=",
+    ] {
+        assert!(line.contains(field), "{field} missing: {line}");
+    }
+    assert!(!logged.contains(secret), "the prompt was logged:\n{logged}");
+    if output.trim().len() > 3 {
+        assert!(
+            !logged.contains(output.trim()),
+            "the output was logged:\n{logged}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

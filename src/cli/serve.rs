@@ -59,6 +59,10 @@ pub struct ServeArgs {
     /// Seconds a client may take to send a request body; then it gets 408.
     #[arg(long, default_value_t = 30)]
     pub body_read_timeout: u64,
+    /// Log one line per finished request (target `flare::requests`): id, API key id, model,
+    /// finish reason, prompt/cached/completion tokens, latency. Never prompt or output text.
+    #[arg(long)]
+    pub log_requests: bool,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -111,6 +115,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .transpose()?,
         header_read_timeout: Duration::from_secs(args.header_read_timeout.max(1)),
         body_read_timeout: Duration::from_secs(args.body_read_timeout.max(1)),
+        log_requests: args.log_requests,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

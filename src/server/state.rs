@@ -44,6 +44,9 @@ pub struct ServerConfig {
     pub header_read_timeout: std::time::Duration,
     /// A request body that takes longer to arrive gets 408.
     pub body_read_timeout: std::time::Duration,
+    /// `--log-requests`: one `flare::requests` line per finished engine request (ids, key id,
+    /// token counts, latency; never prompt or output text).
+    pub log_requests: bool,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +64,7 @@ impl Default for ServerConfig {
             reasoning_parser: None,
             header_read_timeout: std::time::Duration::from_secs(10),
             body_read_timeout: std::time::Duration::from_secs(30),
+            log_requests: false,
         }
     }
 }
