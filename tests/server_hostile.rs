@@ -466,3 +466,111 @@ async fn hostile_inputs_get_openai_errors_and_leave_nothing_behind() {
     assert_eq!(report.running_after, 0.0);
     assert!(server.stop().await);
 }
+
+/// Reads until the server closes the connection (EOF or reset); what it sent before.
+async fn read_until_closed(mut r: tokio::net::tcp::OwnedReadHalf) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return String::from_utf8_lossy(&got).into_owned(),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_clients_are_cut_off_while_others_are_served() {
+    let cfg = flare::server::ServerConfig {
+        header_read_timeout: Duration::from_secs(1),
+        body_read_timeout: Duration::from_secs(1),
+        ..config()
+    };
+    let server = mock_server(cfg, MockOpts::default()).await;
+    let c = client();
+    let addr = server.base.strip_prefix("http://").unwrap().to_string();
+    let mut closed = Vec::new();
+    // Slowloris: a header line every 200 ms, never the blank line that ends them.
+    for i in 0..16 {
+        let s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (r, mut w) = s.into_split();
+        tokio::spawn(async move {
+            if w.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .is_err()
+            {
+                return;
+            }
+            for round in 0.. {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let line = format!("X-Slow-{i}-{round}: y\r\n");
+                if w.write_all(line.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        });
+        closed.push(tokio::spawn(read_until_closed(r)));
+    }
+    // Idle: connected, nothing sent.
+    for _ in 0..16 {
+        let s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (r, w) = s.into_split();
+        closed.push(tokio::spawn(async move {
+            let got = read_until_closed(r).await;
+            drop(w);
+            got
+        }));
+    }
+    // A body that never completes: 10 of the 1,000 announced bytes.
+    let mut trickled = Vec::new();
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 1000\r\n\r\n{\"model\":",
+        )
+        .await
+        .unwrap();
+        let (r, w) = s.into_split();
+        trickled.push(tokio::spawn(async move {
+            let got = read_until_closed(r).await;
+            drop(w);
+            got
+        }));
+    }
+    // Meanwhile well-behaved clients are served.
+    for _ in 0..10 {
+        let (st, v) = post(
+            &c,
+            &server.url("/v1/chat/completions"),
+            chat_body(json!({})),
+        )
+        .await;
+        assert_eq!(
+            (st, v["choices"][0]["message"]["content"].clone()),
+            (200, json!(ALPHABET))
+        );
+    }
+    // Every slow or idle connection is closed (bounded wait, no timing asserted).
+    for h in closed {
+        let got = tokio::time::timeout(Duration::from_secs(30), h)
+            .await
+            .expect("a slow or idle connection was not closed")
+            .unwrap();
+        // Either closed outright or after a 408; never a request served.
+        assert!(got.is_empty() || got.starts_with("HTTP/1.1 408"), "{got}");
+    }
+    for h in trickled {
+        let got = tokio::time::timeout(Duration::from_secs(30), h)
+            .await
+            .expect("a trickled body was not answered")
+            .unwrap();
+        assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+        let body = got.split_once("\r\n\r\n").unwrap().1;
+        let v: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["code"], "request_timeout", "{v}");
+    }
+    wait_idle(&c, &server, Duration::from_secs(10)).await;
+    assert_eq!(get(&c, &server.url("/health")).await.0, 200);
+    assert!(server.stop().await);
+}

@@ -94,8 +94,11 @@ pub fn run(args: ServeArgs, path: &Path) -> Result<()> {
         max_request_bytes: args.max_request_bytes,
         tool_call_parser: None,
         reasoning_parser: None,
-        responses_ttl: std::time::Duration::from_secs(args.responses_ttl),
+        responses_ttl: Duration::from_secs(args.responses_ttl),
         responses_store_size: args.responses_store_size,
+        header_read_timeout: Duration::from_secs(args.header_read_timeout.max(1)),
+        body_read_timeout: Duration::from_secs(args.body_read_timeout.max(1)),
+        log_requests: args.log_requests,
     };
     // A bad entry (unknown dtype, device, parser) fails that model alone, as a bad path does.
     let mut configs = Vec::new();

@@ -66,6 +66,17 @@ pub struct ServeArgs {
     /// flags above are every model's defaults (README, "Several models and cascade routes").
     #[arg(long, conflicts_with_all = ["model", "served_model_name"])]
     pub config: Option<std::path::PathBuf>,
+    /// Seconds a client may take to send a request's headers, or sit idle between requests on
+    /// a kept-alive connection; then the connection is closed (slowloris).
+    #[arg(long, default_value_t = 10)]
+    pub header_read_timeout: u64,
+    /// Seconds a client may take to send a request body; then it gets 408.
+    #[arg(long, default_value_t = 30)]
+    pub body_read_timeout: u64,
+    /// Log one line per finished request (target `flare::requests`): id, API key id, model,
+    /// finish reason, prompt/cached/completion tokens, latency. Never prompt or output text.
+    #[arg(long)]
+    pub log_requests: bool,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -121,6 +132,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .transpose()?,
         responses_ttl: Duration::from_secs(args.responses_ttl),
         responses_store_size: args.responses_store_size,
+        header_read_timeout: Duration::from_secs(args.header_read_timeout.max(1)),
+        body_read_timeout: Duration::from_secs(args.body_read_timeout.max(1)),
+        log_requests: args.log_requests,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

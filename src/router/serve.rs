@@ -133,7 +133,11 @@ pub async fn serve(
             let _ = signalled_tx.send(());
         }
     };
-    let server = axum::serve(listener, router(front.clone())).with_graceful_shutdown(signal);
+    let limits = crate::server::conn::Limits {
+        header_read_timeout: front.gate.config.header_read_timeout,
+    };
+    let server =
+        crate::server::conn::serve_connections(listener, router(front.clone()), limits, signal);
     let drained = tokio::select! {
         res = server => res.map(|()| true),
         () = async {

@@ -40,7 +40,9 @@ pub(super) fn keep_candidates(
     candidates: &mut Vec<(u32, f32)>,
 ) -> Kept {
     let max = vmath::max(row);
-    if max == f32::NEG_INFINITY {
+    // All masked, or a penalty overflowed a logit to +inf (a repetition penalty that is 0 as
+    // f32): weights would be NaN and nothing kept; the caller takes the argmax instead.
+    if !max.is_finite() {
         return Kept::Nothing;
     }
     // Capped so that a subnormal temperature gives 0 * MAX = 0 for the best token
@@ -87,6 +89,9 @@ pub(super) fn keep_candidates(
 
     if min_weight > 0.0 {
         candidates.retain(|c| c.1 >= min_weight);
+    }
+    if candidates.is_empty() {
+        return Kept::Nothing;
     }
     Kept::Candidates
 }
@@ -201,6 +206,20 @@ mod tests {
         let mut row = [f32::NEG_INFINITY; 3];
         let kept = keep_candidates(&mut row, OFF, &mut Vec::new());
         assert_eq!(kept, Kept::Nothing);
+    }
+
+    #[test]
+    fn an_infinite_logit_leaves_the_choice_to_argmax() {
+        // A repetition penalty of 0 (as f32) divides positive logits into +inf.
+        for filters in [
+            OFF,
+            Filters { top_p: 0.5, ..OFF },
+            Filters { top_k: 2, ..OFF },
+        ] {
+            let mut row = [1.0, f32::INFINITY, -2.0];
+            let kept = keep_candidates(&mut row, filters, &mut Vec::new());
+            assert_eq!(kept, Kept::Nothing, "{filters:?}");
+        }
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("The request body is larger than the server's limit of {0} bytes.")]
     PayloadTooLarge(usize),
+    #[error("The request body did not arrive within {0} seconds.")]
+    BodyTimeout(u64),
     #[error("The server is at capacity ({0} requests in flight or queued); retry later.")]
     QueueFull(usize),
     /// Over one of the API key's limits (429 with `x-ratelimit-*` headers).
@@ -127,6 +129,7 @@ impl ApiError {
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::QueueFull(_) | ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotReady | ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Engine(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -165,6 +168,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => {
                 ("invalid_request_error", None, Some("request_too_large"))
             }
+            ApiError::BodyTimeout(_) => ("invalid_request_error", None, Some("request_timeout")),
             ApiError::QueueFull(_) => ("rate_limit_error", None, Some("rate_limit_exceeded")),
             ApiError::RateLimited(l) => {
                 let (kind, code) = l.kind_and_code();

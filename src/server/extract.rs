@@ -19,8 +19,10 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for OpenAiJson<T> {
 
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
         // The content type is not checked: some clients send JSON without one.
-        let bytes = Bytes::from_request(req, state)
+        let limit = state.config.body_read_timeout;
+        let bytes = tokio::time::timeout(limit, Bytes::from_request(req, state))
             .await
+            .map_err(|_| ApiError::BodyTimeout(limit.as_secs()))?
             .map_err(|rej| match rej {
                 BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
                     ApiError::PayloadTooLarge(state.config.max_request_bytes)
@@ -38,7 +40,22 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for OpenAiJson<T> {
 /// names its field.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let e = match serde_path_to_error::deserialize(de) {
+        Ok(t) => return Ok(t),
+        Err(e) => e,
+    };
+    // JSON has one number type: `176.0` is the integer 176 (JSON Schema says so too), which
+    // serde refuses for an integer field. Retry with integral floats written as integers.
+    if e.inner().is_data() {
+        if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(bytes) {
+            if integral_floats_to_ints(&mut v) {
+                if let Ok(t) = serde_json::from_value(v) {
+                    return Ok(t);
+                }
+            }
+        }
+    }
+    Err(e).map_err(|e: serde_path_to_error::Error<serde_json::Error>| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
@@ -69,6 +86,30 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         }
         field_error(path, inner)
     })
+}
+
+/// Rewrites every float with no fractional part (within i64) as an integer; true if any was.
+fn integral_floats_to_ints(v: &mut serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().expect("f64");
+            // 2^63 is exclusive: i64::MAX as f64 rounds up to it.
+            if f.fract() == 0.0 && (-9.223372036854776e18..9.223372036854776e18).contains(&f) {
+                *v = Value::from(f as i64);
+                true
+            } else {
+                false
+            }
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |any, x| integral_floats_to_ints(x) | any),
+        Value::Object(map) => map
+            .values_mut()
+            .fold(false, |any, x| integral_floats_to_ints(x) | any),
+        _ => false,
+    }
 }
 
 fn field_error(path: String, err: serde_json::Error) -> ApiError {
@@ -102,5 +143,19 @@ mod tests {
             matches!(e, ApiError::MalformedBody { param: None, .. }),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn integral_floats_are_integers_and_fractions_are_not() {
+        let r: ChatCompletionRequest = parse(
+            br#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":16.0,"n":1e0,"temperature":0.5}"#,
+        )
+        .unwrap();
+        assert_eq!((r.sampling.max_tokens, r.sampling.n), (Some(16), Some(1)));
+        let e = parse::<ChatCompletionRequest>(
+            br#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":16.5}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("max_tokens"), "{e}");
     }
 }

@@ -59,16 +59,68 @@ impl Tracked {
                         self.arrival.elapsed(),
                         first.elapsed(),
                     );
+                    self.log_request(reason.as_openai(), o);
                 }
             }
-            Some(RequestEvent::Error(_)) | None => self.ended = true,
+            Some(RequestEvent::Error(_)) | None => {
+                self.ended = true;
+                if self.slot.state().config.log_requests {
+                    tracing::info!(
+                        target: "flare::requests",
+                        id = self.stream.id,
+                        choice = self.index,
+                        outcome = "error",
+                        latency_ms = self.arrival.elapsed().as_millis() as u64,
+                        "request"
+                    );
+                }
+            }
         }
         ev
     }
 }
 
+impl Tracked {
+    /// `--log-requests`: one line per finished choice, counts and timings only.
+    fn log_request(&self, outcome: &str, o: &RequestOutput) {
+        let state = self.slot.state();
+        if !state.config.log_requests {
+            return;
+        }
+        tracing::info!(
+            target: "flare::requests",
+            id = o.id,
+            choice = self.index,
+            key = self.lease.as_ref().map_or("-", |l| l.key_id()),
+            model = state.model_name(),
+            outcome,
+            prompt_tokens = o.num_prompt_tokens,
+            cached_tokens = o.num_cached_tokens,
+            completion_tokens = o.num_output_tokens,
+            latency_ms = self.arrival.elapsed().as_millis() as u64,
+            ttft_ms = self
+                .first_token_at
+                .map(|t| (t - self.arrival).as_millis() as u64),
+            "request"
+        );
+    }
+}
+
 impl Drop for Tracked {
     fn drop(&mut self) {
+        let state = self.slot.state();
+        if !self.ended && state.config.log_requests {
+            tracing::info!(
+                target: "flare::requests",
+                id = self.stream.id,
+                choice = self.index,
+                key = self.lease.as_ref().map_or("-", |l| l.key_id()),
+                model = state.model_name(),
+                outcome = "client_gone",
+                latency_ms = self.arrival.elapsed().as_millis() as u64,
+                "request"
+            );
+        }
         if !self.ended {
             tracing::debug!(id = self.stream.id, "client gone: request aborted");
             self.slot.state().metrics.on_client_gone();

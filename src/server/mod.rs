@@ -2,6 +2,7 @@
 //! metrics, auth and the one error type, in front of an [`crate::engine::EngineHandle`].
 
 mod auth;
+pub mod conn;
 mod convert;
 mod error;
 mod extract;
@@ -12,6 +13,7 @@ mod load;
 mod logprobs;
 mod metrics;
 mod openapi;
+mod openapi_constraints;
 mod response_store;
 mod routes;
 mod segments;

@@ -26,6 +26,8 @@ use super::routes::{chat, completions, messages, models, ops, responses, tokeniz
         ops::health,
         ops::metrics,
     ),
+    // Streamed chat chunks (described per SSE event by `openapi_constraints`).
+    components(schemas(crate::server::wire::ChatCompletionChunk)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use super::conn;
 use super::routes::router;
 use super::state::AppState;
 
@@ -68,7 +69,10 @@ pub async fn serve(
             let _ = signalled_tx.send(());
         }
     };
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(signal);
+    let limits = conn::Limits {
+        header_read_timeout: state.config.header_read_timeout,
+    };
+    let server = conn::serve_connections(listener, router(state), limits, signal);
     let drained = tokio::select! {
         res = server => res.map(|()| true),
         () = async {

@@ -44,6 +44,14 @@ pub struct ServerConfig {
     pub responses_ttl: std::time::Duration,
     /// Most stored responses (`--responses-store-size`); the oldest go first.
     pub responses_store_size: usize,
+    /// A connection that takes longer to send a request's headers (or sits idle between
+    /// requests) is closed: slowloris clients cannot hold connections.
+    pub header_read_timeout: std::time::Duration,
+    /// A request body that takes longer to arrive gets 408.
+    pub body_read_timeout: std::time::Duration,
+    /// `--log-requests`: one `flare::requests` line per finished engine request (ids, key id,
+    /// token counts, latency; never prompt or output text).
+    pub log_requests: bool,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +69,9 @@ impl Default for ServerConfig {
             reasoning_parser: None,
             responses_ttl: std::time::Duration::from_secs(3600),
             responses_store_size: 1024,
+            header_read_timeout: std::time::Duration::from_secs(10),
+            body_read_timeout: std::time::Duration::from_secs(30),
+            log_requests: false,
         }
     }
 }

@@ -453,11 +453,13 @@ pub fn chat(loaded: &Loaded, req: ChatCompletionRequest) -> Result<Plan, ApiErro
     let vocab = loaded.tokenizer.vocab_size();
     let (mut base, n) = sampling_params(&req.sampling, vocab)?;
     let mut constraint = structured::parse(&req.sampling)?;
+    // Out of range is refused even without `logprobs` (as OpenAI does), never ignored.
+    let top_logprobs = req
+        .top_logprobs
+        .map(|k| logprobs_count(k, "top_logprobs"))
+        .transpose()?;
     if req.logprobs.unwrap_or(false) {
-        base.logprobs = Some(match req.top_logprobs {
-            Some(k) => logprobs_count(k, "top_logprobs")?,
-            None => 0,
-        });
+        base.logprobs = Some(top_logprobs.unwrap_or(0));
     }
     let tools = tools::plan(
         loaded,

@@ -373,6 +373,11 @@ impl TokenLease {
         })
     }
 
+    /// The id (never the secret) of the key the request came with.
+    pub fn key_id(&self) -> &str {
+        self.guard.key.id()
+    }
+
     /// The engine accepted every choice: from now on the prompt counts.
     pub fn mark_started(&self) {
         self.started.store(true, Ordering::SeqCst);

@@ -1,13 +1,15 @@
 //! Operational endpoints: /health, /metrics, /openapi.json, and the 404 and 405 for the rest.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
+use crate::scheduler::SchedulingPolicy;
 use crate::server::error::ApiError;
 use crate::server::openapi::ApiDoc;
+use crate::server::openapi_constraints::{self, ServedFacts};
 use crate::server::state::AppState;
 
 #[utoipa::path(
@@ -45,16 +47,34 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
+/// The document as this server behaves: built per request (it is small and rarely fetched),
+/// since it depends on the keys, the loaded model and the configuration.
 pub async fn openapi(State(state): State<Arc<AppState>>) -> Response {
-    static OPEN: OnceLock<String> = OnceLock::new();
-    static KEYED: OnceLock<String> = OnceLock::new();
     let keyed = !state.keys().is_empty();
-    let doc = if keyed { &KEYED } else { &OPEN }.get_or_init(|| {
-        ApiDoc::for_server(keyed)
-            .to_json()
-            .expect("OpenAPI serializes")
-    });
-    ([(header::CONTENT_TYPE, "application/json")], doc.as_str()).into_response()
+    let doc = ApiDoc::for_server(keyed);
+    let mut doc = serde_json::to_value(&doc).expect("OpenAPI serializes");
+    if let Ok(loaded) = state.loaded() {
+        let facts = ServedFacts {
+            served_model_names: state.config.served_model_names.clone(),
+            vocab_size: loaded.tokenizer.vocab_size(),
+            has_chat_template: loaded.template.is_ok(),
+            priority_policy: state.config.scheduling_policy == SchedulingPolicy::Priority,
+            structured_outputs: loaded.guidance.is_ok(),
+            tool_parser: loaded.tool_parser.is_some(),
+            empty_text_is_empty: loaded
+                .tokenizer
+                .encode("", true)
+                .is_ok_and(|ids| ids.is_empty()),
+        };
+        if let Err(e) = openapi_constraints::apply(&mut doc, &facts) {
+            return ApiError::Engine(format!("building the OpenAPI document: {e}")).into_response();
+        }
+    }
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        doc.to_string(),
+    )
+        .into_response()
 }
 
 pub async fn not_found(uri: Uri) -> ApiError {

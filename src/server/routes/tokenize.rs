@@ -21,6 +21,9 @@ use crate::server::wire::{
     responses(
         (status = 200, description = "Token ids", body = TokenizeResponse),
         (status = 400, description = "Neither prompt nor messages, or bad messages", body = ErrorResponse),
+        (status = 404, description = "Unknown model", body = ErrorResponse),
+        (status = 413, description = "Body too large", body = ErrorResponse),
+        (status = 503, description = "Model not loaded yet", body = ErrorResponse),
     )
 )]
 pub async fn tokenize(
@@ -63,6 +66,9 @@ pub async fn tokenize(
     responses(
         (status = 200, description = "The text of the tokens", body = DetokenizeResponse),
         (status = 400, description = "A token id outside the vocabulary", body = ErrorResponse),
+        (status = 404, description = "Unknown model", body = ErrorResponse),
+        (status = 413, description = "Body too large", body = ErrorResponse),
+        (status = 503, description = "Model not loaded yet", body = ErrorResponse),
     )
 )]
 pub async fn detokenize(

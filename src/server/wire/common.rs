@@ -22,6 +22,13 @@ impl StopField {
     }
 }
 
+/// The one output modality served.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TextModality {
+    Text,
+}
+
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct StreamOptions {
     /// Send a last chunk with `usage` and no choices before `[DONE]`.
@@ -37,7 +44,8 @@ pub struct SamplingFields {
     /// Most tokens to generate; default: what is left of the context.
     #[schema(minimum = 1)]
     pub max_tokens: Option<i64>,
-    #[schema(minimum = 0)]
+    /// At most f32's largest value (the sampler's precision).
+    #[schema(minimum = 0, maximum = 3.4028234663852886e38)]
     pub temperature: Option<f64>,
     #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f64>,
@@ -59,7 +67,7 @@ pub struct SamplingFields {
     #[schema(minimum = -2, maximum = 2)]
     pub frequency_penalty: Option<f64>,
     /// vLLM extension; 1.0 disables.
-    #[schema(exclusive_minimum = 0)]
+    #[schema(exclusive_minimum = 0, maximum = 3.4028234663852886e38)]
     pub repetition_penalty: Option<f64>,
     /// Token id (as a string) to a bias added to its logit, in [-100, 100].
     pub logit_bias: Option<HashMap<String, f64>>,
@@ -77,16 +85,19 @@ pub struct SamplingFields {
     /// Accepted and ignored.
     pub user: Option<String>,
     /// Not implemented, so refused when set: text after the insertion point (completions).
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<String>, max_length = 0)]
     pub suffix: Option<serde_json::Value>,
     /// Not implemented, so refused above 1.
+    #[schema(minimum = 1, maximum = 1)]
     pub best_of: Option<i64>,
     /// Not implemented (audio output), so refused when set.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<String>, max_length = 0)]
     pub audio: Option<serde_json::Value>,
     /// Only `["text"]` is served.
+    #[schema(value_type = Option<Vec<TextModality>>)]
     pub modalities: Option<Vec<String>>,
-    /// vLLM's JSON whitespace pattern: not implemented, so refused when set.
+    /// vLLM's JSON whitespace pattern: not implemented, so refused when set (only null).
+    #[schema(value_type = Option<()>)]
     pub guided_whitespace_pattern: Option<String>,
     /// Structured output: `{"type": "text"}`, `{"type": "json_object"}` or
     /// `{"type": "json_schema", "json_schema": {"name", "schema", "strict", "description"}}`.
