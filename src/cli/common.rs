@@ -46,6 +46,11 @@ pub struct ModelArgs {
     /// key's priority, lower first; preemption takes the least important first).
     #[arg(long, default_value = "fcfs")]
     pub scheduling_policy: String,
+    /// Speculative decoding, vLLM's JSON: {"method": "ngram" | "draft", "model": PATH (draft),
+    /// "num_speculative_tokens": K, "prompt_lookup_min": 2, "prompt_lookup_max": 4,
+    /// "disable_by_batch_size": N}.
+    #[arg(long)]
+    pub speculative_config: Option<String>,
 }
 
 impl ModelArgs {
@@ -101,6 +106,11 @@ impl ModelArgs {
                 policy,
                 ..SchedulerConfig::default()
             },
+            speculative: self
+                .speculative_config
+                .as_deref()
+                .map(flare::spec::SpecConfig::parse)
+                .transpose()?,
         })
     }
 }

@@ -6,11 +6,11 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
-use super::{ModelRunner, ModelRunnerOutput, SchedulerOutput};
+use super::{ModelRunner, ModelRunnerOutput, SchedulerOutput, SeqTokens};
 use crate::guidance::GrammarMatcher;
 use crate::kv::manager::SeqId;
 use crate::request::{FinishReason, SamplingParams, TokenLogprobs};
-use crate::sample::{SampleContext, SequenceSampler};
+use crate::sample::{AcceptRule, SampleContext, SequenceSampler};
 
 use crate::kv::KvCache;
 use crate::layers::attention::{AttnMetadata, SeqAttn};
@@ -23,9 +23,9 @@ pub struct StepSeq<'a> {
     pub new_tokens: &'a [u32],
     pub num_computed: usize,
     pub block_table: &'a [u32],
-    /// Whether the step samples for this sequence (its last new token's logits are needed);
-    /// false for a prompt chunk that is not the last one.
-    pub wants_logits: bool,
+    /// Logits rows wanted for this sequence: those of its last `logit_rows` new tokens (1 to
+    /// sample, 1 + drafts to verify drafts, 0 for a prompt chunk that is not the last one).
+    pub logit_rows: usize,
     /// Tokens of the sequence's prompt (see `SeqAttn::prompt_len`).
     pub prompt_len: usize,
 }
@@ -54,7 +54,7 @@ impl CandleForward {
         &self.kv
     }
 
-    /// Computes one step; returns the logits of every sequence with `wants_logits`, in order.
+    /// Computes one step; returns the wanted logits rows of every sequence, in order.
     pub fn step(&self, seqs: &[StepSeq]) -> Result<Vec<Vec<f32>>> {
         match self.step_logits(seqs)? {
             Some(logits) => Ok(logits.to_vec2::<f32>()?),
@@ -64,6 +64,9 @@ impl CandleForward {
 
     /// As `step`, leaving the f32 logits `[rows, vocab]` on the model's device (None when no
     /// sequence wants logits), so that tokens can be chosen there.
+    ///
+    /// The step may leave KV written past a sequence's computed tokens (rejected drafts):
+    /// those slots are overwritten by a later step before anything reads them.
     pub fn step_logits(&self, seqs: &[StepSeq]) -> Result<Option<Tensor>> {
         let device = self.model.device();
         let mut ids = Vec::new();
@@ -79,9 +82,8 @@ impl CandleForward {
                 prompt_len: s.prompt_len,
             });
             ids.extend_from_slice(s.new_tokens);
-            if s.wants_logits {
-                rows.push((ids.len() - 1) as u32);
-            }
+            debug_assert!(s.logit_rows <= n);
+            rows.extend((ids.len() - s.logit_rows.min(n)..ids.len()).map(|r| r as u32));
         }
         if ids.is_empty() {
             return Ok(None);
@@ -95,12 +97,13 @@ impl CandleForward {
     }
 }
 
-/// Per-sequence sampling state: the request's RNG, the tokens penalties look at and, for
-/// structured outputs, the grammar matcher (which outlives preemption with the rest).
+/// Per-sequence sampling state: the request's RNG and, for structured outputs, the grammar
+/// matcher (which outlives preemption with the rest). The tokens themselves are the
+/// scheduler's (read through [`SeqTokens`] each step).
 struct SeqSampling {
     sampler: SequenceSampler,
-    prompt: Vec<u32>,
-    output: Vec<u32>,
+    /// A token was sampled: too late to set a grammar.
+    started: bool,
     grammar: Option<GrammarMatcher>,
 }
 
@@ -119,6 +122,8 @@ pub struct CandleRunner {
     /// Sequences with a grammar; while 0 a step does no grammar work at all.
     num_constrained: usize,
     mask_stats: MaskStats,
+    /// How drafts are verified: `Exact` except in tests that show their power.
+    accept_rule: AcceptRule,
 }
 
 impl CandleRunner {
@@ -129,7 +134,13 @@ impl CandleRunner {
             seqs: HashMap::new(),
             num_constrained: 0,
             mask_stats: MaskStats::default(),
+            accept_rule: AcceptRule::Exact,
         }
+    }
+
+    /// Replaces the lossless verification rule (tests showing that a wrong rule is caught).
+    pub fn set_accept_rule(&mut self, rule: AcceptRule) {
+        self.accept_rule = rule;
     }
 
     /// Masks computed for sequences that have ended, and the time they took.
@@ -181,11 +192,10 @@ impl CandleRunner {
 }
 
 impl ModelRunner for CandleRunner {
-    fn add_sequence(&mut self, id: SeqId, params: &SamplingParams, prompt: &[u32]) {
+    fn add_sequence(&mut self, id: SeqId, params: &SamplingParams, _prompt: &[u32]) {
         let state = SeqSampling {
             sampler: SequenceSampler::new(params),
-            prompt: prompt.to_vec(),
-            output: Vec::new(),
+            started: false,
             grammar: None,
         };
         self.seqs.insert(id, state);
@@ -197,7 +207,7 @@ impl ModelRunner for CandleRunner {
             .get_mut(&id)
             .with_context(|| format!("sequence {id} was never added"))?;
         anyhow::ensure!(
-            state.output.is_empty(),
+            !state.started,
             "a grammar must be set before the first token"
         );
         if state.grammar.replace(grammar).is_none() {
@@ -215,7 +225,11 @@ impl ModelRunner for CandleRunner {
         }
     }
 
-    fn execute(&mut self, out: &SchedulerOutput) -> Result<ModelRunnerOutput> {
+    fn execute(
+        &mut self,
+        out: &SchedulerOutput,
+        seqs: &dyn SeqTokens,
+    ) -> Result<ModelRunnerOutput> {
         let steps: Vec<StepSeq> = out
             .seqs
             .iter()
@@ -223,8 +237,8 @@ impl ModelRunner for CandleRunner {
                 new_tokens: &s.new_token_ids,
                 num_computed: s.num_computed_tokens,
                 block_table: &s.block_table,
-                wants_logits: s.samples_this_step,
-                prompt_len: self.seqs.get(&s.id).map_or(0, |st| st.prompt.len()),
+                logit_rows: s.num_logit_rows(),
+                prompt_len: seqs.sequence(s.id).map_or(0, |q| q.num_prompt_tokens()),
             })
             .collect();
         let Some(logits) = self.logits_and_masks(out, &steps)? else {
@@ -236,54 +250,68 @@ impl ModelRunner for CandleRunner {
         if !logits.device().is_cpu() {
             let sampling = out.seqs.iter().filter(|s| s.samples_this_step);
             let all_greedy = sampling.clone().all(|s| {
+                let generated = seqs.sequence(s.id).map_or(0, |q| q.num_output_tokens());
                 self.seqs
                     .get(&s.id)
-                    .is_some_and(|st| plain_greedy(st.sampler.params(), st.output.len()))
+                    .is_some_and(|st| plain_greedy(st.sampler.params(), generated))
             });
             if all_greedy {
                 let ids = crate::ops::sampling::argmax(&logits)?.to_vec1::<u32>()?;
-                for (s, token) in sampling.zip(ids) {
+                let mut ids = ids.as_slice();
+                for s in sampling {
                     let state = self.seqs.get_mut(&s.id).expect("checked above");
-                    state.output.push(token);
-                    result.sampled.push((s.id, vec![token]));
+                    state.started = true;
+                    let (rows, rest) = ids.split_at(s.num_logit_rows());
+                    ids = rest;
+                    result
+                        .sampled
+                        .push((s.id, greedy_accept(rows, s.spec_token_ids())));
                 }
                 return Ok(result);
             }
         }
-        let mut logits = logits.to_vec2::<f32>()?;
-        for (s, row) in out
-            .seqs
-            .iter()
-            .filter(|s| s.samples_this_step)
-            .zip(&mut logits)
-        {
+        let logits = logits.to_vec2::<f32>()?;
+        let mut logits = logits.iter();
+        for s in out.seqs.iter().filter(|s| s.samples_this_step) {
+            let rows: Vec<&[f32]> = logits
+                .by_ref()
+                .take(s.num_logit_rows())
+                .map(Vec::as_slice)
+                .collect();
             let state = self
                 .seqs
                 .get_mut(&s.id)
                 .with_context(|| format!("sequence {} was never added", s.id))?;
-            if let Some(fault) = logits_fault(row) {
+            let seq = seqs
+                .sequence(s.id)
+                .with_context(|| format!("sequence {} is not live", s.id))?;
+            state.started = true;
+            if let Some(fault) = rows.iter().find_map(|r| logits_fault(r)) {
                 result.failed.push((s.id, fault));
                 continue;
             }
-            if let Some(grammar) = state.grammar.as_mut() {
-                if let Err(e) = grammar.apply_mask(row) {
+            let ctx = SampleContext {
+                prompt_tokens: seq.prompt_tokens(),
+                output_tokens: seq.output_tokens(),
+                eos_token_ids: &self.eos_token_ids,
+            };
+            let sampled = if let Some(grammar) = state.grammar.as_mut() {
+                // The engine proposes no drafts for constrained sequences.
+                anyhow::ensure!(
+                    s.num_spec_tokens == 0,
+                    "draft tokens for constrained sequence {}",
+                    s.id
+                );
+                let mut row = rows[0].to_vec();
+                if let Err(e) = grammar.apply_mask(&mut row) {
                     // The grammar cannot go on: end the sequence rather than free-run it.
                     tracing::warn!(id = s.id, "structured output ended: {e}");
                     let eos = self.eos_token_ids.first().copied().unwrap_or(0);
-                    state.output.push(eos);
                     result.sampled.push((s.id, vec![eos]));
                     result.grammar_finished.push((s.id, FinishReason::Abort));
                     continue;
                 }
-            }
-            let ctx = SampleContext {
-                prompt_tokens: &state.prompt,
-                output_tokens: &state.output,
-                eos_token_ids: &self.eos_token_ids,
-            };
-            let sampled = state.sampler.sample(row, &ctx);
-            state.output.push(sampled.token);
-            if let Some(grammar) = state.grammar.as_mut() {
+                let sampled = state.sampler.sample(&row, &ctx);
                 match grammar.commit(sampled.token) {
                     Ok(false) => {}
                     Ok(true) => result.grammar_finished.push((s.id, FinishReason::Stop)),
@@ -292,19 +320,42 @@ impl ModelRunner for CandleRunner {
                         result.grammar_finished.push((s.id, FinishReason::Abort));
                     }
                 }
-            }
+                vec![sampled]
+            } else if s.num_spec_tokens == 0 {
+                vec![state.sampler.sample(rows[0], &ctx)]
+            } else {
+                state
+                    .sampler
+                    .verify_with(&rows, s.spec_token_ids(), &ctx, self.accept_rule)
+            };
             if state.sampler.params().logprobs.is_some() {
-                let lp = TokenLogprobs {
-                    token: sampled.token,
-                    logprob: sampled.logprob,
-                    top: sampled.top_logprobs,
-                };
-                result.logprobs.push((s.id, vec![lp]));
+                let lp = sampled
+                    .iter()
+                    .map(|t| TokenLogprobs {
+                        token: t.token,
+                        logprob: t.logprob,
+                        top: t.top_logprobs.clone(),
+                    })
+                    .collect();
+                result.logprobs.push((s.id, lp));
             }
-            result.sampled.push((s.id, vec![sampled.token]));
+            result
+                .sampled
+                .push((s.id, sampled.iter().map(|t| t.token).collect()));
         }
         Ok(result)
     }
+}
+
+/// Greedy verification from the rows' argmax ids: the drafts that match, then the target's
+/// token at the first mismatch (or the bonus token after the last draft).
+fn greedy_accept(argmax: &[u32], drafts: &[u32]) -> Vec<u32> {
+    let num_accepted = drafts
+        .iter()
+        .zip(argmax)
+        .take_while(|(d, t)| d == t)
+        .count();
+    argmax[..=num_accepted].to_vec()
 }
 
 /// Why a logits row cannot be sampled from: NaN or +inf anywhere (a numerical fault in this
