@@ -5,7 +5,7 @@
 # other jobs hits every variant alike. Raw JSON results and the printed reports go to OUTDIR.
 #
 #   benches/spec_cpu.sh [OUTDIR]     (default benches/results/spec-cpu-<date>)
-# Knobs: THREADS (RAYON_NUM_THREADS, default 2), ROUNDS (default 2), N1 (prompts at batch 1,
+# Knobs: THREADS (RAYON_NUM_THREADS, default 2), ROUNDS (default 2), ROUNDS16 (default 1), N1 (prompts at batch 1,
 # default 6), N16 (prompts at batch 16, default 32), OUTPUT_LEN (default 128), K (default 4),
 # FLARE (binary, default $CARGO_TARGET_DIR/release/flare or target/release/flare).
 set -uo pipefail
@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 THREADS="${THREADS:-2}"
 ROUNDS="${ROUNDS:-2}"
+ROUNDS16="${ROUNDS16:-1}"
 N1="${N1:-6}"
 N16="${N16:-32}"
 OUTPUT_LEN="${OUTPUT_LEN:-128}"
@@ -47,7 +48,7 @@ bench() { # variant batch num_prompts round
 for r in $(seq 1 "$ROUNDS"); do
   for v in off ngram draft; do bench "$v" 1 "$N1" "$r"; done
 done
-for r in $(seq 1 "$ROUNDS"); do
+for r in $(seq 1 "$ROUNDS16"); do
   for v in off ngram draft; do bench "$v" 16 "$N16" "$r"; done
 done
 python3 - "$OUTDIR" <<'PY' | tee "$OUTDIR/summary.txt"

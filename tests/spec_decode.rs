@@ -73,17 +73,36 @@ fn chat(e: &LoadedEngine, user: &str) -> Vec<u32> {
 
 /// Runs the requests in one continuous batch; returns each one's output ids.
 fn run(e: &mut LoadedEngine, reqs: &[(Vec<u32>, SamplingParams)]) -> Vec<Vec<u32>> {
+    run_full(e, reqs).into_iter().map(|o| o.ids).collect()
+}
+
+#[derive(Debug, Default, Clone)]
+struct Out {
+    ids: Vec<u32>,
+    text: String,
+    logprobs: Vec<flare::request::TokenLogprobs>,
+    num_output_tokens: usize,
+}
+
+fn run_full(e: &mut LoadedEngine, reqs: &[(Vec<u32>, SamplingParams)]) -> Vec<Out> {
     e.engine.set_check_invariants(true);
     let ids: Vec<u64> = reqs
         .iter()
         .map(|(p, params)| e.engine.add_request(p.clone(), params.clone(), 0).unwrap())
         .collect();
-    let mut outs = vec![Vec::new(); reqs.len()];
+    let mut outs = vec![Out::default(); reqs.len()];
     while e.engine.has_unfinished() {
         for o in e.engine.step().unwrap() {
             assert!(o.error.is_none(), "{:?}", o.error);
             let i = ids.iter().position(|&x| x == o.id).unwrap();
-            outs[i].extend(o.token_ids);
+            assert_eq!(
+                o.logprobs.len(),
+                o.token_ids.len() * reqs[i].1.logprobs.is_some() as usize
+            );
+            outs[i].ids.extend(o.token_ids);
+            outs[i].text.push_str(&o.text);
+            outs[i].logprobs.extend(o.logprobs);
+            outs[i].num_output_tokens = o.num_output_tokens;
         }
     }
     assert_eq!(e.engine.scheduler().kv().num_free_blocks(), e.num_blocks);
@@ -107,6 +126,37 @@ fn assert_accepted_some(e: &LoadedEngine) {
         s.mean_accepted_length(),
         s.accepted_per_position
     );
+}
+
+/// Stop strings and logprobs behave as without speculation: the same text and token count
+/// (tokens accepted past the stop in the same step are dropped), logprobs per token.
+#[test]
+fn stop_strings_and_logprobs_are_unchanged() {
+    let mut base = engine(None, None);
+    let params = SamplingParams {
+        stop: vec!["lazy".into()],
+        logprobs: Some(2),
+        ..greedy(48)
+    };
+    let reqs = vec![(chat(&base, PROMPTS[0]), params)];
+    let want = run_full(&mut base, &reqs).remove(0);
+    assert!(
+        !want.text.contains("lazy") && want.text.contains("quick brown"),
+        "{want:?}"
+    );
+    drop(base);
+    let mut e = engine(Some(&ngram()), None);
+    let got = run_full(&mut e, &reqs).remove(0);
+    assert_accepted_some(&e);
+    assert_eq!(got.ids, want.ids);
+    assert_eq!(got.text, want.text);
+    assert_eq!(got.num_output_tokens, want.num_output_tokens);
+    assert_eq!(got.logprobs.len(), want.logprobs.len());
+    for (g, w) in got.logprobs.iter().zip(&want.logprobs) {
+        assert_eq!(g.token, w.token);
+        assert!((g.logprob - w.logprob).abs() < 1e-3, "{g:?} vs {w:?}");
+        assert_eq!(g.top.len(), 2);
+    }
 }
 
 #[test]

@@ -51,7 +51,13 @@ impl Proposer for NoisyOracle {
     }
 }
 
-fn run(spec: bool, num_blocks: usize) -> (Vec<Vec<u32>>, u64, Option<flare::spec::SpecStats>) {
+type Run = (Vec<Vec<u32>>, u64, Option<flare::spec::SpecStats>);
+
+fn run(spec: bool, num_blocks: usize) -> Run {
+    run_with(spec, num_blocks, None)
+}
+
+fn run_with(spec: bool, num_blocks: usize, disable_by_batch_size: Option<usize>) -> Run {
     let config = SchedulerConfig {
         block_size: 4,
         max_num_batched_tokens: 64,
@@ -62,10 +68,10 @@ fn run(spec: bool, num_blocks: usize) -> (Vec<Vec<u32>>, u64, Option<flare::spec
     let mut runner =
         MockRunner::with_token_fn(num_blocks, 4, Box::new(|_: SeqId, ctx: &[u32]| next(ctx)));
     let mut decoder = spec.then(|| {
-        SpecDecoder::new(
-            SpecConfig::parse(r#"{"method": "ngram", "num_speculative_tokens": 3}"#).unwrap(),
-            Box::new(NoisyOracle),
-        )
+        let mut config =
+            SpecConfig::parse(r#"{"method": "ngram", "num_speculative_tokens": 3}"#).unwrap();
+        config.disable_by_batch_size = disable_by_batch_size;
+        SpecDecoder::new(config, Box::new(NoisyOracle))
     });
     let n = 12;
     for id in 0..n {
@@ -96,6 +102,17 @@ fn run(spec: bool, num_blocks: usize) -> (Vec<Vec<u32>>, u64, Option<flare::spec
         if let Some(d) = &mut decoder {
             d.propose(&mut sched, |_| true).unwrap();
         }
+        if let Some(limit) = disable_by_batch_size {
+            let drafting = sched
+                .running_ids()
+                .iter()
+                .any(|&id| !sched.get(id).unwrap().spec_token_ids().is_empty());
+            assert!(
+                !drafting || sched.num_running() <= limit,
+                "drafts with {} running",
+                sched.num_running()
+            );
+        }
         sched.check_invariants().unwrap();
         steps += 1;
         assert!(steps < 10_000);
@@ -125,4 +142,15 @@ fn drafts_are_verified_and_rolled_back_inside_the_one_rule() {
             assert!(preemptions > 0, "a small cache must preempt");
         }
     }
+}
+
+#[test]
+fn speculation_pauses_above_disable_by_batch_size() {
+    let (want, _, _) = run(false, 200);
+    let (got, _, stats) = run_with(true, 200, Some(4));
+    assert_eq!(got, want);
+    let (_, _, all) = run(true, 200);
+    let (paused, all) = (stats.unwrap(), all.unwrap());
+    assert!(paused.num_drafts > 0, "speculates once few run: {paused:?}");
+    assert!(paused.num_drafts < all.num_drafts, "{paused:?} vs {all:?}");
 }

@@ -93,10 +93,20 @@ pub fn build_engine(args: &EngineArgs) -> Result<LoadedEngine> {
     let bytes_per_token = cfg.kv_bytes_per_token(kv_dtype.size_in_bytes());
     let block_size = args.scheduler.block_size;
     let wanted_len = args.max_model_len.unwrap_or(cfg.max_position_embeddings);
+    // Slots a draft model writes past a sequence's tokens.
+    let lookahead = args
+        .speculative
+        .as_ref()
+        .map_or(0, SpecConfig::lookahead)
+        .max(args.scheduler.num_lookahead_tokens);
+    let sized_len = match lookahead {
+        0 => wanted_len,
+        n => (wanted_len + n).next_multiple_of(block_size),
+    };
     let kv_bytes = match (args.kv_cache_memory, &args.device) {
         (Some(bytes), _) => bytes,
         (None, Device::Cpu) => {
-            (wanted_len * args.scheduler.max_num_seqs.min(16) * bytes_per_token).min(DEFAULT_KV_CAP)
+            (sized_len * args.scheduler.max_num_seqs.min(16) * bytes_per_token).min(DEFAULT_KV_CAP)
         }
         (None, device) => gpu_kv_budget(
             model.as_ref(),
@@ -112,7 +122,7 @@ pub fn build_engine(args: &EngineArgs) -> Result<LoadedEngine> {
     );
     let max_model_len = match args.max_model_len {
         Some(n) => n,
-        None => wanted_len.min(num_blocks * block_size),
+        None => wanted_len.min((num_blocks * block_size).saturating_sub(lookahead)),
     };
     tracing::info!(
         "KV cache: {num_blocks} blocks of {block_size} tokens = {} tokens, {bytes_per_token} bytes per token ({} MiB); max_model_len {max_model_len}",
@@ -131,8 +141,9 @@ pub fn build_engine(args: &EngineArgs) -> Result<LoadedEngine> {
     };
     let mut sched_config = args.scheduler.clone();
     if let Some(spec) = &spec {
-        sched_config.num_lookahead_tokens = sched_config.num_lookahead_tokens.max(spec.lookahead());
+        debug_assert!(spec.lookahead() <= lookahead);
     }
+    sched_config.num_lookahead_tokens = lookahead;
     let scheduler = Scheduler::new(sched_config, num_blocks, max_model_len, eos.clone())?;
     let forward = CandleForward::new(model, num_blocks, block_size, kv_dtype)?;
     let tokenizer = Arc::new(tokenizer);

@@ -58,6 +58,15 @@ impl SpecConfig {
         Ok(c)
     }
 
+    /// KV slots past a sequence's tokens the proposer writes into (a draft model's draft
+    /// positions); the scheduler reserves them and the cache must be sized for them.
+    pub fn lookahead(&self) -> usize {
+        match self.method {
+            SpecMethod::Ngram => 0,
+            SpecMethod::Draft => self.num_speculative_tokens,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), SpecConfigError> {
         let bad = |m: &str| Err(SpecConfigError::Invalid(m.to_string()));
         if self.num_speculative_tokens == 0 {
