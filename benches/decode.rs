@@ -38,7 +38,7 @@ fn bench(name: &str, files: source::ModelFiles, device: &Device, prompt_len: usi
             new_tokens: &prompt,
             num_computed: 0,
             block_table: &table,
-            wants_logits: true,
+            logit_rows: 1,
             prompt_len,
         }])
         .unwrap();
@@ -52,7 +52,7 @@ fn bench(name: &str, files: source::ModelFiles, device: &Device, prompt_len: usi
                 new_tokens: &ids,
                 num_computed: prompt_len + i,
                 block_table: &table,
-                wants_logits: true,
+                logit_rows: 1,
                 prompt_len,
             }])
             .unwrap();

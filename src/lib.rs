@@ -18,5 +18,6 @@ pub mod runner;
 pub mod sample;
 pub mod scheduler;
 pub mod server;
+pub mod spec;
 pub mod tokenizer;
 pub mod tools;

@@ -533,7 +533,7 @@ fn chunk_without_logits_still_writes_the_cache() {
         new_tokens: &p[..10],
         num_computed: 0,
         block_table: &table,
-        wants_logits: false,
+        logit_rows: 0,
         prompt_len: p.len(),
     };
     assert!(fwd.step(&[first]).unwrap().is_empty());
@@ -541,7 +541,7 @@ fn chunk_without_logits_still_writes_the_cache() {
         new_tokens: &p[10..],
         num_computed: 10,
         block_table: &table,
-        wants_logits: true,
+        logit_rows: 1,
         prompt_len: p.len(),
     };
     let got = fwd.step(&[rest]).unwrap();

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use flare::request::{FinishReason, SamplingParams};
 use flare::runner::mock::TokenFn;
-use flare::runner::{MockRunner, ModelRunner};
+use flare::runner::MockRunner;
 use flare::scheduler::{
     ModelRunnerOutput, Scheduler, SchedulerConfig, SchedulerError, SchedulerOutput,
     SchedulingPolicy, SeqId, SeqStatus, SeqUpdate, Sequence,
@@ -629,12 +629,22 @@ fn speculative_style_multi_token_output_stops_at_eos() {
         .add(Sequence::new(1, vec![1, 2, 3], SamplingParams::greedy(10)))
         .unwrap();
     let out = sched.schedule();
+    let first = ModelRunnerOutput {
+        sampled: vec![(1, vec![5])],
+        ..Default::default()
+    };
+    sched.update_from_output(&out, &first).unwrap();
+    // Three drafts, all accepted, plus a bonus token: only the tokens up to EOS are output.
+    sched.set_spec_tokens(1, vec![6, EOS, 9]);
+    let out = sched.schedule();
+    assert_eq!(out.seqs[0].new_token_ids, vec![5, 6, EOS, 9]);
+    assert_eq!(out.seqs[0].num_spec_tokens, 3);
     let result = ModelRunnerOutput {
-        sampled: vec![(1, vec![5, 6, EOS, 9])],
+        sampled: vec![(1, vec![6, EOS, 9, 4])],
         ..Default::default()
     };
     let ups = sched.update_from_output(&out, &result).unwrap();
-    assert_eq!(ups[0].new_token_ids, vec![5, 6, EOS]);
+    assert_eq!(ups[0].new_token_ids, vec![6, EOS]);
     assert_eq!(ups[0].finish_reason, Some(FinishReason::Stop));
     assert_all_free(&sched);
 }

@@ -42,7 +42,11 @@ impl ModelRunner for FaultyRunner {
         self.inner.remove_sequence(id);
     }
 
-    fn execute(&mut self, out: &SchedulerOutput) -> anyhow::Result<ModelRunnerOutput> {
+    fn execute(
+        &mut self,
+        out: &SchedulerOutput,
+        _: &dyn flare::runner::SeqTokens,
+    ) -> anyhow::Result<ModelRunnerOutput> {
         if let Some(s) = out.seqs.iter().find(|s| self.panics.contains(&s.id)) {
             panic!("injected engine fault for seq {}", s.id);
         }

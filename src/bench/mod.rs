@@ -7,6 +7,7 @@ pub mod dataset;
 pub mod env;
 pub mod error;
 pub mod figures;
+pub mod grounded;
 pub mod metrics;
 pub mod offline;
 pub mod plot;

@@ -28,6 +28,23 @@ fn bench_params(max_tokens: usize, seed: u64) -> SamplingParams {
     }
 }
 
+/// How offline throughput requests sample: by default temperature 1 with EOS ignored, so every
+/// request generates exactly its output length.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BenchSampling {
+    pub temperature: f32,
+    pub ignore_eos: bool,
+}
+
+impl Default for BenchSampling {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            ignore_eos: true,
+        }
+    }
+}
+
 /// One request of an offline run: its sizes and when (seconds after the start) its first
 /// token and its last came out.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -55,6 +72,9 @@ pub struct ThroughputMetrics {
     pub grammar_masks: u64,
     #[serde(default)]
     pub grammar_mask_s: f64,
+    /// With speculative decoding: its counters over the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<crate::spec::SpecStats>,
 }
 
 /// Queues every request, steps the engine until all finish and times the whole.
@@ -73,6 +93,23 @@ pub fn run_throughput_with<R: ModelRunner>(
     constraint: Option<&Constraint>,
     progress: &ProgressBar,
 ) -> Result<(ThroughputMetrics, Vec<OfflineRequest>)> {
+    run_throughput_sampled(
+        engine,
+        requests,
+        constraint,
+        BenchSampling::default(),
+        progress,
+    )
+}
+
+/// As [`run_throughput_with`], sampling as `sampling` says.
+pub fn run_throughput_sampled<R: ModelRunner>(
+    engine: &mut EngineCore<R>,
+    requests: &[SampleRequest],
+    constraint: Option<&Constraint>,
+    sampling: BenchSampling,
+    progress: &ProgressBar,
+) -> Result<(ThroughputMetrics, Vec<OfflineRequest>)> {
     // Compiled before the clock starts, as the server compiles before queueing.
     if let (Some(c), Ok(g)) = (constraint, engine.guidance()) {
         g.compile(c)
@@ -84,6 +121,8 @@ pub fn run_throughput_with<R: ModelRunner>(
     for (i, r) in requests.iter().enumerate() {
         let params = SamplingParams {
             constraint: constraint.cloned(),
+            temperature: sampling.temperature,
+            ignore_eos: sampling.ignore_eos,
             ..bench_params(r.expected_output_len, i as u64)
         };
         let id = engine
@@ -127,6 +166,7 @@ pub fn run_throughput_with<R: ModelRunner>(
         num_steps,
         grammar_masks: 0,
         grammar_mask_s: 0.0,
+        spec: None,
     };
     Ok((metrics, records))
 }

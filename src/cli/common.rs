@@ -54,6 +54,11 @@ pub struct ModelArgs {
     /// dynamic per-token FP8 activations). Quantized checkpoints are read as they are.
     #[arg(long)]
     pub quantization: Option<String>,
+    /// Speculative decoding, vLLM's JSON: {"method": "ngram" | "draft", "model": PATH (draft),
+    /// "num_speculative_tokens": K, "prompt_lookup_min": 2, "prompt_lookup_max": 4,
+    /// "disable_by_batch_size": N}.
+    #[arg(long)]
+    pub speculative_config: Option<String>,
 }
 
 impl ModelArgs {
@@ -116,6 +121,11 @@ impl ModelArgs {
                 policy,
                 ..SchedulerConfig::default()
             },
+            speculative: self
+                .speculative_config
+                .as_deref()
+                .map(flare::spec::SpecConfig::parse)
+                .transpose()?,
         })
     }
 }

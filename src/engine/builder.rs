@@ -10,6 +10,9 @@ use crate::guidance::Guidance;
 use crate::models::{config::ModelConfig, dummy, source};
 use crate::runner::candle::{CandleForward, CandleRunner};
 use crate::scheduler::{config::SchedulerConfig, Scheduler};
+use crate::spec::{
+    draft::DraftModelProposer, ngram::NgramProposer, SpecConfig, SpecDecoder, SpecMethod,
+};
 use crate::tokenizer::Tokenizer;
 
 /// Everything needed to load a model and size the engine around it (vLLM's names).
@@ -35,6 +38,8 @@ pub struct EngineArgs {
     pub grammar_compile_timeout: std::time::Duration,
     /// Quantize a dense checkpoint at load (`fp8`); None: as the checkpoint is.
     pub quantization: Option<String>,
+    /// Speculative decoding (`--speculative-config`); None: off.
+    pub speculative: Option<SpecConfig>,
 }
 
 /// How weights are obtained (vLLM's `--load-format`).
@@ -61,6 +66,7 @@ impl Default for EngineArgs {
             load_format: LoadFormat::Auto,
             grammar_compile_timeout: Guidance::DEFAULT_COMPILE_TIMEOUT,
             quantization: None,
+            speculative: None,
         }
     }
 }
@@ -92,25 +98,26 @@ pub fn build_engine(args: &EngineArgs) -> Result<LoadedEngine> {
         &args.device,
         args.quantization.as_deref(),
     )?;
-    let tokenizer = match &files {
-        source::ModelFiles::HfDir(dir) => Tokenizer::from_hf_dir(dir)?,
-        source::ModelFiles::Gguf(path) => {
-            let mut f = std::fs::File::open(path)?;
-            let content = candle_core::quantized::gguf_file::Content::read(&mut f)
-                .with_context(|| format!("reading {}", path.display()))?;
-            Tokenizer::from_gguf(&content)?
-        }
-        source::ModelFiles::Dummy(spec) => dummy::tokenizer(&dummy::resolve(spec)?)?,
-    };
+    let tokenizer = load_tokenizer(&files)?;
     let cfg = model.config().clone();
     let kv_dtype = model.dtype();
     let bytes_per_token = cfg.kv_bytes_per_token(kv_dtype.size_in_bytes());
     let block_size = args.scheduler.block_size;
     let wanted_len = args.max_model_len.unwrap_or(cfg.max_position_embeddings);
+    // Slots a draft model writes past a sequence's tokens.
+    let lookahead = args
+        .speculative
+        .as_ref()
+        .map_or(0, SpecConfig::lookahead)
+        .max(args.scheduler.num_lookahead_tokens);
+    let sized_len = match lookahead {
+        0 => wanted_len,
+        n => (wanted_len + n).next_multiple_of(block_size),
+    };
     let kv_bytes = match (args.kv_cache_memory, &args.device) {
         (Some(bytes), _) => bytes,
         (None, Device::Cpu) => {
-            (wanted_len * args.scheduler.max_num_seqs.min(16) * bytes_per_token).min(DEFAULT_KV_CAP)
+            (sized_len * args.scheduler.max_num_seqs.min(16) * bytes_per_token).min(DEFAULT_KV_CAP)
         }
         (None, device) => gpu_kv_budget(
             model.as_ref(),
@@ -126,7 +133,7 @@ pub fn build_engine(args: &EngineArgs) -> Result<LoadedEngine> {
     );
     let max_model_len = match args.max_model_len {
         Some(n) => n,
-        None => wanted_len.min(num_blocks * block_size),
+        None => wanted_len.min((num_blocks * block_size).saturating_sub(lookahead)),
     };
     tracing::info!(
         "KV cache: {num_blocks} blocks of {block_size} tokens = {} tokens, {bytes_per_token} bytes per token ({} MiB); max_model_len {max_model_len}",
@@ -139,12 +146,16 @@ pub fn build_engine(args: &EngineArgs) -> Result<LoadedEngine> {
             eos.push(*id);
         }
     }
-    let scheduler = Scheduler::new(
-        args.scheduler.clone(),
-        num_blocks,
-        max_model_len,
-        eos.clone(),
-    )?;
+    let spec = match &args.speculative {
+        None => None,
+        Some(c) => Some(build_spec(c, args, &tokenizer, cfg.vocab_size, num_blocks)?),
+    };
+    let mut sched_config = args.scheduler.clone();
+    if let Some(spec) = &spec {
+        debug_assert!(spec.lookahead() <= lookahead);
+    }
+    sched_config.num_lookahead_tokens = lookahead;
+    let scheduler = Scheduler::new(sched_config, num_blocks, max_model_len, eos.clone())?;
     let forward = CandleForward::new(model, num_blocks, block_size, kv_dtype)?;
     let tokenizer = Arc::new(tokenizer);
     let t = std::time::Instant::now();
@@ -158,7 +169,8 @@ pub fn build_engine(args: &EngineArgs) -> Result<LoadedEngine> {
     let runner = CandleRunner::new(forward, eos);
     Ok(LoadedEngine {
         engine: EngineCore::new(scheduler, runner, tokenizer.clone())
-            .with_guidance(guidance.clone()),
+            .with_guidance(guidance.clone())
+            .with_spec(spec),
         guidance,
         tokenizer,
         config: cfg,
@@ -166,6 +178,74 @@ pub fn build_engine(args: &EngineArgs) -> Result<LoadedEngine> {
         num_blocks,
         max_model_len,
     })
+}
+
+fn load_tokenizer(files: &source::ModelFiles) -> Result<Tokenizer> {
+    Ok(match files {
+        source::ModelFiles::HfDir(dir) => Tokenizer::from_hf_dir(dir)?,
+        source::ModelFiles::Gguf(path) => {
+            let mut f = std::fs::File::open(path)?;
+            let content = candle_core::quantized::gguf_file::Content::read(&mut f)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Tokenizer::from_gguf(&content)?
+        }
+        source::ModelFiles::Dummy(spec) => dummy::tokenizer(&dummy::resolve(spec)?)?,
+    })
+}
+
+/// The proposer of `--speculative-config`. A draft model is loaded on the target's device
+/// with its own KV tensors of the target's block count and size; its vocabulary (size and
+/// every token's text) must be the target's.
+fn build_spec(
+    config: &SpecConfig,
+    args: &EngineArgs,
+    target_tok: &Tokenizer,
+    target_vocab: usize,
+    num_blocks: usize,
+) -> Result<SpecDecoder> {
+    config.validate()?;
+    let k = config.num_speculative_tokens;
+    let proposer: Box<dyn crate::spec::Proposer> = match config.method {
+        SpecMethod::Ngram => Box::new(NgramProposer::new(
+            config.prompt_lookup_min,
+            config.prompt_lookup_max,
+        )),
+        SpecMethod::Draft => {
+            let spec = config.model.as_deref().context("a draft model is needed")?;
+            let files = match args.load_format {
+                LoadFormat::Dummy => source::ModelFiles::Dummy(spec.to_string()),
+                LoadFormat::Auto => source::resolve(Some(spec), None)?,
+            };
+            tracing::info!("loading draft model {}", files.path().display());
+            let model = crate::models::load_model(&files, args.dtype, &args.device)
+                .with_context(|| format!("loading the draft model {spec}"))?;
+            let draft_tok = load_tokenizer(&files)?;
+            check_same_vocab(target_tok, &draft_tok)
+                .with_context(|| format!("draft model {spec}"))?;
+            let dtype = model.dtype();
+            let forward = CandleForward::new(model, num_blocks, args.scheduler.block_size, dtype)?;
+            Box::new(DraftModelProposer::new(forward, target_vocab, k)?)
+        }
+    };
+    Ok(SpecDecoder::new(config.clone(), proposer))
+}
+
+/// A draft proposes token ids, so they must mean the same text in both vocabularies.
+fn check_same_vocab(target: &Tokenizer, draft: &Tokenizer) -> Result<()> {
+    anyhow::ensure!(
+        target.vocab_size() == draft.vocab_size(),
+        "vocabulary of {} tokens, the target's has {}: a draft must share the target's vocabulary",
+        draft.vocab_size(),
+        target.vocab_size()
+    );
+    for id in 0..target.vocab_size() as u32 {
+        let (a, b) = (target.id_to_token(id), draft.id_to_token(id));
+        anyhow::ensure!(
+            a == b,
+            "token {id} is {b:?} in the draft's vocabulary but {a:?} in the target's: a draft must share the target's vocabulary"
+        );
+    }
+    Ok(())
 }
 
 /// KV bytes on a GPU (vLLM's `--gpu-memory-utilization`): after the weights are loaded, one

@@ -11,6 +11,7 @@ use crate::kv::manager::SeqId;
 use crate::request::{FinishReason, SamplingParams, TokenLogprobs};
 use crate::runner::ModelRunner;
 use crate::scheduler::{sequence::Sequence, Scheduler};
+use crate::spec::{SpecDecoder, SpecStats};
 use crate::tokenizer::Tokenizer;
 
 /// What a request produced in one step (deltas) and, on its last, why it ended.
@@ -63,6 +64,8 @@ pub struct EngineCore<R: ModelRunner> {
     /// Check the scheduler's and block pool's accounting after every step (debug builds, or
     /// FLARE_CHECK_INVARIANTS=1); a broken invariant panics the engine thread.
     check_invariants: bool,
+    /// Speculative decoding; None: off.
+    spec: Option<SpecDecoder>,
 }
 
 impl<R: ModelRunner> EngineCore<R> {
@@ -76,7 +79,19 @@ impl<R: ModelRunner> EngineCore<R> {
             guidance: Err("the engine was built without a grammar compiler".into()),
             check_invariants: cfg!(debug_assertions)
                 || std::env::var("FLARE_CHECK_INVARIANTS").is_ok_and(|v| v == "1"),
+            spec: None,
         }
+    }
+
+    /// Turns speculative decoding on (the scheduler must reserve the proposer's lookahead).
+    pub fn with_spec(mut self, spec: Option<SpecDecoder>) -> Self {
+        self.spec = spec;
+        self
+    }
+
+    /// Speculation counters; None when speculative decoding is off.
+    pub fn spec_stats(&self) -> Option<&SpecStats> {
+        self.spec.as_ref().map(SpecDecoder::stats)
     }
 
     /// Enables structured outputs (or records why they are unavailable).
@@ -89,12 +104,12 @@ impl<R: ModelRunner> EngineCore<R> {
         self.guidance.as_ref().map_err(|e| e.as_str())
     }
 
-    pub fn runner_mut(&mut self) -> &mut R {
-        &mut self.runner
-    }
-
     pub fn runner(&self) -> &R {
         &self.runner
+    }
+
+    pub fn runner_mut(&mut self) -> &mut R {
+        &mut self.runner
     }
 
     /// Turns the after-every-step invariant check on or off (tests turn it on in release).
@@ -173,10 +188,17 @@ impl<R: ModelRunner> EngineCore<R> {
 
     pub fn step(&mut self) -> Result<Vec<RequestOutput>> {
         let sched = self.scheduler.schedule();
+        if let Some(spec) = &mut self.spec {
+            let gone = sched.preempted_ids.iter().chain(&sched.finished_ids);
+            spec.forget(gone.copied());
+        }
         if sched.seqs.is_empty() {
             return Ok(Vec::new());
         }
-        let result = self.runner.execute(&sched)?;
+        let result = self.runner.execute(&sched, &self.scheduler)?;
+        if let Some(spec) = &mut self.spec {
+            spec.record_step(&sched, &result);
+        }
         let mut outputs = Vec::with_capacity(sched.seqs.len());
         // Failed sequences end first; the scheduler then skips them as it would aborted ones.
         for (id, message) in &result.failed {
@@ -187,11 +209,10 @@ impl<R: ModelRunner> EngineCore<R> {
             result.logprobs.into_iter().collect();
         let grammar_finished: HashMap<SeqId, FinishReason> =
             result.grammar_finished.into_iter().collect();
-        for u in updates {
+        for mut u in updates {
             let Some(state) = self.requests.get_mut(&u.id) else {
                 continue;
             };
-            state.num_output_tokens += u.new_token_ids.len();
             // A complete grammar ends the request now (Stop, even on the max_tokens-th token:
             // the output is whole); a failed matcher ends it as aborted.
             let mut finish_reason = u.finish_reason;
@@ -201,26 +222,32 @@ impl<R: ModelRunner> EngineCore<R> {
                 }
                 finish_reason = Some(reason);
             }
-            let processed =
-                state
-                    .output
-                    .process(&self.tokenizer, &u.new_token_ids, finish_reason.is_some());
-            let (text, hit_stop) = match processed {
+            let processed = state.output.process_counted(
+                &self.tokenizer,
+                &u.new_token_ids,
+                finish_reason.is_some(),
+            );
+            let (text, hit_stop, consumed) = match processed {
                 Ok(p) => p,
                 Err(e) => {
                     outputs.extend(self.fail(u.id, format!("detokenizing the output: {e}")));
                     continue;
                 }
             };
+            // Tokens of the same step past a stop string (accepted drafts) are not output.
+            u.new_token_ids.truncate(consumed);
+            state.num_output_tokens += u.new_token_ids.len();
             if hit_stop && finish_reason.is_none() {
                 self.scheduler.finish(u.id, FinishReason::Stop);
                 finish_reason = Some(FinishReason::Stop);
             }
+            let mut token_logprobs = logprobs.remove(&u.id).unwrap_or_default();
+            token_logprobs.truncate(u.new_token_ids.len());
             let out = RequestOutput {
                 id: u.id,
                 text,
                 token_ids: u.new_token_ids,
-                logprobs: logprobs.remove(&u.id).unwrap_or_default(),
+                logprobs: token_logprobs,
                 finish_reason,
                 num_prompt_tokens: state.num_prompt_tokens,
                 num_cached_tokens: u.num_cached_prompt_tokens,
@@ -232,6 +259,11 @@ impl<R: ModelRunner> EngineCore<R> {
                 self.runner.remove_sequence(u.id);
             }
             outputs.push(out);
+        }
+        if let Some(spec) = &mut self.spec {
+            // Grammars are not speculated over: their sequences simply get no drafts, which
+            // changes nothing in their output.
+            spec.propose(&mut self.scheduler, |s| s.params().constraint.is_none())?;
         }
         if self.check_invariants {
             if let Err(e) = self.check_invariants() {

@@ -31,6 +31,8 @@ pub struct EngineStats {
     pub steps: u64,
     /// The engine thread is running its loop (false before start and after it exits).
     pub alive: bool,
+    /// Speculative decoding counters; None when it is off.
+    pub spec: Option<crate::spec::SpecStats>,
 }
 
 // One Add per request crosses this channel; boxing it would save nothing that matters.
@@ -209,6 +211,7 @@ fn run_loop<R: ModelRunner>(
             num_free_blocks: kv.num_free_blocks(),
             steps,
             alive: true,
+            spec: engine.spec_stats().cloned(),
         };
     };
     let mut steps = 0u64;

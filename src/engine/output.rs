@@ -29,6 +29,20 @@ impl OutputProcessor {
         new_tokens: &[u32],
         finished: bool,
     ) -> Result<(String, bool), TokenizerError> {
+        self.process_counted(tok, new_tokens, finished)
+            .map(|(text, stop, _)| (text, stop))
+    }
+
+    /// As [`process`](Self::process), also returning how many of `new_tokens` were consumed:
+    /// all of them, or those up to the one that completed a stop string (several tokens of
+    /// one step, as speculative decoding yields, may run past it; the rest are dropped).
+    pub fn process_counted(
+        &mut self,
+        tok: &Tokenizer,
+        new_tokens: &[u32],
+        finished: bool,
+    ) -> Result<(String, bool, usize), TokenizerError> {
+        let all = new_tokens.len();
         let mut text = String::new();
         let mut new_tokens = new_tokens;
         if let (true, Some(stop_ids), Some((&last, rest))) =
@@ -38,12 +52,12 @@ impl OutputProcessor {
                 new_tokens = rest;
             }
         }
-        for &t in new_tokens {
+        for (i, &t) in new_tokens.iter().enumerate() {
             let delta = self.detok.step(tok, t)?;
             let m = self.stop.push(&delta);
             text.push_str(&m.text);
             if m.is_stop() {
-                return Ok((text, true));
+                return Ok((text, true, i + 1));
             }
         }
         if finished {
@@ -51,11 +65,11 @@ impl OutputProcessor {
             let m = self.stop.push(&delta);
             text.push_str(&m.text);
             if m.is_stop() {
-                return Ok((text, true));
+                return Ok((text, true, all));
             }
             text.push_str(&self.stop.flush());
         }
-        Ok((text, false))
+        Ok((text, false, all))
     }
 }
 

@@ -6,11 +6,11 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
-use super::{ModelRunner, ModelRunnerOutput, SchedulerOutput};
+use super::{ModelRunner, ModelRunnerOutput, SchedulerOutput, SeqTokens};
 use crate::guidance::GrammarMatcher;
 use crate::kv::manager::SeqId;
 use crate::request::{FinishReason, SamplingParams, TokenLogprobs};
-use crate::sample::{SampleContext, SequenceSampler};
+use crate::sample::{AcceptRule, SampleContext, SequenceSampler};
 
 use crate::kv::KvCache;
 use crate::layers::attention::{AttnMetadata, SeqAttn};
@@ -23,9 +23,9 @@ pub struct StepSeq<'a> {
     pub new_tokens: &'a [u32],
     pub num_computed: usize,
     pub block_table: &'a [u32],
-    /// Whether the step samples for this sequence (its last new token's logits are needed);
-    /// false for a prompt chunk that is not the last one.
-    pub wants_logits: bool,
+    /// Logits rows wanted for this sequence: those of its last `logit_rows` new tokens (1 to
+    /// sample, 1 + drafts to verify drafts, 0 for a prompt chunk that is not the last one).
+    pub logit_rows: usize,
     /// Tokens of the sequence's prompt (see `SeqAttn::prompt_len`).
     pub prompt_len: usize,
 }
@@ -54,7 +54,7 @@ impl CandleForward {
         &self.kv
     }
 
-    /// Computes one step; returns the logits of every sequence with `wants_logits`, in order.
+    /// Computes one step; returns the wanted logits rows of every sequence, in order.
     pub fn step(&self, seqs: &[StepSeq]) -> Result<Vec<Vec<f32>>> {
         match self.step_logits(seqs)? {
             Some(logits) => Ok(logits.to_vec2::<f32>()?),
@@ -64,6 +64,9 @@ impl CandleForward {
 
     /// As `step`, leaving the f32 logits `[rows, vocab]` on the model's device (None when no
     /// sequence wants logits), so that tokens can be chosen there.
+    ///
+    /// The step may leave KV written past a sequence's computed tokens (rejected drafts):
+    /// those slots are overwritten by a later step before anything reads them.
     pub fn step_logits(&self, seqs: &[StepSeq]) -> Result<Option<Tensor>> {
         let device = self.model.device();
         let mut ids = Vec::new();
@@ -79,9 +82,8 @@ impl CandleForward {
                 prompt_len: s.prompt_len,
             });
             ids.extend_from_slice(s.new_tokens);
-            if s.wants_logits {
-                rows.push((ids.len() - 1) as u32);
-            }
+            debug_assert!(s.logit_rows <= n);
+            rows.extend((ids.len() - s.logit_rows.min(n)..ids.len()).map(|r| r as u32));
         }
         if ids.is_empty() {
             return Ok(None);
@@ -95,12 +97,13 @@ impl CandleForward {
     }
 }
 
-/// Per-sequence sampling state: the request's RNG, the tokens penalties look at and, for
-/// structured outputs, the grammar matcher (which outlives preemption with the rest).
+/// Per-sequence sampling state: the request's RNG and, for structured outputs, the grammar
+/// matcher (which outlives preemption with the rest). The tokens themselves are the
+/// scheduler's (read through [`SeqTokens`] each step).
 struct SeqSampling {
     sampler: SequenceSampler,
-    prompt: Vec<u32>,
-    output: Vec<u32>,
+    /// A token was sampled: too late to set a grammar.
+    started: bool,
     grammar: Option<GrammarMatcher>,
 }
 
@@ -119,6 +122,8 @@ pub struct CandleRunner {
     /// Sequences with a grammar; while 0 a step does no grammar work at all.
     num_constrained: usize,
     mask_stats: MaskStats,
+    /// How drafts are verified: `Exact` except in tests that show their power.
+    accept_rule: AcceptRule,
     /// Greedy steps pick tokens on the logits' device even on the CPU (see
     /// [`CandleRunner::set_greedy_on_device`]); on a GPU they always do.
     greedy_on_device: bool,
@@ -132,8 +137,19 @@ impl CandleRunner {
             seqs: HashMap::new(),
             num_constrained: 0,
             mask_stats: MaskStats::default(),
+            accept_rule: AcceptRule::Exact,
             greedy_on_device: false,
         }
+    }
+
+    /// Takes the device path for all-greedy steps on the CPU too (tests compare the paths).
+    pub fn set_greedy_on_device(&mut self, on: bool) {
+        self.greedy_on_device = on;
+    }
+
+    /// Replaces the lossless verification rule (tests showing that a wrong rule is caught).
+    pub fn set_accept_rule(&mut self, rule: AcceptRule) {
+        self.accept_rule = rule;
     }
 
     /// Masks computed for sequences that have ended, and the time they took.
@@ -183,80 +199,87 @@ impl CandleRunner {
         &self.forward
     }
 
-    /// Takes the device path for all-greedy steps on the CPU too (tests compare the paths).
-    pub fn set_greedy_on_device(&mut self, on: bool) {
-        self.greedy_on_device = on;
-    }
-
-    /// A step whose every sequence is greedy (grammars allowed) picks its tokens where the
-    /// logits are: grammar masks go up as one `rows x vocab` u8 tensor, only token ids come
-    /// back, not `rows x vocab` f32 logits. None: some sequence needs the host sampler.
+    /// A step whose every sequence is greedy (grammars and drafts allowed) picks its tokens
+    /// where the logits are: grammar masks go up as one u8 tensor, only token ids come back,
+    /// not `rows x vocab` f32 logits. None: some sequence needs the host sampler.
     fn sample_greedy_on_device(
         &mut self,
         out: &SchedulerOutput,
+        seqs: &dyn SeqTokens,
         logits: &Tensor,
     ) -> Result<Option<ModelRunnerOutput>> {
-        let ids: Vec<SeqId> = out
-            .seqs
-            .iter()
-            .filter(|s| s.samples_this_step)
-            .map(|s| s.id)
-            .collect();
-        let all_greedy = ids.iter().all(|id| {
+        let sampling: Vec<_> = out.seqs.iter().filter(|s| s.samples_this_step).collect();
+        let all_greedy = sampling.iter().all(|s| {
+            let generated = seqs.sequence(s.id).map_or(0, |q| q.num_output_tokens());
             self.seqs
-                .get(id)
-                .is_some_and(|st| plain_greedy(st.sampler.params(), st.output.len()))
+                .get(&s.id)
+                .is_some_and(|st| plain_greedy(st.sampler.params(), generated))
         });
         if !all_greedy {
             return Ok(None);
         }
-        let mut result = ModelRunnerOutput::default();
-        let vocab = logits.dim(1)?;
-        let mut failed: Vec<Option<String>> = vec![None; ids.len()];
+        let (num_rows, vocab) = logits.dims2()?;
+        let mut failed: HashMap<SeqId, String> = HashMap::new();
         let mut logits = logits.clone();
-        if ids.iter().any(|id| self.seqs[id].grammar.is_some()) {
-            let mut allowed = vec![1u8; ids.len() * vocab];
+        if sampling.iter().any(|s| self.seqs[&s.id].grammar.is_some()) {
+            let mut allowed = vec![1u8; num_rows * vocab];
             let mut row = vec![0f32; vocab];
-            for (i, id) in ids.iter().enumerate() {
-                let Some(grammar) = self.seqs.get_mut(id).and_then(|s| s.grammar.as_mut()) else {
+            let mut first_row = 0;
+            for s in &sampling {
+                let at = first_row;
+                first_row += s.num_logit_rows();
+                let Some(grammar) = self.seqs.get_mut(&s.id).and_then(|st| st.grammar.as_mut())
+                else {
                     continue;
                 };
+                // The engine proposes no drafts for constrained sequences: one row each.
+                anyhow::ensure!(
+                    s.num_spec_tokens == 0,
+                    "draft tokens for constrained sequence {}",
+                    s.id
+                );
                 row.fill(0.0);
                 if let Err(e) = grammar.apply_mask(&mut row) {
-                    failed[i] = Some(e);
+                    failed.insert(s.id, e);
                     continue;
                 }
-                for (a, l) in allowed[i * vocab..(i + 1) * vocab].iter_mut().zip(&row) {
+                for (a, l) in allowed[at * vocab..(at + 1) * vocab].iter_mut().zip(&row) {
                     *a = u8::from(l.is_finite());
                 }
             }
-            let shape = (ids.len(), vocab);
+            let shape = (num_rows, vocab);
             let allowed = Tensor::from_vec(allowed, shape, logits.device())?;
             let banned = Tensor::full(f32::NEG_INFINITY, shape, logits.device())?
                 .to_dtype(logits.dtype())?;
             logits = allowed.where_cond(&logits, &banned)?;
         }
-        let tokens = crate::ops::sampling::argmax(&logits)?.to_vec1::<u32>()?;
-        for ((id, token), failure) in ids.iter().zip(tokens).zip(failed) {
-            let state = self.seqs.get_mut(id).expect("checked above");
-            if let Some(e) = failure {
-                end_ungrammatical(*id, state, &self.eos_token_ids, e, &mut result);
+        let ids = crate::ops::sampling::argmax(&logits)?.to_vec1::<u32>()?;
+        let mut ids = ids.as_slice();
+        let mut result = ModelRunnerOutput::default();
+        for s in sampling {
+            let state = self.seqs.get_mut(&s.id).expect("checked above");
+            state.started = true;
+            let (rows, rest) = ids.split_at(s.num_logit_rows());
+            ids = rest;
+            if let Some(e) = failed.remove(&s.id) {
+                end_ungrammatical(s.id, &self.eos_token_ids, e, &mut result);
                 continue;
             }
-            state.output.push(token);
-            commit_to_grammar(*id, state, token, &mut result);
-            result.sampled.push((*id, vec![token]));
+            let tokens = greedy_accept(rows, s.spec_token_ids());
+            if let Some(grammar) = state.grammar.as_mut() {
+                commit_to_grammar(s.id, grammar, tokens[0], &mut result);
+            }
+            result.sampled.push((s.id, tokens));
         }
         Ok(Some(result))
     }
 }
 
 impl ModelRunner for CandleRunner {
-    fn add_sequence(&mut self, id: SeqId, params: &SamplingParams, prompt: &[u32]) {
+    fn add_sequence(&mut self, id: SeqId, params: &SamplingParams, _prompt: &[u32]) {
         let state = SeqSampling {
             sampler: SequenceSampler::new(params),
-            prompt: prompt.to_vec(),
-            output: Vec::new(),
+            started: false,
             grammar: None,
         };
         self.seqs.insert(id, state);
@@ -268,7 +291,7 @@ impl ModelRunner for CandleRunner {
             .get_mut(&id)
             .with_context(|| format!("sequence {id} was never added"))?;
         anyhow::ensure!(
-            state.output.is_empty(),
+            !state.started,
             "a grammar must be set before the first token"
         );
         if state.grammar.replace(grammar).is_none() {
@@ -286,7 +309,11 @@ impl ModelRunner for CandleRunner {
         }
     }
 
-    fn execute(&mut self, out: &SchedulerOutput) -> Result<ModelRunnerOutput> {
+    fn execute(
+        &mut self,
+        out: &SchedulerOutput,
+        seqs: &dyn SeqTokens,
+    ) -> Result<ModelRunnerOutput> {
         let steps: Vec<StepSeq> = out
             .seqs
             .iter()
@@ -294,57 +321,80 @@ impl ModelRunner for CandleRunner {
                 new_tokens: &s.new_token_ids,
                 num_computed: s.num_computed_tokens,
                 block_table: &s.block_table,
-                wants_logits: s.samples_this_step,
-                prompt_len: self.seqs.get(&s.id).map_or(0, |st| st.prompt.len()),
+                logit_rows: s.num_logit_rows(),
+                prompt_len: seqs.sequence(s.id).map_or(0, |q| q.num_prompt_tokens()),
             })
             .collect();
         let Some(logits) = self.logits_and_masks(out, &steps)? else {
             return Ok(ModelRunnerOutput::default());
         };
         if self.greedy_on_device || !logits.device().is_cpu() {
-            if let Some(result) = self.sample_greedy_on_device(out, &logits)? {
+            if let Some(result) = self.sample_greedy_on_device(out, seqs, &logits)? {
                 return Ok(result);
             }
         }
         let mut result = ModelRunnerOutput::default();
-        let mut logits = logits.to_vec2::<f32>()?;
-        for (s, row) in out
-            .seqs
-            .iter()
-            .filter(|s| s.samples_this_step)
-            .zip(&mut logits)
-        {
+        let logits = logits.to_vec2::<f32>()?;
+        let mut logits = logits.iter();
+        for s in out.seqs.iter().filter(|s| s.samples_this_step) {
+            let rows: Vec<&[f32]> = logits
+                .by_ref()
+                .take(s.num_logit_rows())
+                .map(Vec::as_slice)
+                .collect();
             let state = self
                 .seqs
                 .get_mut(&s.id)
                 .with_context(|| format!("sequence {} was never added", s.id))?;
-            if let Some(fault) = logits_fault(row) {
+            let seq = seqs
+                .sequence(s.id)
+                .with_context(|| format!("sequence {} is not live", s.id))?;
+            state.started = true;
+            if let Some(fault) = rows.iter().find_map(|r| logits_fault(r)) {
                 result.failed.push((s.id, fault));
                 continue;
             }
-            if let Some(grammar) = state.grammar.as_mut() {
-                if let Err(e) = grammar.apply_mask(row) {
-                    end_ungrammatical(s.id, state, &self.eos_token_ids, e, &mut result);
-                    continue;
-                }
-            }
             let ctx = SampleContext {
-                prompt_tokens: &state.prompt,
-                output_tokens: &state.output,
+                prompt_tokens: seq.prompt_tokens(),
+                output_tokens: seq.output_tokens(),
                 eos_token_ids: &self.eos_token_ids,
             };
-            let sampled = state.sampler.sample(row, &ctx);
-            state.output.push(sampled.token);
-            commit_to_grammar(s.id, state, sampled.token, &mut result);
+            let sampled = if let Some(grammar) = state.grammar.as_mut() {
+                // The engine proposes no drafts for constrained sequences.
+                anyhow::ensure!(
+                    s.num_spec_tokens == 0,
+                    "draft tokens for constrained sequence {}",
+                    s.id
+                );
+                let mut row = rows[0].to_vec();
+                if let Err(e) = grammar.apply_mask(&mut row) {
+                    end_ungrammatical(s.id, &self.eos_token_ids, e, &mut result);
+                    continue;
+                }
+                let sampled = state.sampler.sample(&row, &ctx);
+                commit_to_grammar(s.id, grammar, sampled.token, &mut result);
+                vec![sampled]
+            } else if s.num_spec_tokens == 0 {
+                vec![state.sampler.sample(rows[0], &ctx)]
+            } else {
+                state
+                    .sampler
+                    .verify_with(&rows, s.spec_token_ids(), &ctx, self.accept_rule)
+            };
             if state.sampler.params().logprobs.is_some() {
-                let lp = TokenLogprobs {
-                    token: sampled.token,
-                    logprob: sampled.logprob,
-                    top: sampled.top_logprobs,
-                };
-                result.logprobs.push((s.id, vec![lp]));
+                let lp = sampled
+                    .iter()
+                    .map(|t| TokenLogprobs {
+                        token: t.token,
+                        logprob: t.logprob,
+                        top: t.top_logprobs.clone(),
+                    })
+                    .collect();
+                result.logprobs.push((s.id, lp));
             }
-            result.sampled.push((s.id, vec![sampled.token]));
+            result
+                .sampled
+                .push((s.id, sampled.iter().map(|t| t.token).collect()));
         }
         Ok(result)
     }
@@ -354,35 +404,42 @@ impl ModelRunner for CandleRunner {
 /// free-running.
 fn end_ungrammatical(
     id: SeqId,
-    state: &mut SeqSampling,
     eos_token_ids: &[u32],
     error: String,
     result: &mut ModelRunnerOutput,
 ) {
     tracing::warn!(id, "structured output ended: {error}");
     let eos = eos_token_ids.first().copied().unwrap_or(0);
-    state.output.push(eos);
     result.sampled.push((id, vec![eos]));
     result.grammar_finished.push((id, FinishReason::Abort));
 }
 
-/// Advances the sequence's grammar past its sampled token; a complete grammar ends it.
+/// Advances the grammar past the sampled token; a complete grammar ends the sequence.
 fn commit_to_grammar(
     id: SeqId,
-    state: &mut SeqSampling,
+    grammar: &mut GrammarMatcher,
     token: u32,
     result: &mut ModelRunnerOutput,
 ) {
-    if let Some(grammar) = state.grammar.as_mut() {
-        match grammar.commit(token) {
-            Ok(false) => {}
-            Ok(true) => result.grammar_finished.push((id, FinishReason::Stop)),
-            Err(e) => {
-                tracing::warn!(id, "structured output ended: {e}");
-                result.grammar_finished.push((id, FinishReason::Abort));
-            }
+    match grammar.commit(token) {
+        Ok(false) => {}
+        Ok(true) => result.grammar_finished.push((id, FinishReason::Stop)),
+        Err(e) => {
+            tracing::warn!(id, "structured output ended: {e}");
+            result.grammar_finished.push((id, FinishReason::Abort));
         }
     }
+}
+
+/// Greedy verification from the rows' argmax ids: the drafts that match, then the target's
+/// token at the first mismatch (or the bonus token after the last draft).
+fn greedy_accept(argmax: &[u32], drafts: &[u32]) -> Vec<u32> {
+    let num_accepted = drafts
+        .iter()
+        .zip(argmax)
+        .take_while(|(d, t)| d == t)
+        .count();
+    argmax[..=num_accepted].to_vec()
 }
 
 /// Why a logits row cannot be sampled from: NaN or +inf anywhere (a numerical fault in this

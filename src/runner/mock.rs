@@ -12,7 +12,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use anyhow::{bail, ensure};
 
-use super::ModelRunner;
+use super::{ModelRunner, SeqTokens};
 use crate::kv::manager::SeqId;
 use crate::scheduler::output::{ModelRunnerOutput, SchedulerOutput};
 
@@ -88,7 +88,19 @@ impl MockRunner {
 }
 
 impl ModelRunner for MockRunner {
-    fn execute(&mut self, out: &SchedulerOutput) -> anyhow::Result<ModelRunnerOutput> {
+    fn execute(
+        &mut self,
+        out: &SchedulerOutput,
+        _seqs: &dyn SeqTokens,
+    ) -> anyhow::Result<ModelRunnerOutput> {
+        MockRunner::execute(self, out)
+    }
+}
+
+impl MockRunner {
+    /// One step; the mock reads every token back from its simulated cache, so it needs no
+    /// view of the sequences.
+    pub fn execute(&mut self, out: &SchedulerOutput) -> anyhow::Result<ModelRunnerOutput> {
         ensure!(
             out.total_tokens == out.seqs.iter().map(|s| s.num_new_tokens()).sum::<usize>(),
             "total_tokens disagrees with the scheduled sequences"
@@ -109,7 +121,21 @@ impl ModelRunner for MockRunner {
                     other => bail!("seq {}: slot of position {pos} holds {other:?}", s.id),
                 })
                 .collect::<anyhow::Result<Vec<u32>>>()?;
-            sampled.push((s.id, vec![(self.next_token)(s.id, &context)]));
+            // Greedy verification of draft tokens: the "model" at each position is the token
+            // function of the context up to it; drafts are accepted while they agree.
+            let verified = s.context_len() - s.num_spec_tokens;
+            let mut tokens = Vec::new();
+            for (j, &draft) in s.spec_token_ids().iter().enumerate() {
+                let t = (self.next_token)(s.id, &context[..verified + j]);
+                tokens.push(t);
+                if t != draft {
+                    break;
+                }
+            }
+            if tokens.len() == s.num_spec_tokens && tokens == s.spec_token_ids() {
+                tokens.push((self.next_token)(s.id, &context));
+            }
+            sampled.push((s.id, tokens));
         }
         self.num_steps += 1;
         Ok(ModelRunnerOutput {
@@ -133,6 +159,7 @@ mod tests {
                 num_computed_tokens: computed,
                 block_table: table,
                 samples_this_step: true,
+                num_spec_tokens: 0,
             }],
             total_tokens,
             ..Default::default()

@@ -7,6 +7,7 @@ use crate::guidance::GrammarMatcher;
 use crate::kv::manager::SeqId;
 use crate::request::SamplingParams;
 pub use crate::scheduler::output::{ModelRunnerOutput, SchedulerOutput};
+pub use crate::scheduler::SeqTokens;
 pub use mock::MockRunner;
 
 /// Turns a [`SchedulerOutput`] into sampled tokens. Implementations: the real candle runner,
@@ -25,5 +26,11 @@ pub trait ModelRunner: Send {
     fn remove_sequence(&mut self, _id: SeqId) {}
 
     /// Computes every scheduled token and samples for the sequences with `samples_this_step`.
-    fn execute(&mut self, out: &SchedulerOutput) -> anyhow::Result<ModelRunnerOutput>;
+    /// `seqs` is the one owner of every sequence's tokens (the scheduler): penalties, min_tokens
+    /// and speculative verification read the prompt and outputs from there, never a copy.
+    fn execute(
+        &mut self,
+        out: &SchedulerOutput,
+        seqs: &dyn SeqTokens,
+    ) -> anyhow::Result<ModelRunnerOutput>;
 }

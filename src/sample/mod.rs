@@ -87,6 +87,136 @@ impl SequenceSampler {
     /// If every token ends up masked the lowest id is returned; that cannot happen
     /// with finite logits, since only min_tokens masks to -inf.
     pub fn sample(&mut self, logits: &[f32], ctx: &SampleContext) -> SampledToken {
+        let (log_z, top_logprobs) = self.process(logits, ctx);
+        let token = if self.params.is_greedy() {
+            draw::argmax(&self.work)
+        } else {
+            // Drawn before filtering so that every non-greedy step consumes exactly one
+            // number, even in the degenerate all-masked case below.
+            let u: f64 = self.rng.random();
+            match self.filter() {
+                Kept::Row => draw::draw_row(&self.work, u),
+                Kept::Candidates => draw::draw(&self.candidates, u),
+                Kept::Nothing => draw::argmax(&self.work),
+            }
+        };
+        SampledToken {
+            token,
+            logprob: logits[token as usize] - log_z,
+            top_logprobs,
+        }
+    }
+
+    /// Speculative verification of `drafts` (Leviathan et al. 2023, Chen et al. 2023) against
+    /// the target's logits rows: `rows[j]` is the row after the sequence's tokens and
+    /// `drafts[..j]`, and there is one more row than drafts.
+    ///
+    /// Returns the accepted drafts followed by one token: the target's own choice where the
+    /// first draft was rejected, or a bonus token from the last row when all were accepted.
+    /// Each row is processed exactly as [`sample`](Self::sample) would process it with the
+    /// accepted drafts as outputs (penalties, min_tokens, bias, filters), so:
+    /// - greedy: a draft is accepted while it equals the argmax; the tokens are those that
+    ///   plain greedy decoding would give;
+    /// - random: drafts are point masses (n-gram lookups, a draft model's argmax), so draft
+    ///   `d` is accepted with probability p(d) = min(1, p(d)/1), and on rejection the token
+    ///   is drawn from normalize(max(p - onehot(d), 0)), i.e. p without d. The emitted tokens
+    ///   are distributed exactly as without speculation; a seeded request stays reproducible
+    ///   (for the same drafts).
+    pub fn verify(
+        &mut self,
+        rows: &[&[f32]],
+        drafts: &[u32],
+        ctx: &SampleContext,
+    ) -> Vec<SampledToken> {
+        self.verify_with(rows, drafts, ctx, AcceptRule::Exact)
+    }
+
+    /// As [`verify`](Self::verify) with a chosen acceptance rule; `AlwaysAccept` is a
+    /// deliberately wrong rule for tests that must be able to tell it apart.
+    pub fn verify_with(
+        &mut self,
+        rows: &[&[f32]],
+        drafts: &[u32],
+        ctx: &SampleContext,
+        rule: AcceptRule,
+    ) -> Vec<SampledToken> {
+        assert_eq!(rows.len(), drafts.len() + 1, "one row per draft plus one");
+        let mut outputs = ctx.output_tokens.to_vec();
+        let mut out = Vec::with_capacity(rows.len());
+        for (j, &row) in rows.iter().enumerate() {
+            let c = SampleContext {
+                output_tokens: &outputs,
+                ..*ctx
+            };
+            let Some(&draft) = drafts.get(j) else {
+                out.push(self.sample(row, &c));
+                break;
+            };
+            let (log_z, top_logprobs) = self.process(row, &c);
+            let (token, accepted) = if self.params.is_greedy() {
+                let t = draw::argmax(&self.work);
+                (t, t == draft)
+            } else {
+                self.accept_or_resample(draft, rule)
+            };
+            out.push(SampledToken {
+                token,
+                logprob: row[token as usize] - log_z,
+                top_logprobs,
+            });
+            if !accepted {
+                break;
+            }
+            outputs.push(token);
+        }
+        out
+    }
+
+    /// One random verification: accept `draft` with its probability under the filtered
+    /// distribution, else draw from that distribution without it. Two uniform numbers at
+    /// most, one when the draft is accepted.
+    fn accept_or_resample(&mut self, draft: u32, rule: AcceptRule) -> (u32, bool) {
+        let u: f64 = self.rng.random();
+        let kept = self.filter();
+        let (weight, total) = match kept {
+            Kept::Nothing => return (draw::argmax(&self.work), false),
+            Kept::Row => (
+                self.work.get(draft as usize).copied().unwrap_or(0.0) as f64,
+                self.work.iter().map(|&w| w as f64).sum::<f64>(),
+            ),
+            Kept::Candidates => (
+                self.candidates
+                    .iter()
+                    .find(|c| c.0 == draft)
+                    .map_or(0.0, |c| c.1 as f64),
+                self.candidates.iter().map(|c| c.1 as f64).sum::<f64>(),
+            ),
+        };
+        if rule == AcceptRule::AlwaysAccept || (total > 0.0 && u * total < weight) {
+            return (draft, true);
+        }
+        let u: f64 = self.rng.random();
+        let token = match kept {
+            Kept::Row => {
+                if let Some(w) = self.work.get_mut(draft as usize) {
+                    *w = 0.0;
+                }
+                draw::draw_row(&self.work, u)
+            }
+            _ => {
+                self.candidates.retain(|c| c.0 != draft);
+                if self.candidates.is_empty() {
+                    // Only the draft had weight, so it was accepted above (up to rounding).
+                    return (draft, true);
+                }
+                draw::draw(&self.candidates, u)
+            }
+        };
+        (token, false)
+    }
+
+    /// Logprobs of the raw row, then the request's logit processors into `self.work`.
+    fn process(&mut self, logits: &[f32], ctx: &SampleContext) -> (f32, Vec<(u32, f32)>) {
         assert!(!logits.is_empty(), "empty logits row");
         let p = &self.params;
 
@@ -123,34 +253,33 @@ impl SequenceSampler {
                 &mut self.counts,
             );
         }
-
-        let token = if p.is_greedy() {
-            draw::argmax(work)
-        } else {
-            // Drawn before filtering so that every non-greedy step consumes exactly one
-            // number, even in the degenerate all-masked case below.
-            let u: f64 = self.rng.random();
-            let opts = Filters {
-                temperature: p.temperature,
-                top_k: p.top_k,
-                top_p: p.top_p,
-                min_p: p.min_p,
-            };
-            let kept = filters::keep_candidates(work, opts, &mut self.candidates);
-            match kept {
-                Kept::Row => draw::draw_row(work, u),
-                Kept::Candidates => draw::draw(&self.candidates, u),
-                Kept::Nothing => draw::argmax(work),
-            }
-        };
-
-        SampledToken {
-            token,
-            logprob: logits[token as usize] - log_z,
-            top_logprobs,
-        }
+        (log_z, top_logprobs)
     }
+
+    /// Temperature, top-k, top-p and min-p over `self.work`.
+    fn filter(&mut self) -> Kept {
+        let p = &self.params;
+        let opts = Filters {
+            temperature: p.temperature,
+            top_k: p.top_k,
+            top_p: p.top_p,
+            min_p: p.min_p,
+        };
+        filters::keep_candidates(&mut self.work, opts, &mut self.candidates)
+    }
+}
+
+/// How [`SequenceSampler::verify_with`] decides on a draft token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcceptRule {
+    /// Rejection sampling: lossless.
+    Exact,
+    /// Accept every draft: wrong on purpose, for tests that show their power.
+    AlwaysAccept,
 }
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod verify_tests;

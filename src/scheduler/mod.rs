@@ -46,6 +46,26 @@ impl SchedulerStats {
     }
 }
 
+/// Read access to live sequences: the scheduler owns every sequence's tokens, and runners
+/// read a sequence's prompt and outputs (penalties, min_tokens, speculative verification)
+/// through this view instead of keeping copies that would need their own rollback.
+pub trait SeqTokens {
+    fn sequence(&self, id: SeqId) -> Option<&Sequence>;
+}
+
+impl SeqTokens for Scheduler {
+    fn sequence(&self, id: SeqId) -> Option<&Sequence> {
+        self.seqs.get(&id)
+    }
+}
+
+/// No sequences: for runners that need no tokens (tests).
+impl SeqTokens for () {
+    fn sequence(&self, _: SeqId) -> Option<&Sequence> {
+        None
+    }
+}
+
 #[derive(Debug)]
 pub struct Scheduler {
     config: SchedulerConfig,
@@ -217,6 +237,17 @@ impl Scheduler {
         }
     }
 
+    /// Draft tokens for a running sequence's next step (speculative decoding); ignored unless
+    /// the sequence is running with only its latest token left to compute. They count against
+    /// the step's token budget like any other scheduled token.
+    pub fn set_spec_tokens(&mut self, id: SeqId, tokens: Vec<u32>) {
+        if let Some(seq) = self.seqs.get_mut(&id) {
+            if seq.status == SeqStatus::Running && seq.num_computed_tokens + 1 == seq.num_tokens() {
+                seq.spec_token_ids = tokens;
+            }
+        }
+    }
+
     /// Queues a new sequence.
     pub fn add(&mut self, mut seq: Sequence) -> Result<(), SchedulerError> {
         let id = seq.id;
@@ -288,8 +319,14 @@ impl Scheduler {
             if self.seqs[&id].status != SeqStatus::Running {
                 continue; // preempted earlier in this loop
             }
-            let num_new =
-                self.num_new_tokens(&self.seqs[&id], self.seqs[&id].num_computed_tokens, budget);
+            let seq = &self.seqs[&id];
+            let num_new = self.num_new_tokens(seq, seq.num_computed_tokens, budget);
+            // Drafts ride along with the last token, as far as the budget lets them.
+            let num_new = if seq.num_computed_tokens + num_new == seq.num_tokens() {
+                num_new + seq.spec_token_ids.len().min(budget - num_new)
+            } else {
+                num_new
+            };
             debug_assert!(num_new > 0, "running seq {id} has nothing left to compute");
             if num_new == 0 {
                 continue;
@@ -322,6 +359,12 @@ impl Scheduler {
             self.admit_waiting(&mut budget, &mut scheduled);
         }
 
+        // Drafts are used once: scheduled now (or dropped for lack of budget).
+        for s in &scheduled {
+            if let Some(seq) = self.seqs.get_mut(&s.id) {
+                seq.spec_token_ids.clear();
+            }
+        }
         let total_tokens = scheduled.iter().map(ScheduledSeq::num_new_tokens).sum();
         debug_assert!(total_tokens <= self.config.max_num_batched_tokens);
         debug_assert!(scheduled.len() <= self.config.max_num_seqs);
@@ -396,6 +439,7 @@ impl Scheduler {
         let seq = self.seqs.get_mut(&id).expect("running ids are live");
         seq.status = SeqStatus::Preempted;
         seq.num_computed_tokens = 0;
+        seq.spec_token_ids.clear();
         seq.num_preemptions += 1;
         self.num_preemptions += 1;
         self.waiting.push(seq);
@@ -425,12 +469,19 @@ impl Scheduler {
         for s in &out.seqs {
             let Some(seq) = live(s) else { continue };
             if seq.num_computed_tokens != s.num_computed_tokens
-                || s.context_len() > seq.num_tokens()
+                || s.context_len() - s.num_spec_tokens > seq.num_tokens()
             {
                 return Err(SchedulerError::StaleOutput(s.id));
             }
             if s.samples_this_step && sampled.get(&s.id).is_none_or(|t| t.is_empty()) {
                 return Err(SchedulerError::MissingSample(s.id));
+            }
+            // Verification yields the accepted drafts plus one token, never more.
+            if sampled
+                .get(&s.id)
+                .is_some_and(|t| t.len() > s.num_spec_tokens + 1)
+            {
+                return Err(SchedulerError::StaleOutput(s.id));
             }
         }
 
@@ -443,26 +494,39 @@ impl Scheduler {
             else {
                 continue;
             };
-            seq.num_computed_tokens += s.num_new_tokens();
-            self.kv.cache_full_blocks(
-                s.id,
-                &seq.token_ids[..seq.num_computed_tokens],
-                seq.cache_salt,
-            );
             if !s.samples_this_step {
+                seq.num_computed_tokens += s.num_new_tokens();
+                self.kv.cache_full_blocks(
+                    s.id,
+                    &seq.token_ids[..seq.num_computed_tokens],
+                    seq.cache_salt,
+                );
                 continue;
             }
+            let tokens = sampled[&s.id];
+            // Rejected drafts roll back: only the accepted ones (all sampled tokens but the
+            // last, which equal the drafts they replace) are computed; their slots past that
+            // are overwritten later and never enter the prefix cache.
+            let num_accepted = tokens.len() - 1;
+            debug_assert!(tokens[..num_accepted] == s.spec_token_ids()[..num_accepted]);
+            let num_computed = s.context_len() - s.num_spec_tokens + num_accepted;
             let mut new_token_ids = Vec::new();
             let mut finish_reason = None;
-            for &t in sampled[&s.id] {
+            for &t in tokens {
                 seq.token_ids.push(t);
                 new_token_ids.push(t);
-                // Tokens past a stop (rejected speculation would be the only source) are dropped.
+                // Tokens past a stop (accepted drafts after an EOS) are dropped.
                 finish_reason = seq.check_stop(&self.eos_token_ids, self.max_model_len);
                 if finish_reason.is_some() {
                     break;
                 }
             }
+            seq.num_computed_tokens = num_computed.min(seq.token_ids.len());
+            self.kv.cache_full_blocks(
+                s.id,
+                &seq.token_ids[..seq.num_computed_tokens],
+                seq.cache_salt,
+            );
             let num_cached_prompt_tokens = seq.num_cached_prompt_tokens;
             if let Some(reason) = finish_reason {
                 self.finish(s.id, reason);
@@ -478,13 +542,20 @@ impl Scheduler {
     }
 }
 
+/// The step's share of `seq`: `num_new` tokens from its first uncomputed one, the tail of
+/// which may be its draft tokens.
 fn scheduled_seq(seq: &Sequence, num_new: usize, block_table: Vec<u32>) -> ScheduledSeq {
     let start = seq.num_computed_tokens;
+    let end = (start + num_new).min(seq.num_tokens());
+    let num_spec_tokens = start + num_new - end;
+    let mut new_token_ids = seq.token_ids[start..end].to_vec();
+    new_token_ids.extend_from_slice(&seq.spec_token_ids[..num_spec_tokens]);
     ScheduledSeq {
         id: seq.id,
-        new_token_ids: seq.token_ids[start..start + num_new].to_vec(),
+        new_token_ids,
         num_computed_tokens: start,
         block_table,
-        samples_this_step: start + num_new == seq.num_tokens(),
+        samples_this_step: end == seq.num_tokens(),
+        num_spec_tokens,
     }
 }

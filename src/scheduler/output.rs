@@ -18,6 +18,10 @@ pub struct ScheduledSeq {
     /// After this step the sequence has computed all its tokens, so the step yields logits and
     /// a sampled token for it; false for a prefill chunk that is not the last.
     pub samples_this_step: bool,
+    /// The last `num_spec_tokens` of `new_token_ids` are draft tokens (speculative decoding):
+    /// the step verifies them, yielding logits for `num_spec_tokens + 1` positions and between
+    /// 1 and `num_spec_tokens + 1` sampled tokens. They are not tokens of the sequence yet.
+    pub num_spec_tokens: usize,
 }
 
 impl ScheduledSeq {
@@ -25,9 +29,24 @@ impl ScheduledSeq {
         self.new_token_ids.len()
     }
 
-    /// Tokens in context once this step is computed (the attention's `context_len`).
+    /// Tokens in context once this step is computed (the attention's `context_len`), drafts
+    /// included.
     pub fn context_len(&self) -> usize {
         self.num_computed_tokens + self.new_token_ids.len()
+    }
+
+    /// The draft tokens being verified.
+    pub fn spec_token_ids(&self) -> &[u32] {
+        &self.new_token_ids[self.new_token_ids.len() - self.num_spec_tokens..]
+    }
+
+    /// Logits rows the step yields for this sequence: one per verified position.
+    pub fn num_logit_rows(&self) -> usize {
+        if self.samples_this_step {
+            self.num_spec_tokens + 1
+        } else {
+            0
+        }
     }
 }
 

@@ -35,6 +35,9 @@ pub struct Sequence {
     pub(super) cache_salt: u64,
     pub(super) num_cached_prompt_tokens: usize,
     pub(super) num_preemptions: u32,
+    /// Draft tokens proposed for the next step (speculative decoding): scheduled after the
+    /// sequence's last token and verified in the same forward; never part of `token_ids`.
+    pub(super) spec_token_ids: Vec<u32>,
 }
 
 impl Sequence {
@@ -51,6 +54,7 @@ impl Sequence {
             cache_salt: 0,
             num_cached_prompt_tokens: 0,
             num_preemptions: 0,
+            spec_token_ids: Vec::new(),
         }
     }
 
@@ -125,6 +129,11 @@ impl Sequence {
 
     pub fn num_preemptions(&self) -> u32 {
         self.num_preemptions
+    }
+
+    /// Draft tokens waiting to be verified in the next step.
+    pub fn spec_token_ids(&self) -> &[u32] {
+        &self.spec_token_ids
     }
 
     /// Only its latest token is left to compute: the next step is a decode.

@@ -238,6 +238,47 @@ impl Metrics {
         self.prefix_hits.absolute(s.prefix_cache.hits);
         self.prefix_hit_rate.set(s.prefix_cache_hit_rate());
         self.preemptions.absolute(s.num_preemptions);
+        if let Some(spec) = &stats.spec {
+            self.refresh_spec(spec);
+        }
+    }
+
+    /// vLLM's `spec_decode_*` counters, registered once speculation is on.
+    fn refresh_spec(&self, s: &crate::spec::SpecStats) {
+        let counter = |name: &'static str, help: &'static str, labels: Vec<Label>| {
+            self.recorder
+                .describe_counter(KeyName::from_const_str(name), None, help.into());
+            let mut all = vec![self.model.clone()];
+            all.extend(labels);
+            self.recorder
+                .register_counter(&Key::from_parts(name, all), &META)
+        };
+        counter(
+            "flare:spec_decode_num_drafts_total",
+            "Verifications of speculative draft tokens (one per sequence and step).",
+            vec![],
+        )
+        .absolute(s.num_drafts);
+        counter(
+            "flare:spec_decode_num_draft_tokens_total",
+            "Draft tokens proposed and verified.",
+            vec![],
+        )
+        .absolute(s.num_draft_tokens);
+        counter(
+            "flare:spec_decode_num_accepted_tokens_total",
+            "Draft tokens accepted.",
+            vec![],
+        )
+        .absolute(s.num_accepted_tokens);
+        for (i, &n) in s.accepted_per_position.iter().enumerate() {
+            counter(
+                "flare:spec_decode_num_accepted_tokens_per_pos_total",
+                "Draft tokens accepted at each position of a proposal (0-based).",
+                vec![Label::new("position", i.to_string())],
+            )
+            .absolute(n);
+        }
     }
 
     pub fn render(&self) -> String {

@@ -54,7 +54,11 @@ impl ModelRunner for SlowRunner {
         self.inner.remove_sequence(id);
     }
 
-    fn execute(&mut self, out: &SchedulerOutput) -> anyhow::Result<ModelRunnerOutput> {
+    fn execute(
+        &mut self,
+        out: &SchedulerOutput,
+        _: &dyn flare::runner::SeqTokens,
+    ) -> anyhow::Result<ModelRunnerOutput> {
         std::thread::sleep(self.delay);
         self.inner.execute(out)
     }

@@ -104,3 +104,20 @@ pub fn latency(m: &LatencyMetrics) {
     );
     println!("{}", "=".repeat(50));
 }
+
+/// Speculative decoding over a run: acceptance rate and mean accepted length.
+pub fn speculation(s: &flare::spec::SpecStats) {
+    section("Speculative Decoding", '-');
+    row("Drafts (verifications):", s.num_drafts);
+    row("Draft tokens:", s.num_draft_tokens);
+    row("Accepted draft tokens:", s.num_accepted_tokens);
+    row("Acceptance rate:", format!("{:.3}", s.acceptance_rate()));
+    row(
+        "Mean accepted length:",
+        format!("{:.3}", s.mean_accepted_length()),
+    );
+    row(
+        "Accepted per position:",
+        format!("{:?}", s.accepted_per_position),
+    );
+}

@@ -20,6 +20,16 @@ pub struct ThroughputArgs {
     /// ShareGPT-style JSON/JSONL prompts instead of random ones.
     #[arg(long, value_name = "FILE")]
     pub dataset_path: Option<PathBuf>,
+    /// A built-in dataset instead of random prompts: `grounded` (quote, rewrite or edit text
+    /// given in the prompt; the workload of prompt-lookup speculation).
+    #[arg(long, conflicts_with = "dataset_path")]
+    pub dataset: Option<String>,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    /// Let requests end at EOS (default: EOS is ignored, every request yields --output-len).
+    #[arg(long)]
+    pub no_ignore_eos: bool,
     /// Prompt tokens of each random prompt.
     #[arg(long, default_value_t = 128)]
     pub input_len: usize,
@@ -69,8 +79,14 @@ pub fn run(args: ThroughputArgs) -> Result<()> {
     for point in points {
         let mut loaded = common::load_engine(&args.model, point)?;
         let tok = loaded.tokenizer.clone();
-        let requests = match &args.dataset_path {
-            Some(path) => file_requests(
+        let requests = match (&args.dataset_path, args.dataset.as_deref()) {
+            (_, Some("grounded")) => flare::bench::grounded::grounded_requests(
+                &tok,
+                args.num_prompts,
+                args.output_len.unwrap_or(DEFAULT_OUTPUT_LEN),
+            )?,
+            (_, Some(other)) => anyhow::bail!("unknown --dataset `{other}` (grounded)"),
+            (Some(path), None) => file_requests(
                 &*tok,
                 path,
                 &FileSpec {
@@ -79,7 +95,7 @@ pub fn run(args: ThroughputArgs) -> Result<()> {
                     seed: args.seed,
                 },
             )?,
-            None => random_requests(
+            (None, None) => random_requests(
                 &*tok,
                 &RandomSpec {
                     num_prompts: args.num_prompts,
@@ -96,13 +112,23 @@ pub fn run(args: ThroughputArgs) -> Result<()> {
             args.out.no_progress,
             &format!("max_num_seqs {max_num_seqs}"),
         );
-        let (mut metrics, records) = flare::bench::offline::run_throughput_with(
+        let spec_before = loaded.engine.spec_stats().cloned();
+        let (mut metrics, records) = flare::bench::offline::run_throughput_sampled(
             &mut loaded.engine,
             &requests,
             constraint.as_ref(),
+            flare::bench::offline::BenchSampling {
+                temperature: args.temperature,
+                ignore_eos: !args.no_ignore_eos,
+            },
             &pb,
         )?;
         pb.finish_and_clear();
+        if let (Some(after), Some(before)) = (loaded.engine.spec_stats(), &spec_before) {
+            let s = after.since(before);
+            metrics.spec = Some(s.clone());
+            report::speculation(&s);
+        }
         let masks = loaded.engine.runner().mask_stats();
         metrics.grammar_masks = masks.masks;
         metrics.grammar_mask_s = masks.seconds;
@@ -118,14 +144,17 @@ pub fn run(args: ThroughputArgs) -> Result<()> {
         config.get_or_insert_with(|| {
             json!({
                 "engine": common::model_config(&args.model, &loaded),
-                "dataset": args.dataset_path.as_ref().map_or("random".into(), |p| p.display().to_string()),
+                "dataset": args.dataset.clone().unwrap_or_else(|| args.dataset_path.as_ref().map_or("random".into(), |p| p.display().to_string())),
+                "temperature": args.temperature,
+                "ignore_eos": !args.no_ignore_eos,
+                "speculative_config": args.model.speculative_config,
                 "input_len": args.input_len,
                 "output_len": args.output_len.unwrap_or(DEFAULT_OUTPUT_LEN),
                 "num_prompts": args.num_prompts,
                 "range_ratio": args.range_ratio,
                 "seed": args.seed,
                 "sweep_max_num_seqs": args.out.sweep_concurrency,
-                "sampling": "temperature 1.0, ignore_eos, seed = request index",
+                "sampling": "seed = request index",
                 "json_schema": args.json_schema.as_ref().map(|p| p.display().to_string()),
             })
         });
