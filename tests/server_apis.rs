@@ -409,7 +409,7 @@ async fn reasoning_items_and_thinking_blocks() {
     let plain = mock_server(config(), MockOpts::default()).await;
     let c = client();
     let msg = json!([{"role": "user", "content": "Think."}]);
-    let thinking = json!({"max_tokens": 64, "messages": msg, "thinking": {"type": "enabled", "budget_tokens": 32}});
+    let thinking = json!({"max_tokens": 64, "messages": msg, "thinking": {"type": "adaptive"}});
     let (s, e) = post(&c, &plain.url("/v1/messages"), thinking.clone()).await;
     assert_eq!(s, 400, "{e}");
     assert!(
@@ -450,6 +450,17 @@ async fn reasoning_items_and_thinking_blocks() {
         .collect();
     assert_eq!(reasoning, ALPHABET);
 
+    // A thinking budget is not enforced, so it is refused by name rather than ignored.
+    let budgeted = json!({"max_tokens": 64, "messages": msg, "thinking": {"type": "enabled", "budget_tokens": 32}});
+    let (s, e) = post(&c, &server.url("/v1/messages"), budgeted).await;
+    assert_eq!(s, 400, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("thinking.budget_tokens"),
+        "{e}"
+    );
     let (s, m) = post(&c, &server.url("/v1/messages"), thinking.clone()).await;
     assert_eq!(s, 200, "{m}");
     assert_eq!(m["content"][0]["type"], "thinking");

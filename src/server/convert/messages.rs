@@ -231,6 +231,14 @@ pub fn wants_thinking(req: &MessagesRequest) -> Result<bool, ApiError> {
     match req.thinking.as_ref().filter(|t| !t.is_null()) {
         None => Ok(false),
         Some(t) => match t.get("type").and_then(Value::as_str) {
+            Some("enabled") if t.get("budget_tokens").is_some_and(|b| !b.is_null()) => {
+                Err(invalid(
+                    "thinking.budget_tokens",
+                    "`thinking.budget_tokens` is not enforced by this server: use \
+                     `{\"type\": \"adaptive\"}` (reasoning comes back as thinking blocks, \
+                     bounded by `max_tokens` only).",
+                ))
+            }
             Some("enabled") | Some("adaptive") => Ok(true),
             Some("disabled") => Ok(false),
             _ => Err(invalid(

@@ -41,8 +41,8 @@ pub struct MessagesRequest {
     #[schema(value_type = Option<Object>)]
     pub tool_choice: Option<Value>,
     pub stream: Option<bool>,
-    /// `{"type": "enabled", "budget_tokens"}` needs the server's `--reasoning-parser`; the
-    /// reasoning then comes back as `thinking` blocks (the budget is not enforced).
+    /// `{"type": "adaptive"}` needs the server's `--reasoning-parser`; the reasoning then comes
+    /// back as `thinking` blocks. A `budget_tokens` is refused (not enforced).
     #[schema(value_type = Option<Object>)]
     pub thinking: Option<Value>,
     /// `{"format": {"type": "json_schema", "schema"}}`: structured output; `effort` is refused.
