@@ -7,7 +7,6 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use flare::eval::perplexity::{perplexity, PerplexityArgs};
 use flare::models::{load_model_quantized, source};
-use flare::tokenizer::Tokenizer;
 
 use super::common::ModelArgs;
 
@@ -53,16 +52,7 @@ fn run_perplexity(args: PerplexityCli) -> Result<()> {
         }
         _ => source::resolve(engine.model.as_deref(), engine.revision.as_deref())?,
     };
-    let tokenizer = match &files {
-        source::ModelFiles::HfDir(dir) => Tokenizer::from_hf_dir(dir)?,
-        source::ModelFiles::Gguf(path) => {
-            let mut f = std::fs::File::open(path)?;
-            let content = candle_core::quantized::gguf_file::Content::read(&mut f)
-                .with_context(|| format!("reading {}", path.display()))?;
-            Tokenizer::from_gguf(&content)?
-        }
-        source::ModelFiles::Dummy(_) => unreachable!(),
-    };
+    let tokenizer = flare::engine::builder::load_tokenizer(&files)?;
     let t = Instant::now();
     let model = load_model_quantized(
         &files,

@@ -180,7 +180,8 @@ pub fn build_engine(args: &EngineArgs) -> Result<LoadedEngine> {
     })
 }
 
-fn load_tokenizer(files: &source::ModelFiles) -> Result<Tokenizer> {
+/// The tokenizer that comes with a model's files (tokenizer.json, GGUF metadata or a dummy's).
+pub fn load_tokenizer(files: &source::ModelFiles) -> Result<Tokenizer> {
     Ok(match files {
         source::ModelFiles::HfDir(dir) => Tokenizer::from_hf_dir(dir)?,
         source::ModelFiles::Gguf(path) => {
