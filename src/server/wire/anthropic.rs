@@ -53,11 +53,11 @@ pub struct MessagesRequest {
     pub metadata: Option<Value>,
     /// Accepted and ignored.
     pub service_tier: Option<String>,
-    /// Not implemented (MCP connector): refused when set.
-    #[schema(value_type = Option<Object>)]
+    /// Not implemented (MCP connector): refused when set (only null).
+    #[schema(value_type = Option<()>)]
     pub mcp_servers: Option<Value>,
-    /// Not implemented (code execution containers): refused when set.
-    #[schema(value_type = Option<Object>)]
+    /// Not implemented (code execution containers): refused when set (only null).
+    #[schema(value_type = Option<()>)]
     pub container: Option<Value>,
 }
 

@@ -61,19 +61,30 @@ pub struct ResponsesRequest {
     /// Not implemented: refused when true.
     pub background: Option<bool>,
     /// Only `disabled` is served.
+    #[schema(value_type = Option<TruncationDisabled>)]
     pub truncation: Option<String>,
-    /// Not implemented: refused when set.
+    /// Not implemented: refused unless 0.
+    #[schema(minimum = 0, maximum = 0)]
     pub top_logprobs: Option<i64>,
     /// Not implemented: refused when not empty.
+    #[schema(max_items = 0)]
     pub include: Option<Vec<String>>,
-    /// Not implemented: refused when set.
+    /// Not implemented: refused when set (only null).
+    #[schema(value_type = Option<()>)]
     pub max_tool_calls: Option<i64>,
-    /// Not implemented: refused when set.
-    #[schema(value_type = Option<Object>)]
+    /// Not implemented: refused when set (only null).
+    #[schema(value_type = Option<()>)]
     pub conversation: Option<Value>,
-    /// Not implemented (stored prompts): refused when set.
-    #[schema(value_type = Option<Object>)]
+    /// Not implemented (stored prompts): refused when set (only null).
+    #[schema(value_type = Option<()>)]
     pub prompt: Option<Value>,
+}
+
+/// `truncation`: only `disabled` is served.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TruncationDisabled {
+    Disabled,
 }
 
 /// One output item.
