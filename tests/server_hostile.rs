@@ -574,3 +574,62 @@ async fn slow_and_idle_clients_are_cut_off_while_others_are_served() {
     assert_eq!(get(&c, &server.url("/health")).await.0, 200);
     assert!(server.stop().await);
 }
+
+/// Shutdown does not wait on connections that never got a request through (connected and
+/// silent, or headers half sent), however long their header timer: they are closed at once.
+/// Kept-alive idle connections close too, and a request in flight is answered in full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_connections_without_a_request_and_finishes_the_rest() {
+    let cfg = flare::server::ServerConfig {
+        header_read_timeout: Duration::from_secs(600),
+        ..config()
+    };
+    let opts = MockOpts {
+        step_delay: Duration::from_millis(40),
+        ..MockOpts::default()
+    };
+    let server = mock_server(cfg, opts).await;
+    let c = client();
+    let addr = server.base.strip_prefix("http://").unwrap().to_string();
+    // A kept-alive connection now idle in the client's pool.
+    assert_eq!(get(&c, &server.url("/health")).await.0, 200);
+    let (silent_r, _silent_w) = tokio::net::TcpStream::connect(&addr)
+        .await
+        .unwrap()
+        .into_split();
+    let mut half = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    half.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let (half_r, _half_w) = half.into_split();
+    // A request in flight when shutdown begins.
+    let in_flight = {
+        let (c, url) = (c.clone(), server.url("/v1/chat/completions"));
+        tokio::spawn(async move { post(&c, &url, chat_body(json!({}))).await })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while metric(&metrics(&c, &server).await, "flare:num_requests_running") != Some(1.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The drain is bounded at 10 s; before the fix these two held it for their 600 s timer.
+    assert!(
+        server.stop().await,
+        "the drain waited on connections that sent no request"
+    );
+    let (status, v) = in_flight.await.unwrap();
+    assert_eq!(
+        (status, v["choices"][0]["message"]["content"].clone()),
+        (200, json!(ALPHABET)),
+        "the request in flight is answered in full"
+    );
+    for r in [silent_r, half_r] {
+        let got = tokio::time::timeout(Duration::from_secs(30), read_until_closed(r))
+            .await
+            .expect("closed at shutdown");
+        assert!(got.is_empty(), "{got}");
+    }
+}
