@@ -243,7 +243,7 @@ pub fn wants_thinking(req: &MessagesRequest) -> Result<bool, ApiError> {
             Some("disabled") => Ok(false),
             _ => Err(invalid(
                 "thinking.type",
-                "`thinking.type` must be enabled or disabled.",
+                "`thinking.type` must be enabled, adaptive or disabled.",
             )),
         },
     }

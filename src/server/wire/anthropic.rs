@@ -43,7 +43,7 @@ pub struct MessagesRequest {
     pub stream: Option<bool>,
     /// `{"type": "adaptive"}` needs the server's `--reasoning-parser`; the reasoning then comes
     /// back as `thinking` blocks. A `budget_tokens` is refused (not enforced).
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<ThinkingDoc>)]
     pub thinking: Option<Value>,
     /// `{"format": {"type": "json_schema", "schema"}}`: structured output; `effort` is refused.
     #[schema(value_type = Option<Object>)]
@@ -129,4 +129,24 @@ pub struct AnthropicErrorBody {
     #[serde(rename = "type")]
     pub kind: String,
     pub message: String,
+}
+
+/// The shape `thinking` takes, for the OpenAPI document only (the handler reads the `Value`).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct ThinkingDoc {
+    #[serde(rename = "type")]
+    kind: ThinkingKindDoc,
+    /// Refused when set: the budget is not enforced (ask for `adaptive`).
+    #[schema(value_type = Option<()>)]
+    budget_tokens: Option<()>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+#[serde(rename_all = "lowercase")]
+enum ThinkingKindDoc {
+    Enabled,
+    Adaptive,
+    Disabled,
 }

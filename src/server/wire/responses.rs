@@ -14,7 +14,7 @@ pub struct ResponsesRequest {
     pub model: Option<String>,
     /// A string (one user message) or a list of items: messages (`role`, `content` as a string
     /// or `input_text`/`output_text` parts), `function_call` and `function_call_output`.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<ResponseInputDoc>)]
     pub input: Option<Value>,
     /// A system message placed first (not carried over by `previous_response_id`).
     pub instructions: Option<String>,
@@ -216,4 +216,13 @@ pub struct ResponseDeleted {
     /// Always `response`.
     pub object: String,
     pub deleted: bool,
+}
+
+/// The shape `input` takes, for the OpenAPI document only (the handler reads the `Value`).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+pub enum ResponseInputDoc {
+    Text(String),
+    Items(Vec<std::collections::BTreeMap<String, Value>>),
 }
