@@ -83,7 +83,14 @@ async fn serve_with_a_draft_model_answers_as_without_and_counts_drafts() {
         target.exists() && draft.exists(),
         "run `python3 models/fetch_smollm2.py --hf`"
     );
-    let args = ["--max-model-len", "512", "--kv-cache-memory", "67108864"];
+    let args = [
+        "--served-model-name",
+        "m",
+        "--max-model-len",
+        "512",
+        "--kv-cache-memory",
+        "67108864",
+    ];
     let base = FlareProcess::start(&target, &args, &[]).await;
     let want = answers(&base).await;
     drop(base);
