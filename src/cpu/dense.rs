@@ -22,7 +22,7 @@ const TILE: usize = 4;
 /// current rayon pool.
 pub fn matmul_few_rows(x: &[f32], m: usize, w: &[f32], n: usize, out: &mut [f32]) {
     assert!(m <= MAX_ROWS, "dense: {m} rows");
-    let k = if n == 0 { 0 } else { w.len() / n };
+    let k = w.len().checked_div(n).unwrap_or(0);
     assert_eq!(w.len(), n * k, "dense: w is not [n, k]");
     assert_eq!(x.len(), m * k, "dense: x is not [m, k]");
     assert_eq!(out.len(), m * n, "dense: out is not [m, n]");
