@@ -6,8 +6,10 @@
 #
 #   benches/spec_cpu.sh [OUTDIR]     (default benches/results/spec-cpu-<date>)
 # Knobs: THREADS (RAYON_NUM_THREADS, default 2), ROUNDS (default 2), ROUNDS16 (default 1), N1 (prompts at batch 1,
-# default 6), N16 (prompts at batch 16, default 32), OUTPUT_LEN (default 128), K (default 4),
-# FLARE (binary, default $CARGO_TARGET_DIR/release/flare or target/release/flare).
+# default 6), N16 (prompts at batch 16, default 32), OUTPUT_LEN (default 128), K (n-gram drafts,
+# default 4), DRAFT_K (draft-model drafts, default 5), FLARE (binary, default
+# $CARGO_TARGET_DIR/release/flare or target/release/flare). No variant sets
+# disable_by_batch_size: batch 16 shows the default pause rule (docs/SPECULATIVE.md).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -18,6 +20,7 @@ N1="${N1:-6}"
 N16="${N16:-32}"
 OUTPUT_LEN="${OUTPUT_LEN:-128}"
 K="${K:-4}"
+DRAFT_K="${DRAFT_K:-5}"
 FLARE="${FLARE:-${CARGO_TARGET_DIR:-target}/release/flare}"
 OUTDIR="${1:-benches/results/spec-cpu-$(date -u +%Y%m%d)}"
 MODELS="$HOME/.cache/flare/models"
@@ -29,7 +32,7 @@ export RAYON_NUM_THREADS="$THREADS"
 declare -A SPEC=(
   [off]=""
   [ngram]="{\"method\": \"ngram\", \"num_speculative_tokens\": $K, \"prompt_lookup_min\": 2, \"prompt_lookup_max\": 4}"
-  [draft]="{\"method\": \"draft\", \"model\": \"$DRAFT\", \"num_speculative_tokens\": 3}"
+  [draft]="{\"method\": \"draft\", \"model\": \"$DRAFT\", \"num_speculative_tokens\": $DRAFT_K}"
 )
 
 bench() { # variant batch num_prompts round
@@ -39,7 +42,7 @@ bench() { # variant batch num_prompts round
     --max-model-len 1024 --no-progress --save-result "$OUTDIR/$v-b$b-r$r.json")
   [ -n "${SPEC[$v]}" ] && args+=(--speculative-config "${SPEC[$v]}")
   {
-    echo "### $v batch $b round $r; $(date -u +%FT%TZ); uptime: $(uptime)"
+    echo "### $v batch $b round $r; $(date -u +%FT%TZ); git $(git rev-parse --short HEAD); uptime: $(uptime)"
     echo "### RAYON_NUM_THREADS=$THREADS ${args[*]}"
   } | tee -a "$OUTDIR/log.txt"
   "${args[@]}" 2>&1 | grep -v '^\s*$' | tee -a "$OUTDIR/log.txt"

@@ -1,8 +1,8 @@
 //! Speculative decoding through the whole engine on the real SmolLM2-135M (f32 target):
 //! greedy token ids are identical to no speculation with the n-gram proposer and with the
-//! Q4_1 GGUF copy as a draft model, alone, in a mixed batch of 16 where half the requests
-//! speculate (the other half are grammar-constrained, which never get drafts), and with a
-//! KV cache small enough that preemption happens.
+//! Q4_1 GGUF copy as a draft model, alone, in a mixed batch of 16 (half of them
+//! grammar-constrained, whose drafts are checked against the grammar position by position),
+//! and with a KV cache small enough that preemption happens.
 //!
 //! Needs `python3 models/fetch_smollm2.py --hf` (scripts/test.sh runs it).
 
@@ -53,15 +53,17 @@ fn engine_with_len(
     .unwrap()
 }
 
+// Both speculate at any batch size (the default pauses above a few running sequences on the
+// CPU), so that the batches of 16 verify drafts too.
 fn ngram() -> String {
-    r#"{"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 2, "prompt_lookup_max": 4}"#.into()
+    r#"{"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 2, "prompt_lookup_max": 4, "disable_by_batch_size": 64}"#.into()
 }
 
 fn draft() -> String {
     let gguf = source::default_gguf_path();
     assert!(gguf.exists(), "{} missing", gguf.display());
     format!(
-        r#"{{"method": "draft", "model": "{}", "num_speculative_tokens": 3}}"#,
+        r#"{{"method": "draft", "model": "{}", "num_speculative_tokens": 3, "disable_by_batch_size": 64}}"#,
         gguf.display()
     )
 }
@@ -82,6 +84,7 @@ struct Out {
     text: String,
     logprobs: Vec<flare::request::TokenLogprobs>,
     num_output_tokens: usize,
+    finish_reason: Option<flare::request::FinishReason>,
 }
 
 fn run_full(e: &mut LoadedEngine, reqs: &[(Vec<u32>, SamplingParams)]) -> Vec<Out> {
@@ -103,6 +106,7 @@ fn run_full(e: &mut LoadedEngine, reqs: &[(Vec<u32>, SamplingParams)]) -> Vec<Ou
             outs[i].text.push_str(&o.text);
             outs[i].logprobs.extend(o.logprobs);
             outs[i].num_output_tokens = o.num_output_tokens;
+            outs[i].finish_reason = o.finish_reason;
         }
     }
     assert_eq!(e.engine.scheduler().kv().num_free_blocks(), e.num_blocks);
@@ -181,7 +185,7 @@ fn greedy_alone_is_identical_with_ngram_and_draft() {
     }
 }
 
-/// 16 requests: 8 plain greedy ones speculate, 8 with a regex grammar get no drafts.
+/// 16 requests: 8 plain greedy ones, 8 with a regex grammar; both kinds speculate.
 #[test]
 fn greedy_mixed_batch_of_16_half_speculating_is_identical() {
     let mut base = engine(None, None);
@@ -260,6 +264,57 @@ fn a_draft_with_another_vocabulary_is_refused_at_load() {
     .expect("a draft with another vocabulary must be refused");
     let msg = format!("{err:#}");
     assert!(msg.contains("share the target's vocabulary"), "{msg}");
+}
+
+/// Grammar-constrained greedy requests speculate: each draft is verified under the grammar's
+/// mask in the state after the drafts accepted before it, so the output is token for token
+/// plain constrained decoding and valid under the grammar (regex and JSON schema).
+#[test]
+fn constrained_greedy_speculates_identically_and_validly() {
+    let mut base = engine(None, None);
+    let regex = "[A-Za-z ,.]{1,80}";
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {"sentence": {"type": "string", "maxLength": 90}},
+        "required": ["sentence"],
+        "additionalProperties": false
+    });
+    let reqs = vec![
+        (
+            chat(&base, PROMPTS[0]),
+            SamplingParams {
+                constraint: Some(Constraint::Regex(regex.into())),
+                ..greedy(40)
+            },
+        ),
+        (
+            chat(
+                &base,
+                "Answer in JSON with the key sentence. Repeat this sentence exactly: The quick brown fox jumps over the lazy dog.",
+            ),
+            SamplingParams {
+                constraint: Some(Constraint::JsonSchema(schema)),
+                ..greedy(60)
+            },
+        ),
+    ];
+    let want = run_full(&mut base, &reqs);
+    drop(base);
+    let whole = regex::Regex::new(&format!("^(?:{regex})$")).unwrap();
+    for spec in [ngram(), draft()] {
+        let mut e = engine(Some(&spec), None);
+        let got = run_full(&mut e, &reqs);
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g.ids, w.ids, "{spec}");
+            assert_eq!(g.finish_reason, w.finish_reason, "{spec}");
+        }
+        assert!(whole.is_match(&got[0].text), "{:?}", got[0].text);
+        let json: serde_json::Value =
+            serde_json::from_str(&got[1].text).unwrap_or_else(|e| panic!("{e}: {:?}", got[1].text));
+        assert!(json["sentence"].is_string(), "{json}");
+        // Only constrained requests ran, so these drafts were theirs.
+        assert_accepted_some(&e);
+    }
 }
 
 fn dirs_model(name: &str) -> std::path::PathBuf {

@@ -44,6 +44,22 @@ fn config_path() -> std::path::PathBuf {
 }
 
 fn engine(spec: bool) -> LoadedEngine {
+    // All 3000 requests run at once: speculate at any batch size.
+    let ngram = r#"{"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_min": 2, "prompt_lookup_max": 2, "disable_by_batch_size": 100000}"#;
+    engine_with(spec.then_some(ngram))
+}
+
+/// The same random model as its own draft (greedy drafts of a model with random weights:
+/// deterministic, so point masses, verified against the target's top-p distribution).
+fn engine_with_draft() -> LoadedEngine {
+    let spec = format!(
+        r#"{{"method": "draft", "model": "{}", "num_speculative_tokens": 2, "disable_by_batch_size": 100000}}"#,
+        config_path().display()
+    );
+    engine_with(Some(&spec))
+}
+
+fn engine_with(spec: Option<&str>) -> LoadedEngine {
     build_engine(&EngineArgs {
         model: Some(config_path().to_string_lossy().into_owned()),
         load_format: LoadFormat::Dummy,
@@ -53,12 +69,7 @@ fn engine(spec: bool) -> LoadedEngine {
             max_num_batched_tokens: 8192,
             ..SchedulerConfig::default()
         },
-        speculative: spec.then(|| {
-            SpecConfig::parse(
-                r#"{"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_min": 2, "prompt_lookup_max": 2}"#,
-            )
-            .unwrap()
-        }),
+        speculative: spec.map(|s| SpecConfig::parse(s).unwrap()),
         ..EngineArgs::default()
     })
     .unwrap()
@@ -258,4 +269,25 @@ fn speculative_sampling_keeps_the_distribution_and_a_wrong_rule_is_caught() {
     let mut off = engine(false);
     let (stat, crit) = chi_squared(&exact(&off), &sample(&mut off));
     assert!(stat < crit, "no speculation: chi2 {stat} >= {crit}");
+}
+
+/// Random sampling with a draft model: its drafts are verified with the same rejection rule,
+/// and the first three tokens keep the target's distribution.
+#[test]
+fn draft_model_sampling_keeps_the_distribution() {
+    let mut e = engine_with_draft();
+    let p = exact(&e);
+    let counts = sample(&mut e);
+    let s = e.engine.spec_stats().unwrap().clone();
+    assert!(s.num_drafts > NUM_SAMPLES / 2, "{s:?}");
+    assert!(
+        s.num_accepted_tokens > 0 && s.num_accepted_tokens < s.num_draft_tokens,
+        "{s:?}"
+    );
+    let (stat, crit) = chi_squared(&p, &counts);
+    eprintln!("draft model: chi2 {stat:.1}, critical {crit:.1}; {s:?}");
+    assert!(
+        stat < crit,
+        "speculation changed the distribution: chi2 {stat} >= {crit}"
+    );
 }

@@ -12,7 +12,7 @@ use flare::request::SamplingParams;
 use flare::runner::MockRunner;
 use flare::scheduler::config::SchedulerConfig;
 use flare::scheduler::{Scheduler, Sequence};
-use flare::spec::{ProposeInput, Proposer, SpecConfig, SpecDecoder};
+use flare::spec::{ProposeInput, Proposer, SpecConfig, SpecDecoder, SpecMethod};
 
 const VOCAB: u32 = 50;
 const EOS: u32 = 0;
@@ -53,10 +53,12 @@ impl Proposer for NoisyOracle {
 
 type Run = (Vec<Vec<u32>>, u64, Option<flare::spec::SpecStats>);
 
+/// Speculates whatever the load.
 fn run(spec: bool, num_blocks: usize) -> Run {
-    run_with(spec, num_blocks, None)
+    run_with(spec, num_blocks, Some(usize::MAX))
 }
 
+/// `disable_by_batch_size` None: the default rule of a CPU target.
 fn run_with(spec: bool, num_blocks: usize, disable_by_batch_size: Option<usize>) -> Run {
     let config = SchedulerConfig {
         block_size: 4,
@@ -71,7 +73,13 @@ fn run_with(spec: bool, num_blocks: usize, disable_by_batch_size: Option<usize>)
         let mut config =
             SpecConfig::parse(r#"{"method": "ngram", "num_speculative_tokens": 3}"#).unwrap();
         config.disable_by_batch_size = disable_by_batch_size;
-        SpecDecoder::new(config, Box::new(NoisyOracle))
+        if disable_by_batch_size.is_none() {
+            // A draft model's default: 16 verify rows, so at most 4 sequences with K = 3.
+            config.method = SpecMethod::Draft;
+            config.model = Some("the oracle".into());
+        }
+        let limit = config.pause_above(true);
+        (SpecDecoder::new(config, Box::new(NoisyOracle), true), limit)
     });
     let n = 12;
     for id in 0..n {
@@ -88,21 +96,22 @@ fn run_with(spec: bool, num_blocks: usize, disable_by_batch_size: Option<usize>)
     let mut steps = 0;
     while sched.has_unfinished() {
         let out = sched.schedule();
-        if let Some(d) = &mut decoder {
+        if let Some((d, _)) = &mut decoder {
             d.forget(out.preempted_ids.iter().chain(&out.finished_ids).copied());
         }
         assert!(out.total_tokens <= 64);
         let result = runner.execute(&out).unwrap();
-        if let Some(d) = &mut decoder {
+        if let Some((d, _)) = &mut decoder {
             d.record_step(&out, &result);
         }
         for u in sched.update_from_output(&out, &result).unwrap() {
             outs[u.id as usize].extend(u.new_token_ids);
         }
-        if let Some(d) = &mut decoder {
-            d.propose(&mut sched, |_| true).unwrap();
+        if let Some((d, _)) = &mut decoder {
+            d.propose(&mut sched).unwrap();
         }
-        if let Some(limit) = disable_by_batch_size {
+        if let Some((_, limit)) = decoder.as_ref() {
+            let limit = *limit;
             let drafting = sched
                 .running_ids()
                 .iter()
@@ -119,7 +128,7 @@ fn run_with(spec: bool, num_blocks: usize, disable_by_batch_size: Option<usize>)
     }
     assert_eq!(sched.kv().num_free_blocks(), num_blocks);
     let preemptions = sched.stats().num_preemptions;
-    (outs, preemptions, decoder.map(|d| d.stats().clone()))
+    (outs, preemptions, decoder.map(|(d, _)| d.stats().clone()))
 }
 
 #[test]
@@ -148,6 +157,20 @@ fn drafts_are_verified_and_rolled_back_inside_the_one_rule() {
 fn speculation_pauses_above_disable_by_batch_size() {
     let (want, _, _) = run(false, 200);
     let (got, _, stats) = run_with(true, 200, Some(4));
+    assert_eq!(got, want);
+    let (_, _, all) = run(true, 200);
+    let (paused, all) = (stats.unwrap(), all.unwrap());
+    assert!(paused.num_drafts > 0, "speculates once few run: {paused:?}");
+    assert!(paused.num_drafts < all.num_drafts, "{paused:?} vs {all:?}");
+}
+
+/// Unset `disable_by_batch_size` on a CPU target with a draft model: the verify-row budget
+/// pauses speculation while more than 4 sequences run (4 x 4 rows) and lets it go on once few
+/// are left.
+#[test]
+fn speculation_pauses_by_default_at_high_load_on_the_cpu() {
+    let (want, _, _) = run(false, 200);
+    let (got, _, stats) = run_with(true, 200, None);
     assert_eq!(got, want);
     let (_, _, all) = run(true, 200);
     let (paused, all) = (stats.unwrap(), all.unwrap());

@@ -56,7 +56,8 @@ pub struct ModelArgs {
     pub quantization: Option<String>,
     /// Speculative decoding, vLLM's JSON: {"method": "ngram" | "draft", "model": PATH (draft),
     /// "num_speculative_tokens": K, "prompt_lookup_min": 2, "prompt_lookup_max": 4,
-    /// "disable_by_batch_size": N}.
+    /// "disable_by_batch_size": N}. Without disable_by_batch_size speculation pauses at high
+    /// load by a default per device and method (docs/SPECULATIVE.md).
     #[arg(long)]
     pub speculative_config: Option<String>,
 }

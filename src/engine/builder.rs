@@ -228,7 +228,11 @@ fn build_spec(
             Box::new(DraftModelProposer::new(forward, target_vocab, k)?)
         }
     };
-    Ok(SpecDecoder::new(config.clone(), proposer))
+    Ok(SpecDecoder::new(
+        config.clone(),
+        proposer,
+        args.device.is_cpu(),
+    ))
 }
 
 /// A draft proposes token ids, so they must mean the same text in both vocabularies.

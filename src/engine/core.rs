@@ -261,9 +261,7 @@ impl<R: ModelRunner> EngineCore<R> {
             outputs.push(out);
         }
         if let Some(spec) = &mut self.spec {
-            // Grammars are not speculated over: their sequences simply get no drafts, which
-            // changes nothing in their output.
-            spec.propose(&mut self.scheduler, |s| s.params().constraint.is_none())?;
+            spec.propose(&mut self.scheduler)?;
         }
         if self.check_invariants {
             if let Err(e) = self.check_invariants() {

@@ -115,6 +115,9 @@ impl Linear {
             None => x,
         };
         let y = match &self.weight {
+            Weight::Candle(QMatMul::Tensor(w)) if few_dense_rows(w, x) => x
+                .contiguous()?
+                .apply_op1_no_bwd(&FewRowsMatmul(w.clone()))?,
             Weight::Candle(w) => w.forward(x)?,
             Weight::Packed(w) => {
                 let dtype = x.dtype();
@@ -129,6 +132,62 @@ impl Linear {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
+    }
+}
+
+/// Whether dense f32 weights times a few rows use `cpu::dense` (opt-in, `FLARE_CPU_DENSE=on`:
+/// it changes the f32 decode arithmetic, and its speed-up under this session's load was within
+/// the noise; see docs/SPECULATIVE.md).
+fn use_dense_kernel() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        std::env::var("FLARE_CPU_DENSE").is_ok_and(|v| v == "on" || v == "1")
+            && crate::cpu::qgemm::available()
+    })
+}
+
+/// An f32 weight on the CPU times at most `dense::MAX_ROWS` f32 rows: our few-rows kernel
+/// (one pass over the weight, row results independent of M) when it is switched on.
+fn few_dense_rows(w: &Tensor, x: &Tensor) -> bool {
+    let k = x.dims().last().copied().unwrap_or(0);
+    w.device().is_cpu()
+        && w.dtype() == DType::F32
+        && x.dtype() == DType::F32
+        && w.is_contiguous()
+        && k > 0
+        && x.elem_count() / k <= crate::cpu::dense::MAX_ROWS
+        && use_dense_kernel()
+}
+
+/// `x @ W^T` by [`crate::cpu::dense::matmul_few_rows`]; `W` is `[out, in]` f32, contiguous.
+struct FewRowsMatmul(Tensor);
+
+impl CustomOp1 for FewRowsMatmul {
+    fn name(&self) -> &'static str {
+        "flare-dense-few-rows"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, k) = self.0.dims2()?;
+        let dims = l.shape().dims();
+        if dims.last() != Some(&k) {
+            candle_core::bail!("dense: input {dims:?} vs weight in {k}");
+        }
+        let (CpuStorage::F32(x), Some((a, b))) = (s, l.contiguous_offsets()) else {
+            candle_core::bail!("dense: needs contiguous f32 input");
+        };
+        let (storage, wl) = self.0.storage_and_layout();
+        let (candle_core::Storage::Cpu(CpuStorage::F32(w)), Some((wa, wb))) =
+            (&*storage, wl.contiguous_offsets())
+        else {
+            candle_core::bail!("dense: needs a contiguous f32 CPU weight");
+        };
+        let m = l.shape().elem_count() / k;
+        let mut out = vec![0f32; m * n];
+        crate::cpu::dense::matmul_few_rows(&x[a..b], m, &w[wa..wb], n, &mut out);
+        let mut od = dims.to_vec();
+        *od.last_mut().expect("non-scalar") = n;
+        Ok((CpuStorage::F32(out), Shape::from(od)))
     }
 }
 

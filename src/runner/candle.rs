@@ -10,7 +10,7 @@ use super::{ModelRunner, ModelRunnerOutput, SchedulerOutput, SeqTokens};
 use crate::guidance::GrammarMatcher;
 use crate::kv::manager::SeqId;
 use crate::request::{FinishReason, SamplingParams, TokenLogprobs};
-use crate::sample::{AcceptRule, SampleContext, SequenceSampler};
+use crate::sample::{AcceptRule, SampleContext, SampledToken, SequenceSampler};
 
 use crate::kv::KvCache;
 use crate::layers::attention::{AttnMetadata, SeqAttn};
@@ -215,7 +215,12 @@ impl CandleRunner {
                 .get(&s.id)
                 .is_some_and(|st| plain_greedy(st.sampler.params(), generated))
         });
-        if !all_greedy {
+        // Drafts of a constrained sequence are checked against the grammar one position at a
+        // time (`verify_under_grammar`), on the host.
+        let constrained_drafts = sampling
+            .iter()
+            .any(|s| s.num_spec_tokens > 0 && self.seqs[&s.id].grammar.is_some());
+        if !all_greedy || constrained_drafts {
             return Ok(None);
         }
         let (num_rows, vocab) = logits.dims2()?;
@@ -232,12 +237,6 @@ impl CandleRunner {
                 else {
                     continue;
                 };
-                // The engine proposes no drafts for constrained sequences: one row each.
-                anyhow::ensure!(
-                    s.num_spec_tokens == 0,
-                    "draft tokens for constrained sequence {}",
-                    s.id
-                );
                 row.fill(0.0);
                 if let Err(e) = grammar.apply_mask(&mut row) {
                     failed.insert(s.id, e);
@@ -360,20 +359,26 @@ impl ModelRunner for CandleRunner {
                 eos_token_ids: &self.eos_token_ids,
             };
             let sampled = if let Some(grammar) = state.grammar.as_mut() {
-                // The engine proposes no drafts for constrained sequences.
-                anyhow::ensure!(
-                    s.num_spec_tokens == 0,
-                    "draft tokens for constrained sequence {}",
-                    s.id
+                let verified = verify_under_grammar(
+                    &mut state.sampler,
+                    grammar,
+                    &rows,
+                    s.spec_token_ids(),
+                    &ctx,
+                    self.accept_rule,
                 );
-                let mut row = rows[0].to_vec();
-                if let Err(e) = grammar.apply_mask(&mut row) {
-                    end_ungrammatical(s.id, &self.eos_token_ids, e, &mut result);
-                    continue;
+                match verified {
+                    Ok((sampled, finished)) => {
+                        if let Some(reason) = finished {
+                            result.grammar_finished.push((s.id, reason));
+                        }
+                        sampled
+                    }
+                    Err(e) => {
+                        end_ungrammatical(s.id, &self.eos_token_ids, e, &mut result);
+                        continue;
+                    }
                 }
-                let sampled = state.sampler.sample(&row, &ctx);
-                commit_to_grammar(s.id, grammar, sampled.token, &mut result);
-                vec![sampled]
             } else if s.num_spec_tokens == 0 {
                 vec![state.sampler.sample(rows[0], &ctx)]
             } else {
@@ -412,6 +417,55 @@ fn end_ungrammatical(
     let eos = eos_token_ids.first().copied().unwrap_or(0);
     result.sampled.push((id, vec![eos]));
     result.grammar_finished.push((id, FinishReason::Abort));
+}
+
+/// Verifies a constrained sequence's drafts one position at a time: each row is masked by the
+/// grammar in the state after the tokens accepted before it, verified, and the emitted token
+/// committed, so the matcher only ever sees tokens that are output (nothing to roll back). A
+/// draft the grammar forbids has probability 0 under the masked row and is rejected; the
+/// tokens are those plain constrained sampling would give (greedy: identical). Returns the
+/// emitted tokens and, when the grammar ended on one of them, how the sequence finishes; an
+/// error when the mask fails before any token was emitted.
+fn verify_under_grammar(
+    sampler: &mut SequenceSampler,
+    grammar: &mut GrammarMatcher,
+    rows: &[&[f32]],
+    drafts: &[u32],
+    ctx: &SampleContext,
+    rule: AcceptRule,
+) -> Result<(Vec<SampledToken>, Option<FinishReason>), String> {
+    let mut outputs = ctx.output_tokens.to_vec();
+    let mut out = Vec::with_capacity(rows.len());
+    for (j, &raw) in rows.iter().enumerate() {
+        let mut row = raw.to_vec();
+        if let Err(e) = grammar.apply_mask(&mut row) {
+            if out.is_empty() {
+                return Err(e);
+            }
+            // The tokens so far stand; the next step fails on the same mask and ends it.
+            break;
+        }
+        let c = SampleContext {
+            output_tokens: &outputs,
+            ..*ctx
+        };
+        let (sampled, accepted) = sampler.verify_one(&row, drafts.get(j).copied(), &c, rule);
+        let token = sampled.token;
+        out.push(sampled);
+        match grammar.commit(token) {
+            Ok(false) => {}
+            Ok(true) => return Ok((out, Some(FinishReason::Stop))),
+            Err(e) => {
+                tracing::warn!("structured output ended: {e}");
+                return Ok((out, Some(FinishReason::Abort)));
+            }
+        }
+        if !accepted {
+            break;
+        }
+        outputs.push(token);
+    }
+    Ok((out, None))
 }
 
 /// Advances the grammar past the sampled token; a complete grammar ends the sequence.

@@ -148,28 +148,44 @@ impl SequenceSampler {
                 output_tokens: &outputs,
                 ..*ctx
             };
-            let Some(&draft) = drafts.get(j) else {
-                out.push(self.sample(row, &c));
-                break;
-            };
-            let (log_z, top_logprobs) = self.process(row, &c);
-            let (token, accepted) = if self.params.is_greedy() {
-                let t = draw::argmax(&self.work);
-                (t, t == draft)
-            } else {
-                self.accept_or_resample(draft, rule)
-            };
-            out.push(SampledToken {
-                token,
-                logprob: row[token as usize] - log_z,
-                top_logprobs,
-            });
+            let (sampled, accepted) = self.verify_one(row, drafts.get(j).copied(), &c, rule);
+            outputs.push(sampled.token);
+            out.push(sampled);
             if !accepted {
                 break;
             }
-            outputs.push(token);
         }
         out
+    }
+
+    /// One position of [`verify_with`](Self::verify_with): `row` follows `ctx.output_tokens`
+    /// (which include the drafts accepted before it). With a draft, returns the draft if it is
+    /// accepted (true) or the token drawn in its place (false); without one (the row after the
+    /// last draft), a plainly sampled token and false. Callers that check drafts one at a time
+    /// (a grammar mask per position) stop at the first false.
+    pub fn verify_one(
+        &mut self,
+        row: &[f32],
+        draft: Option<u32>,
+        ctx: &SampleContext,
+        rule: AcceptRule,
+    ) -> (SampledToken, bool) {
+        let Some(draft) = draft else {
+            return (self.sample(row, ctx), false);
+        };
+        let (log_z, top_logprobs) = self.process(row, ctx);
+        let (token, accepted) = if self.params.is_greedy() {
+            let t = draw::argmax(&self.work);
+            (t, t == draft)
+        } else {
+            self.accept_or_resample(draft, rule)
+        };
+        let sampled = SampledToken {
+            token,
+            logprob: row[token as usize] - log_z,
+            top_logprobs,
+        };
+        (sampled, accepted)
     }
 
     /// One random verification: accept `draft` with its probability under the filtered

@@ -30,10 +30,24 @@ pub struct SpecConfig {
     #[serde(default = "default_lookup_max")]
     pub prompt_lookup_max: usize,
     /// With more running sequences than this, no drafts are proposed (at high load
-    /// verification costs more than it saves).
+    /// verification costs more than it saves). Unset: [`SpecConfig::pause_above`]'s default.
     #[serde(default)]
     pub disable_by_batch_size: Option<usize>,
 }
+
+/// Verify rows per step (running sequences x (K + 1)) up to which speculation still pays on
+/// the CPU, the default pause threshold when `disable_by_batch_size` is unset. The f32 target's
+/// forward costs about one row's time up to a few rows per sequence at batch 1, but at batch
+/// 16 it is compute-bound (3 rows per sequence cost 1.5x one), and a Q4_1 draft's forward at
+/// batch 16 costs 0.8x the f32 target's, so a draft step there is slower per token than plain
+/// decoding (benches/results/spec-cpu-*/ and docs/SPECULATIVE.md, "Where the time goes").
+pub const CPU_VERIFY_ROW_BUDGET_NGRAM: usize = 32;
+/// As [`CPU_VERIFY_ROW_BUDGET_NGRAM`] for a draft model, whose own forwards grow with the batch.
+pub const CPU_VERIFY_ROW_BUDGET_DRAFT: usize = 16;
+
+/// The same on a GPU, where a forward's cost is flat over far more rows (not measured yet:
+/// benches/spec_gpu.sh prints the verify-cost curve).
+pub const GPU_VERIFY_ROW_BUDGET: usize = 512;
 
 fn default_lookup_min() -> usize {
     2
@@ -65,6 +79,19 @@ impl SpecConfig {
             SpecMethod::Ngram => 0,
             SpecMethod::Draft => self.num_speculative_tokens,
         }
+    }
+
+    /// Speculation pauses while more sequences than this run: `disable_by_batch_size`, or by
+    /// default as many as fit the device's verify-row budget with K + 1 rows each (at least 1).
+    pub fn pause_above(&self, on_cpu: bool) -> usize {
+        self.disable_by_batch_size.unwrap_or_else(|| {
+            let budget = match (on_cpu, self.method) {
+                (true, SpecMethod::Ngram) => CPU_VERIFY_ROW_BUDGET_NGRAM,
+                (true, SpecMethod::Draft) => CPU_VERIFY_ROW_BUDGET_DRAFT,
+                (false, _) => GPU_VERIFY_ROW_BUDGET,
+            };
+            (budget / (self.num_speculative_tokens + 1)).max(1)
+        })
     }
 
     pub fn validate(&self) -> Result<(), SpecConfigError> {
@@ -110,11 +137,15 @@ mod tests {
         assert_eq!(c.method, SpecMethod::Ngram);
         assert_eq!((c.prompt_lookup_min, c.prompt_lookup_max), (2, 3));
         assert_eq!(c.disable_by_batch_size, Some(8));
+        assert_eq!((c.pause_above(true), c.pause_above(false)), (8, 8));
         let d = SpecConfig::parse(
             r#"{"method": "draft_model", "model": "m.gguf", "num_speculative_tokens": 3}"#,
         )
         .unwrap();
         assert_eq!(d.method, SpecMethod::Draft);
+        // Unset: the verify-row budget over K + 1 rows per sequence.
+        assert_eq!(d.pause_above(true), CPU_VERIFY_ROW_BUDGET_DRAFT / 4);
+        assert_eq!(d.pause_above(false), GPU_VERIFY_ROW_BUDGET / 4);
         for bad in [
             r#"{"method": "eagle", "num_speculative_tokens": 3}"#,
             r#"{"method": "ngram", "num_speculative_tokens": 0}"#,

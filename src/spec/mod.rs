@@ -107,14 +107,17 @@ impl SpecStats {
 /// The engine's speculation: a proposer, when to use it, and the counters.
 pub struct SpecDecoder {
     config: SpecConfig,
+    /// The target runs on the CPU (where the default pause threshold is measured).
+    on_cpu: bool,
     proposer: Box<dyn Proposer>,
     stats: SpecStats,
 }
 
 impl SpecDecoder {
-    pub fn new(config: SpecConfig, proposer: Box<dyn Proposer>) -> Self {
+    pub fn new(config: SpecConfig, proposer: Box<dyn Proposer>, on_cpu: bool) -> Self {
         Self {
             config,
+            on_cpu,
             proposer,
             stats: SpecStats::default(),
         }
@@ -152,18 +155,10 @@ impl SpecDecoder {
     }
 
     /// Proposes drafts for the running sequences that are decoding, unless more than
-    /// `disable_by_batch_size` run; `eligible` says which may speculate at all.
-    pub fn propose(
-        &mut self,
-        sched: &mut Scheduler,
-        eligible: impl Fn(&crate::scheduler::Sequence) -> bool,
-    ) -> anyhow::Result<()> {
+    /// [`SpecConfig::pause_above`] run.
+    pub fn propose(&mut self, sched: &mut Scheduler) -> anyhow::Result<()> {
         let running = sched.running_ids();
-        if self
-            .config
-            .disable_by_batch_size
-            .is_some_and(|n| running.len() > n)
-        {
+        if running.len() > self.config.pause_above(self.on_cpu) {
             return Ok(());
         }
         let k = self.config.num_speculative_tokens;
@@ -172,7 +167,6 @@ impl SpecDecoder {
             .iter()
             .filter_map(|&id| sched.get(id))
             .filter(|s| s.num_output_tokens() > 0 && s.num_computed_tokens() + 1 == s.num_tokens())
-            .filter(|s| eligible(s))
             .map(|s| {
                 let left = s
                     .params()
