@@ -234,7 +234,7 @@ fn greedy_on_device_with_grammar_masks_matches_the_host_sampler() {
         ),
     ];
     let run = |e: &mut LoadedEngine, on_device: bool| {
-        e.engine.runner_mut().set_greedy_on_device(on_device);
+        e.engine.runner_mut().set_sample_on_device(on_device);
         let ids: Vec<u64> = requests
             .iter()
             .map(|(p, c)| {

@@ -10,6 +10,7 @@ use super::{ModelRunner, ModelRunnerOutput, SchedulerOutput, SeqTokens};
 use crate::guidance::GrammarMatcher;
 use crate::kv::manager::SeqId;
 use crate::request::{FinishReason, SamplingParams, TokenLogprobs};
+use crate::sample::batched::BatchedSampler;
 use crate::sample::{AcceptRule, SampleContext, SequenceSampler};
 
 use crate::kv::KvCache;
@@ -124,9 +125,11 @@ pub struct CandleRunner {
     mask_stats: MaskStats,
     /// How drafts are verified: `Exact` except in tests that show their power.
     accept_rule: AcceptRule,
-    /// Greedy steps pick tokens on the logits' device even on the CPU (see
-    /// [`CandleRunner::set_greedy_on_device`]); on a GPU they always do.
-    greedy_on_device: bool,
+    /// Steps pick tokens with the batched sampler even on the CPU (see
+    /// [`CandleRunner::set_sample_on_device`]); on a GPU they always do.
+    sample_on_device: bool,
+    /// The batched sampler's tables, reused from step to step.
+    batched: BatchedSampler,
 }
 
 impl CandleRunner {
@@ -138,13 +141,14 @@ impl CandleRunner {
             num_constrained: 0,
             mask_stats: MaskStats::default(),
             accept_rule: AcceptRule::Exact,
-            greedy_on_device: false,
+            sample_on_device: false,
+            batched: BatchedSampler::new(),
         }
     }
 
-    /// Takes the device path for all-greedy steps on the CPU too (tests compare the paths).
-    pub fn set_greedy_on_device(&mut self, on: bool) {
-        self.greedy_on_device = on;
+    /// Takes the batched (device) sampling path on the CPU too (tests compare the paths).
+    pub fn set_sample_on_device(&mut self, on: bool) {
+        self.sample_on_device = on;
     }
 
     /// Replaces the lossless verification rule (tests showing that a wrong rule is caught).
@@ -199,23 +203,25 @@ impl CandleRunner {
         &self.forward
     }
 
-    /// A step whose every sequence is greedy (grammars and drafts allowed) picks its tokens
-    /// where the logits are: grammar masks go up as one u8 tensor, only token ids come back,
-    /// not `rows x vocab` f32 logits. None: some sequence needs the host sampler.
-    fn sample_greedy_on_device(
+    /// A step whose every sampling sequence the batched sampler handles (any sampling
+    /// settings and grammars; drafts for plain greedy sequences; no logprobs) picks its tokens
+    /// where the logits are: grammar masks go up as one u8 tensor, penalties and biases as a
+    /// sparse table, and only token ids come back, not `rows x vocab` f32 logits. None: some
+    /// sequence needs the host sampler.
+    fn sample_on_device(
         &mut self,
         out: &SchedulerOutput,
         seqs: &dyn SeqTokens,
         logits: &Tensor,
     ) -> Result<Option<ModelRunnerOutput>> {
         let sampling: Vec<_> = out.seqs.iter().filter(|s| s.samples_this_step).collect();
-        let all_greedy = sampling.iter().all(|s| {
+        let all_handled = sampling.iter().all(|s| {
             let generated = seqs.sequence(s.id).map_or(0, |q| q.num_output_tokens());
-            self.seqs
-                .get(&s.id)
-                .is_some_and(|st| plain_greedy(st.sampler.params(), generated))
+            self.seqs.get(&s.id).is_some_and(|st| {
+                BatchedSampler::handles(st.sampler.params(), s.num_spec_tokens, generated)
+            })
         });
-        if !all_greedy {
+        if !all_handled {
             return Ok(None);
         }
         let (num_rows, vocab) = logits.dims2()?;
@@ -253,7 +259,24 @@ impl CandleRunner {
                 .to_dtype(logits.dtype())?;
             logits = allowed.where_cond(&logits, &banned)?;
         }
-        let ids = crate::ops::sampling::argmax(&logits)?.to_vec1::<u32>()?;
+        let batch = &mut self.batched;
+        for s in &sampling {
+            let seq = seqs
+                .sequence(s.id)
+                .with_context(|| format!("sequence {} is not live", s.id))?;
+            let sampler = &self.seqs[&s.id].sampler;
+            let ctx = SampleContext {
+                prompt_tokens: seq.prompt_tokens(),
+                output_tokens: seq.output_tokens(),
+                eos_token_ids: &self.eos_token_ids,
+            };
+            // Draft rows are plain greedy (see `BatchedSampler::handles`): their context
+            // changes nothing but the position, which greedy rows do not use.
+            for _ in 0..s.num_logit_rows() {
+                batch.push_row(sampler.params(), sampler.seed(), &ctx);
+            }
+        }
+        let ids = batch.sample(&logits.to_dtype(DType::F32)?)?;
         let mut ids = ids.as_slice();
         let mut result = ModelRunnerOutput::default();
         for s in sampling {
@@ -328,8 +351,8 @@ impl ModelRunner for CandleRunner {
         let Some(logits) = self.logits_and_masks(out, &steps)? else {
             return Ok(ModelRunnerOutput::default());
         };
-        if self.greedy_on_device || !logits.device().is_cpu() {
-            if let Some(result) = self.sample_greedy_on_device(out, seqs, &logits)? {
+        if self.sample_on_device || !logits.device().is_cpu() {
+            if let Some(result) = self.sample_on_device(out, seqs, &logits)? {
                 return Ok(result);
             }
         }
@@ -455,18 +478,6 @@ pub fn logits_fault(row: &[f32]) -> Option<String> {
         return Some("every logit is -inf".into());
     }
     None
-}
-
-/// Greedy with nothing but a grammar mask changing the logits first and no logprobs wanted: the
-/// token is the argmax of the (masked) row.
-fn plain_greedy(p: &SamplingParams, generated: usize) -> bool {
-    p.is_greedy()
-        && p.logprobs.is_none()
-        && p.logit_bias.is_empty()
-        && p.repetition_penalty == 1.0
-        && p.frequency_penalty == 0.0
-        && p.presence_penalty == 0.0
-        && generated >= p.min_tokens
 }
 
 #[cfg(test)]
