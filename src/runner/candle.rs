@@ -1,11 +1,13 @@
 //! Runs one step of a ragged batch through a candle model over the paged KV cache, then samples.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
+use super::input_batch::InputBatch;
 use super::{ModelRunner, ModelRunnerOutput, SchedulerOutput, SeqTokens};
 use crate::guidance::GrammarMatcher;
 use crate::kv::manager::SeqId;
@@ -29,11 +31,16 @@ pub struct StepSeq<'a> {
     pub logit_rows: usize,
     /// Tokens of the sequence's prompt (see `SeqAttn::prompt_len`).
     pub prompt_len: usize,
+    /// The sequence, when its block table should persist between steps (see
+    /// [`InputBatch`]); None: copied for this step only.
+    pub seq_id: Option<SeqId>,
 }
 
 pub struct CandleForward {
     model: Box<dyn CausalLm>,
     kv: KvCache,
+    /// Block tables kept between steps (a lock only because `step` takes `&self`).
+    inputs: Mutex<InputBatch>,
 }
 
 impl CandleForward {
@@ -44,7 +51,11 @@ impl CandleForward {
         kv_dtype: DType,
     ) -> Result<Self> {
         let kv = model.new_kv_cache(num_blocks, block_size, kv_dtype)?;
-        Ok(Self { model, kv })
+        Ok(Self {
+            model,
+            kv,
+            inputs: Mutex::new(InputBatch::default()),
+        })
     }
 
     pub fn model(&self) -> &dyn CausalLm {
@@ -53,6 +64,15 @@ impl CandleForward {
 
     pub fn kv_cache(&self) -> &KvCache {
         &self.kv
+    }
+
+    /// Block-table entries copied into the persistent batch so far (appended blocks only,
+    /// unless a step's metadata was kept past the forward).
+    pub fn blocks_copied(&self) -> u64 {
+        self.inputs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .blocks_copied()
     }
 
     /// Computes one step; returns the wanted logits rows of every sequence, in order.
@@ -70,16 +90,21 @@ impl CandleForward {
     /// those slots are overwritten by a later step before anything reads them.
     pub fn step_logits(&self, seqs: &[StepSeq]) -> Result<Option<Tensor>> {
         let device = self.model.device();
+        let mut inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
         let mut ids = Vec::new();
         let mut metas = Vec::with_capacity(seqs.len());
         let mut rows = Vec::new();
         for s in seqs {
             let n = s.new_tokens.len();
+            let block_table = match s.seq_id {
+                Some(id) => inputs.lend(id, s.block_table),
+                None => s.block_table.to_vec(),
+            };
             metas.push(SeqAttn {
                 query_start: ids.len(),
                 query_len: n,
                 context_len: s.num_computed + n,
-                block_table: s.block_table.to_vec(),
+                block_table,
                 prompt_len: s.prompt_len,
             });
             ids.extend_from_slice(s.new_tokens);
@@ -94,6 +119,14 @@ impl CandleForward {
         let n = rows.len();
         let rows = Tensor::from_vec(rows, n, device)?;
         let logits = self.model.forward(&tokens, &meta, &self.kv, &rows)?;
+        // The tables go back to the persistent batch for the next step.
+        if let Some(tables) = InputBatch::recover(meta.seqs) {
+            let lent = seqs
+                .iter()
+                .zip(tables)
+                .filter_map(|(s, t)| s.seq_id.map(|id| (id, t)));
+            inputs.take_back(lent);
+        }
         Ok((n > 0).then_some(logits))
     }
 }
@@ -346,6 +379,7 @@ impl ModelRunner for CandleRunner {
                 block_table: &s.block_table,
                 logit_rows: s.num_logit_rows(),
                 prompt_len: seqs.sequence(s.id).map_or(0, |q| q.num_prompt_tokens()),
+                seq_id: Some(s.id),
             })
             .collect();
         let Some(logits) = self.logits_and_masks(out, &steps)? else {
