@@ -168,7 +168,8 @@ impl RowParams {
 /// The CPU reference of one row of `sample_rows`: sorts where the kernel bisects.
 pub fn sample_row_reference(x: &[f32], p: &RowParams) -> u32 {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if !(p.temperature > 0.0) || !max.is_finite() {
+    // NaN temperature counts as greedy, as in the kernel.
+    if p.temperature.is_nan() || p.temperature <= 0.0 || !max.is_finite() {
         return reference(x, x.len())[0];
     }
     let scale = (1.0 / p.temperature).min(f32::MAX);
