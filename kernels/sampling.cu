@@ -98,11 +98,8 @@ __device__ __forceinline__ double philox_uniform(uint64_t seed, uint64_t positio
 
 __device__ __forceinline__ float bits_float(uint32_t u) { return __uint_as_float(u); }
 
-// Order-preserving map of floats to u32 (NaN are never counted: callers compare values).
-__device__ __forceinline__ uint32_t float_key(float f) {
-  const uint32_t u = __float_as_uint(f);
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
+// The inverse of the order-preserving map of floats to u32 (negative: all bits flipped;
+// positive: sign bit set), so that bisecting keys bisects values.
 __device__ __forceinline__ float key_float(uint32_t k) {
   return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
 }
