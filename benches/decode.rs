@@ -40,6 +40,7 @@ fn bench(name: &str, files: source::ModelFiles, device: &Device, prompt_len: usi
             block_table: &table,
             logit_rows: 1,
             prompt_len,
+            seq_id: None,
         }])
         .unwrap();
     let prefill_s = t1.elapsed().as_secs_f64();
@@ -54,6 +55,7 @@ fn bench(name: &str, files: source::ModelFiles, device: &Device, prompt_len: usi
                 block_table: &table,
                 logit_rows: 1,
                 prompt_len,
+                seq_id: None,
             }])
             .unwrap();
         tok = argmax(&out[0]);

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every GPU check of flare's CUDA backend in one go, on the GPU machine (CUDA 13 driver, no
 # Rust, no network): the CUDA test binaries (each kernel against its CPU reference, the model
-# on CUDA against transformers and the CPU, SmolLM2 bf16 greedy against the f32 reference),
-# SmolLM2 through the CLI on CUDA, and decode speed of the dummy Llama-3.1-8B at
+# on CUDA against transformers and the CPU, SmolLM2 bf16 greedy against the f32 reference;
+# the batched sampler's kernels against their CPU references and alone vs in a batch),
+# SmolLM2 through the CLI on CUDA (greedy, and seeded sampling on the device twice), and decode speed of the dummy Llama-3.1-8B at
 # batch 1 (with its memory roofline) and batch 32. Full logs go to LOGDIR; a table is printed
 # last. Usage (from the repository root): scripts/gpu_check.sh BUNDLE LOGDIR
 #
@@ -98,6 +99,23 @@ if [ -f "$gguf" ]; then
   row "SmolLM2 CUDA bf16 decode" "$(grep -o '[0-9.]* tok/s after the first token' "$logs/smollm2_cuda.err")"
 else
   row "SmolLM2 (GGUF not staged)" "missing"
+fi
+
+# 2b. Sampling on the device (issue 17: adjust_logits + sample_rows, Philox by seed and
+# position): a seeded top-k/top-p/min-p run twice gives the same text, and its decode speed
+# next to greedy's shows what the batched sampler costs per token.
+if [ -f "$gguf" ]; then
+  q="Write a short poem about the sea."
+  for i in 1 2; do
+    "$flare" generate "$gguf" --device cuda --dtype bf16 --chat --prompt "$q" --max-tokens 64 \
+      --temperature 0.8 --top-k 50 --top-p 0.9 --seed 7 --ignore-eos \
+      >"$logs/smollm2_cuda_seeded_$i.txt" 2>"$logs/smollm2_cuda_seeded_$i.err"
+  done
+  if [ -s "$logs/smollm2_cuda_seeded_1.txt" ] && cmp -s "$logs/smollm2_cuda_seeded_1.txt" "$logs/smollm2_cuda_seeded_2.txt"; then
+    row "SmolLM2 CUDA seeded sampling reproducible" "ok, $(grep -o '[0-9.]* tok/s after the first token' "$logs/smollm2_cuda_seeded_1.err")"
+  else
+    row "SmolLM2 CUDA seeded sampling reproducible" "FAIL (see smollm2_cuda_seeded_*)"
+  fi
 fi
 
 # 3. Dummy Llama-3.1-8B: batch 1 and batch 32 decode, and the memory roofline.

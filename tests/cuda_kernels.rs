@@ -232,6 +232,110 @@ fn argmax_matches_reference_with_ties() {
     }
 }
 
+/// Parameter rows of every kind: greedy, temperature, top-k, top-p, min-p, all three.
+fn sampling_params(rows: usize, step: u64) -> Vec<u32> {
+    use ops::sampling::RowParams;
+    let kinds = [
+        (0.0, 0, 1.0, 0.0),
+        (1.0, 0, 1.0, 0.0),
+        (0.7, 50, 1.0, 0.0),
+        (1.2, 0, 0.9, 0.0),
+        (1.0, 0, 1.0, 0.05),
+        (0.8, 40, 0.95, 0.02),
+    ];
+    (0..rows)
+        .flat_map(|r| {
+            let (temperature, top_k, top_p, min_p) = kinds[r % kinds.len()];
+            RowParams {
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                seed: 1000 + r as u64,
+                position: step * 7 + r as u64,
+            }
+            .to_words()
+        })
+        .collect()
+}
+
+#[test]
+fn sample_rows_matches_reference_and_is_batch_invariant() {
+    // The kernel bisects where the reference sorts, and its expf may differ from the host's
+    // by an ulp: a token may differ only where the draw falls on a CDF boundary (rare).
+    let dev = gpu();
+    let (rows, mut differ, mut total) = (12usize, 0, 0);
+    for vocab in [128_256usize, 49_152, 1000] {
+        for step in 0..8u64 {
+            let logits =
+                (Tensor::randn(0f32, 1f32, (rows, vocab), &Device::Cpu).unwrap() * 3.0).unwrap();
+            let words = sampling_params(rows, step);
+            let params = Tensor::from_vec(words.clone(), (rows, 8), &Device::Cpu).unwrap();
+            let want = ops::sampling::sample_rows(&logits, &params)
+                .unwrap()
+                .to_vec1::<u32>()
+                .unwrap();
+            let (gl, gp) = (
+                logits.to_device(&dev).unwrap(),
+                params.to_device(&dev).unwrap(),
+            );
+            let got = ops::sampling::sample_rows(&gl, &gp)
+                .unwrap()
+                .to_vec1::<u32>()
+                .unwrap();
+            differ += got.iter().zip(&want).filter(|(a, b)| a != b).count();
+            total += rows;
+            // Each row alone gives the token it got in the batch.
+            for r in [0, 3, 5, 11] {
+                let alone = ops::sampling::sample_rows(
+                    &gl.narrow(0, r, 1).unwrap(),
+                    &gp.narrow(0, r, 1).unwrap(),
+                )
+                .unwrap()
+                .to_vec1::<u32>()
+                .unwrap();
+                assert_eq!(alone[0], got[r], "row {r} alone, vocab {vocab}");
+            }
+        }
+    }
+    assert!(
+        differ * 100 <= total,
+        "{differ} of {total} tokens differ from the reference"
+    );
+}
+
+#[test]
+fn adjust_logits_matches_reference_exactly() {
+    use ops::sampling::{adjust_logits, ADJUST_ENTRY};
+    let dev = gpu();
+    let (rows, vocab) = (3usize, 5000usize);
+    let logits = Tensor::randn(0f32, 2f32, (rows, vocab), &Device::Cpu).unwrap();
+    let f = |x: f32| x.to_bits();
+    let entries: Vec<u32> = vec![
+        [0, 3, 0, f(1.5), f(1.0), f(0.0)],
+        [0, 4, 1, f(0.0), f(1.0), f(0.0)],
+        [1, 7, 0, f(0.0), f(1.3), f(0.0)],
+        [2, 8, 0, f(-0.5), f(2.0), f(0.7)],
+        [2, 99_999, 0, f(5.0), f(1.0), f(0.0)],
+    ]
+    .concat();
+    let n = entries.len() / ADJUST_ENTRY;
+    let e = Tensor::from_vec(entries, (n, ADJUST_ENTRY), &Device::Cpu).unwrap();
+    let want = adjust_logits(&logits, &e)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let got = adjust_logits(
+        &logits.to_device(&dev).unwrap(),
+        &e.to_device(&dev).unwrap(),
+    )
+    .unwrap()
+    .to_vec2::<f32>()
+    .unwrap();
+    assert_eq!(got, want);
+    assert_eq!(want[0][4], f32::NEG_INFINITY);
+}
+
 /// A ragged batch: `(cached, new)` tokens per sequence, blocks drawn from a shuffled pool.
 fn batch(
     lens: &[(usize, usize)],

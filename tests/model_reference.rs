@@ -535,6 +535,7 @@ fn chunk_without_logits_still_writes_the_cache() {
         block_table: &table,
         logit_rows: 0,
         prompt_len: p.len(),
+        seq_id: None,
     };
     assert!(fwd.step(&[first]).unwrap().is_empty());
     let rest = StepSeq {
@@ -543,6 +544,7 @@ fn chunk_without_logits_still_writes_the_cache() {
         block_table: &table,
         logit_rows: 1,
         prompt_len: p.len(),
+        seq_id: None,
     };
     let got = fwd.step(&[rest]).unwrap();
     let d = max_abs(&got[0], fx.logits[2].last().unwrap());

@@ -137,6 +137,7 @@ fn exact(e: &LoadedEngine) -> HashMap<[u32; 3], f64> {
                 block_table: t,
                 logit_rows: 1,
                 prompt_len: p.len(),
+                seq_id: None,
             })
             .collect();
         fwd.step(&steps)

@@ -505,13 +505,179 @@ template <typename T> static void check_small() {
   }
 }
 
+
+// ---- batched sampling: a sort-based reference of sample_rows (the kernel bisects instead)
+struct SampleParams {
+  float temperature;
+  uint32_t top_k;
+  float top_p, min_p;
+  uint64_t seed, position;
+};
+
+static uint32_t argmax_reference(const float* x, int vocab) {
+  uint32_t best = 0;
+  float bv = -INFINITY;
+  for (int i = 0; i < vocab; ++i)
+    if (x[i] > bv) bv = x[i], best = i;
+  return best;
+}
+
+// Also returns, through `margin`, how close the draw's target came to a CDF boundary
+// (relative), so that a mismatch caused only by summation order can be told apart.
+static uint32_t sample_reference(const float* x, int vocab, const SampleParams& p, double* margin) {
+  *margin = 1.0;
+  float m = -INFINITY;
+  for (int i = 0; i < vocab; ++i) m = std::fmax(m, x[i]);
+  if (!(p.temperature > 0.f) || !std::isfinite(m)) return argmax_reference(x, vocab);
+  const float scale = std::fmin(1.f / p.temperature, 3.402823466e38f);
+  std::vector<float> sorted;
+  for (int i = 0; i < vocab; ++i)
+    if (x[i] > -INFINITY) sorted.push_back(x[i]);
+  std::sort(sorted.rbegin(), sorted.rend());
+  float min_logit = -INFINITY;
+  if (p.top_k > 0 && p.top_k < sorted.size()) min_logit = sorted[p.top_k - 1];
+  std::vector<float> w(vocab);
+  for (int i = 0; i < vocab; ++i) w[i] = x[i] >= min_logit ? std::exp((x[i] - m) * scale) : 0.f;
+  float min_w = 0.f;
+  if (p.top_p < 1.f) {
+    double total = 0;
+    for (float v : w) total += v;
+    std::vector<float> ws(w);
+    std::sort(ws.rbegin(), ws.rend());
+    const double target = ((double)p.top_p - 1e-6) * total;
+    double cum = 0;
+    for (float v : ws) {
+      cum += v;
+      min_w = v;
+      if (cum >= target) break;
+    }
+  }
+  if (p.min_p > 0.f) min_w = std::fmax(min_w, std::fmin(p.min_p, 1.f));
+  double total = 0;
+  for (float v : w)
+    if (v > 0.f && v >= min_w) total += v;
+  const double target = philox_uniform(p.seed, p.position) * total;
+  double cum = 0;
+  uint32_t last = 0;
+  for (int i = 0; i < vocab; ++i)
+    if (w[i] > 0.f && w[i] >= min_w) {
+      last = i;
+      const double before = cum;
+      cum += w[i];
+      *margin = std::min(*margin, std::fabs(before - target) / total);
+      if (cum > target) {
+        *margin = std::min(*margin, std::fabs(cum - target) / total);
+        return i;
+      }
+    }
+  return last;
+}
+
+static void check_sampling() {
+  {  // Philox4x32-10: Random123's known answers
+    uint32_t c[4] = {0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344};
+    philox4x32_10(c, 0xa4093822, 0x299f31d0);
+    const bool ok = c[0] == 0xd16cfe09 && c[1] == 0x94fdcceb && c[2] == 0x5001e420 && c[3] == 0x24126ea1;
+    if (!ok) failures++;
+    std::printf("%s philox4x32_10 known answer\n", ok ? "ok  " : "FAIL");
+  }
+  const int vocab = 1000;
+  const SampleParams kinds[] = {
+      {0.f, 0, 1.f, 0.f, 1, 0},        // greedy
+      {1.f, 0, 1.f, 0.f, 2, 0},        // plain temperature
+      {0.6f, 7, 1.f, 0.f, 3, 0},       // top-k
+      {1.3f, 0, 0.8f, 0.f, 4, 0},      // top-p
+      {1.f, 0, 1.f, 0.2f, 5, 0},       // min-p
+      {0.9f, 40, 0.9f, 0.05f, 6, 0},   // all three
+      {1.f, 3, 1.f, 0.f, 7, 0},        // top-k on a row with ties and -inf
+      {1.f, 0, 0.5f, 0.f, 8, 0},       // all -inf but one NaN: argmax
+  };
+  const int rows = sizeof(kinds) / sizeof(kinds[0]);
+  auto x = randn<float>(rows * vocab);
+  for (int i = 0; i < vocab; ++i) x[i] *= 3.f;  // sharper rows
+  for (int i = 0; i < vocab; ++i) x[6 * vocab + i] = i % 3 ? -INFINITY : float(i % 4);
+  for (int i = 0; i < vocab; ++i) x[7 * vocab + i] = i == 5 ? NAN : -INFINITY;
+  int mismatches = 0, close_calls = 0, launches = 0;
+  bool batch_ok = true;
+  for (uint64_t pos = 0; pos < 24; ++pos) {
+    std::vector<uint32_t> params(rows * 8);
+    for (int r = 0; r < rows; ++r) {
+      const SampleParams& k = kinds[r];
+      uint32_t* q = &params[r * 8];
+      std::memcpy(&q[0], &k.temperature, 4);
+      q[1] = k.top_k;
+      std::memcpy(&q[2], &k.top_p, 4);
+      std::memcpy(&q[3], &k.min_p, 4);
+      q[4] = uint32_t(k.seed), q[5] = uint32_t(k.seed >> 32);
+      q[6] = uint32_t(pos + 100 * r), q[7] = 0;
+    }
+    std::vector<uint32_t> out(rows, 0xdeadbeef);
+    emu::launch({unsigned(rows), 1, 1}, {SAMPLE_THREADS, 1, 1},
+                [&] { sample_rows_f32(x.data(), params.data(), vocab, out.data()); });
+    launches++;
+    for (int r = 0; r < rows; ++r) {
+      const SampleParams& k = kinds[r];
+      double margin;
+      const uint32_t want = sample_reference(&x[r * vocab], vocab, {k.temperature, k.top_k, k.top_p, k.min_p, k.seed, pos + 100 * r}, &margin);
+      if (out[r] != want) {
+        if (margin < 1e-9) close_calls++;
+        else {
+          mismatches++;
+          std::printf("  row %d pos %llu: kernel %u, reference %u\n", r, (unsigned long long)pos, out[r], want);
+        }
+      }
+    }
+    if (pos % 8 == 3) {  // the same row alone: the same token
+      for (int r = 1; r < rows; r += 2) {
+        uint32_t alone = 0xdeadbeef;
+        emu::launch({1, 1, 1}, {SAMPLE_THREADS, 1, 1},
+                    [&] { sample_rows_f32(&x[r * vocab], &params[r * 8], vocab, &alone); });
+        if (alone != out[r]) batch_ok = false;
+      }
+    }
+  }
+  if (mismatches || !batch_ok) failures++;
+  std::printf("%s sample_rows: %d launches x %d rows, %d mismatches, %d at a CDF boundary, batch-invariant %s\n",
+              mismatches || !batch_ok ? "FAIL" : "ok  ", launches, rows, mismatches, close_calls,
+              batch_ok ? "yes" : "NO");
+  {  // adjust_logits: bias, mask, repetition on both signs, frequency/presence, out-of-vocab ids
+    const int v = 50;
+    auto l = randn<float>(2 * v);
+    auto want = l;
+    auto f = [](float a) { uint32_t u; std::memcpy(&u, &a, 4); return u; };
+    std::vector<uint32_t> e = {
+        0, 3, 0, f(1.5f), f(1.f), f(0.f),      // bias only
+        0, 4, 1, f(0.f), f(1.f), f(0.f),       // masked
+        1, 7, 0, f(0.f), f(1.3f), f(0.f),      // repetition
+        1, 8, 0, f(-0.5f), f(2.f), f(0.7f),    // bias, repetition and frequency/presence
+        1, 99, 0, f(5.f), f(1.f), f(0.f),      // out of the vocabulary: ignored
+    };
+    auto rep = [](float x, float r) { return x > 0 ? x / r : x * r; };
+    want[3] += 1.5f;
+    want[4] = -INFINITY;
+    want[v + 7] = rep(want[v + 7], 1.3f);
+    want[v + 8] = rep(want[v + 8] - 0.5f, 2.f) - 0.7f;
+    emu::launch({1, 1, 1}, {128, 1, 1}, [&] { adjust_logits_f32(l.data(), e.data(), 5, v); });
+    const bool ok = std::memcmp(l.data(), want.data(), l.size() * 4) == 0;
+    if (!ok) failures++;
+    std::printf("%s adjust_logits\n", ok ? "ok  " : "FAIL");
+  }
+}
+
 int main(int argc, char** argv) {
-  // `check_kernels moe` runs only the MoE checks (quick while working on them).
+  // `check_kernels moe` runs only the MoE checks, `check_kernels sampling` only the sampling
+  // ones (quick while working on them).
   const bool only_moe = argc > 1 && std::string(argv[1]) == "moe";
+  if (argc > 1 && std::string(argv[1]) == "sampling") {
+    check_sampling();
+    std::printf("%s: %d failure(s)\n", failures ? "FAILED" : "all kernels ok", failures);
+    return failures ? 1 : 0;
+  }
   if (!only_moe) {
   check_small<__nv_bfloat16>();
   check_small<__half>();
   check_small<float>();
+  check_sampling();
   const std::vector<std::vector<std::pair<int, int>>> batches = {
       {{0, 1}, {15, 1}, {16, 1}, {100, 1}, {700, 1}},  // decode, split over KV
       {{0, 37}, {20, 1}, {64, 13}, {3, 1}},            // ragged prefill + decode

@@ -1,15 +1,18 @@
 //! Runs one step of a ragged batch through a candle model over the paged KV cache, then samples.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
+use super::input_batch::InputBatch;
 use super::{ModelRunner, ModelRunnerOutput, SchedulerOutput, SeqTokens};
 use crate::guidance::GrammarMatcher;
 use crate::kv::manager::SeqId;
 use crate::request::{FinishReason, SamplingParams, TokenLogprobs};
+use crate::sample::batched::BatchedSampler;
 use crate::sample::{AcceptRule, SampleContext, SampledToken, SequenceSampler};
 
 use crate::kv::KvCache;
@@ -28,11 +31,16 @@ pub struct StepSeq<'a> {
     pub logit_rows: usize,
     /// Tokens of the sequence's prompt (see `SeqAttn::prompt_len`).
     pub prompt_len: usize,
+    /// The sequence, when its block table should persist between steps (see
+    /// [`InputBatch`]); None: copied for this step only.
+    pub seq_id: Option<SeqId>,
 }
 
 pub struct CandleForward {
     model: Box<dyn CausalLm>,
     kv: KvCache,
+    /// Block tables kept between steps (a lock only because `step` takes `&self`).
+    inputs: Mutex<InputBatch>,
 }
 
 impl CandleForward {
@@ -43,7 +51,11 @@ impl CandleForward {
         kv_dtype: DType,
     ) -> Result<Self> {
         let kv = model.new_kv_cache(num_blocks, block_size, kv_dtype)?;
-        Ok(Self { model, kv })
+        Ok(Self {
+            model,
+            kv,
+            inputs: Mutex::new(InputBatch::default()),
+        })
     }
 
     pub fn model(&self) -> &dyn CausalLm {
@@ -52,6 +64,15 @@ impl CandleForward {
 
     pub fn kv_cache(&self) -> &KvCache {
         &self.kv
+    }
+
+    /// Block-table entries copied into the persistent batch so far (appended blocks only,
+    /// unless a step's metadata was kept past the forward).
+    pub fn blocks_copied(&self) -> u64 {
+        self.inputs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .blocks_copied()
     }
 
     /// Computes one step; returns the wanted logits rows of every sequence, in order.
@@ -69,16 +90,21 @@ impl CandleForward {
     /// those slots are overwritten by a later step before anything reads them.
     pub fn step_logits(&self, seqs: &[StepSeq]) -> Result<Option<Tensor>> {
         let device = self.model.device();
+        let mut inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
         let mut ids = Vec::new();
         let mut metas = Vec::with_capacity(seqs.len());
         let mut rows = Vec::new();
         for s in seqs {
             let n = s.new_tokens.len();
+            let block_table = match s.seq_id {
+                Some(id) => inputs.lend(id, s.block_table),
+                None => s.block_table.to_vec(),
+            };
             metas.push(SeqAttn {
                 query_start: ids.len(),
                 query_len: n,
                 context_len: s.num_computed + n,
-                block_table: s.block_table.to_vec(),
+                block_table,
                 prompt_len: s.prompt_len,
             });
             ids.extend_from_slice(s.new_tokens);
@@ -93,6 +119,14 @@ impl CandleForward {
         let n = rows.len();
         let rows = Tensor::from_vec(rows, n, device)?;
         let logits = self.model.forward(&tokens, &meta, &self.kv, &rows)?;
+        // The tables go back to the persistent batch for the next step.
+        if let Some(tables) = InputBatch::recover(meta.seqs) {
+            let lent = seqs
+                .iter()
+                .zip(tables)
+                .filter_map(|(s, t)| s.seq_id.map(|id| (id, t)));
+            inputs.take_back(lent);
+        }
         Ok((n > 0).then_some(logits))
     }
 }
@@ -124,9 +158,11 @@ pub struct CandleRunner {
     mask_stats: MaskStats,
     /// How drafts are verified: `Exact` except in tests that show their power.
     accept_rule: AcceptRule,
-    /// Greedy steps pick tokens on the logits' device even on the CPU (see
-    /// [`CandleRunner::set_greedy_on_device`]); on a GPU they always do.
-    greedy_on_device: bool,
+    /// Steps pick tokens with the batched sampler even on the CPU (see
+    /// [`CandleRunner::set_sample_on_device`]); on a GPU they always do.
+    sample_on_device: bool,
+    /// The batched sampler's tables, reused from step to step.
+    batched: BatchedSampler,
 }
 
 impl CandleRunner {
@@ -138,13 +174,14 @@ impl CandleRunner {
             num_constrained: 0,
             mask_stats: MaskStats::default(),
             accept_rule: AcceptRule::Exact,
-            greedy_on_device: false,
+            sample_on_device: false,
+            batched: BatchedSampler::new(),
         }
     }
 
-    /// Takes the device path for all-greedy steps on the CPU too (tests compare the paths).
-    pub fn set_greedy_on_device(&mut self, on: bool) {
-        self.greedy_on_device = on;
+    /// Takes the batched (device) sampling path on the CPU too (tests compare the paths).
+    pub fn set_sample_on_device(&mut self, on: bool) {
+        self.sample_on_device = on;
     }
 
     /// Replaces the lossless verification rule (tests showing that a wrong rule is caught).
@@ -199,28 +236,30 @@ impl CandleRunner {
         &self.forward
     }
 
-    /// A step whose every sequence is greedy (grammars and drafts allowed) picks its tokens
-    /// where the logits are: grammar masks go up as one u8 tensor, only token ids come back,
-    /// not `rows x vocab` f32 logits. None: some sequence needs the host sampler.
-    fn sample_greedy_on_device(
+    /// A step whose every sampling sequence the batched sampler handles (any sampling
+    /// settings and grammars; drafts for plain greedy sequences; no logprobs) picks its tokens
+    /// where the logits are: grammar masks go up as one u8 tensor, penalties and biases as a
+    /// sparse table, and only token ids come back, not `rows x vocab` f32 logits. None: some
+    /// sequence needs the host sampler.
+    fn sample_on_device(
         &mut self,
         out: &SchedulerOutput,
         seqs: &dyn SeqTokens,
         logits: &Tensor,
     ) -> Result<Option<ModelRunnerOutput>> {
         let sampling: Vec<_> = out.seqs.iter().filter(|s| s.samples_this_step).collect();
-        let all_greedy = sampling.iter().all(|s| {
+        let all_handled = sampling.iter().all(|s| {
             let generated = seqs.sequence(s.id).map_or(0, |q| q.num_output_tokens());
-            self.seqs
-                .get(&s.id)
-                .is_some_and(|st| plain_greedy(st.sampler.params(), generated))
+            self.seqs.get(&s.id).is_some_and(|st| {
+                BatchedSampler::handles(st.sampler.params(), s.num_spec_tokens, generated)
+            })
         });
         // Drafts of a constrained sequence are checked against the grammar one position at a
         // time (`verify_under_grammar`), on the host.
         let constrained_drafts = sampling
             .iter()
             .any(|s| s.num_spec_tokens > 0 && self.seqs[&s.id].grammar.is_some());
-        if !all_greedy || constrained_drafts {
+        if !all_handled || constrained_drafts {
             return Ok(None);
         }
         let (num_rows, vocab) = logits.dims2()?;
@@ -252,7 +291,24 @@ impl CandleRunner {
                 .to_dtype(logits.dtype())?;
             logits = allowed.where_cond(&logits, &banned)?;
         }
-        let ids = crate::ops::sampling::argmax(&logits)?.to_vec1::<u32>()?;
+        let batch = &mut self.batched;
+        for s in &sampling {
+            let seq = seqs
+                .sequence(s.id)
+                .with_context(|| format!("sequence {} is not live", s.id))?;
+            let sampler = &self.seqs[&s.id].sampler;
+            let ctx = SampleContext {
+                prompt_tokens: seq.prompt_tokens(),
+                output_tokens: seq.output_tokens(),
+                eos_token_ids: &self.eos_token_ids,
+            };
+            // Draft rows are plain greedy (see `BatchedSampler::handles`): their context
+            // changes nothing but the position, which greedy rows do not use.
+            for _ in 0..s.num_logit_rows() {
+                batch.push_row(sampler.params(), sampler.seed(), &ctx);
+            }
+        }
+        let ids = batch.sample(&logits.to_dtype(DType::F32)?)?;
         let mut ids = ids.as_slice();
         let mut result = ModelRunnerOutput::default();
         for s in sampling {
@@ -322,13 +378,14 @@ impl ModelRunner for CandleRunner {
                 block_table: &s.block_table,
                 logit_rows: s.num_logit_rows(),
                 prompt_len: seqs.sequence(s.id).map_or(0, |q| q.num_prompt_tokens()),
+                seq_id: Some(s.id),
             })
             .collect();
         let Some(logits) = self.logits_and_masks(out, &steps)? else {
             return Ok(ModelRunnerOutput::default());
         };
-        if self.greedy_on_device || !logits.device().is_cpu() {
-            if let Some(result) = self.sample_greedy_on_device(out, seqs, &logits)? {
+        if self.sample_on_device || !logits.device().is_cpu() {
+            if let Some(result) = self.sample_on_device(out, seqs, &logits)? {
                 return Ok(result);
             }
         }
@@ -509,18 +566,6 @@ pub fn logits_fault(row: &[f32]) -> Option<String> {
         return Some("every logit is -inf".into());
     }
     None
-}
-
-/// Greedy with nothing but a grammar mask changing the logits first and no logprobs wanted: the
-/// token is the argmax of the (masked) row.
-fn plain_greedy(p: &SamplingParams, generated: usize) -> bool {
-    p.is_greedy()
-        && p.logprobs.is_none()
-        && p.logit_bias.is_empty()
-        && p.repetition_penalty == 1.0
-        && p.frequency_penalty == 0.0
-        && p.presence_penalty == 0.0
-        && generated >= p.min_tokens
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Executes a scheduled step: one batched forward over a ragged batch, then sampling.
 
 pub mod candle;
+pub mod input_batch;
 pub mod mock;
 
 use crate::guidance::GrammarMatcher;

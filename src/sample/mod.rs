@@ -8,16 +8,18 @@ mod draw;
 mod filters;
 mod logprobs;
 mod penalties;
+pub mod philox;
 mod stop;
 mod vmath;
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 
 use crate::request::SamplingParams;
 use filters::{Filters, Kept};
 
 pub use stop::stop_reason;
+
+pub mod batched;
 
 /// What the sampler needs to know about the sequence besides its logits row.
 #[derive(Debug, Clone, Copy, Default)]
@@ -27,6 +29,13 @@ pub struct SampleContext<'a> {
     pub output_tokens: &'a [u32],
     /// The model's end-of-sequence ids (several for Llama 3 instruct models).
     pub eos_token_ids: &'a [u32],
+}
+
+impl SampleContext<'_> {
+    /// Index of the token being chosen in the whole sequence: the RNG's counter.
+    pub fn position(&self) -> u64 {
+        (self.prompt_tokens.len() + self.output_tokens.len()) as u64
+    }
 }
 
 /// One sampled token with its log-probability under the raw model distribution.
@@ -42,15 +51,17 @@ pub struct SampledToken {
 
 /// Samples the tokens of one sequence.
 ///
-/// Owns the request's RNG and draws exactly one uniform number per non-greedy token,
-/// so a seeded request yields the same tokens whatever else shares its batch (with the
-/// same build: `StdRng`'s algorithm may change between rand versions). The scratch
+/// Random numbers come from Philox4x32-10 keyed by the request's seed and counted by the
+/// token's position ([`philox::uniforms`]), so a seeded request yields the same tokens
+/// whatever else shares its batch and whichever path (this sampler or the batched one of
+/// [`batched`]) chooses them. The scratch
 /// buffers are kept between calls, so a step allocates at most its `top_logprobs` and,
 /// with top-k, a k-entry heap.
 #[derive(Debug)]
 pub struct SequenceSampler {
     params: SamplingParams,
-    rng: StdRng,
+    /// The request's seed, or one drawn from OS entropy for an unseeded request.
+    seed: u64,
     /// The row being processed (a copy: the raw row is still needed for logprobs).
     work: Vec<f32>,
     /// (token id, value) candidates for top-k/top-p/min-p and for the top logprobs.
@@ -61,13 +72,10 @@ pub struct SequenceSampler {
 
 impl SequenceSampler {
     pub fn new(params: &SamplingParams) -> Self {
-        let rng = match params.seed {
-            Some(seed) => StdRng::seed_from_u64(seed),
-            None => StdRng::from_os_rng(),
-        };
+        let seed = params.seed.unwrap_or_else(|| rand::rng().random());
         Self {
             params: params.clone(),
-            rng,
+            seed,
             work: Vec::new(),
             candidates: Vec::new(),
             counts: Vec::new(),
@@ -76,6 +84,11 @@ impl SequenceSampler {
 
     pub fn params(&self) -> &SamplingParams {
         &self.params
+    }
+
+    /// The key of this sequence's random numbers.
+    pub fn seed(&self) -> u64 {
+        self.seed
     }
 
     /// Picks the next token from one row of logits (one entry per vocabulary id).
@@ -91,9 +104,7 @@ impl SequenceSampler {
         let token = if self.params.is_greedy() {
             draw::argmax(&self.work)
         } else {
-            // Drawn before filtering so that every non-greedy step consumes exactly one
-            // number, even in the degenerate all-masked case below.
-            let u: f64 = self.rng.random();
+            let [u, _] = philox::uniforms(self.seed, ctx.position());
             match self.filter() {
                 Kept::Row => draw::draw_row(&self.work, u),
                 Kept::Candidates => draw::draw(&self.candidates, u),
@@ -178,7 +189,7 @@ impl SequenceSampler {
             let t = draw::argmax(&self.work);
             (t, t == draft)
         } else {
-            self.accept_or_resample(draft, rule)
+            self.accept_or_resample(draft, rule, ctx.position())
         };
         let sampled = SampledToken {
             token,
@@ -191,8 +202,8 @@ impl SequenceSampler {
     /// One random verification: accept `draft` with its probability under the filtered
     /// distribution, else draw from that distribution without it. Two uniform numbers at
     /// most, one when the draft is accepted.
-    fn accept_or_resample(&mut self, draft: u32, rule: AcceptRule) -> (u32, bool) {
-        let u: f64 = self.rng.random();
+    fn accept_or_resample(&mut self, draft: u32, rule: AcceptRule, position: u64) -> (u32, bool) {
+        let [u, u_resample] = philox::uniforms(self.seed, position);
         let kept = self.filter();
         let (weight, total) = match kept {
             Kept::Nothing => return (draw::argmax(&self.work), false),
@@ -211,7 +222,7 @@ impl SequenceSampler {
         if rule == AcceptRule::AlwaysAccept || (total > 0.0 && u * total < weight) {
             return (draft, true);
         }
-        let u: f64 = self.rng.random();
+        let u = u_resample;
         let token = match kept {
             Kept::Row => {
                 if let Some(w) = self.work.get_mut(draft as usize) {
@@ -281,7 +292,13 @@ impl SequenceSampler {
             top_p: p.top_p,
             min_p: p.min_p,
         };
-        filters::keep_candidates(&mut self.work, opts, &mut self.candidates)
+        let kept = filters::keep_candidates(&mut self.work, opts, &mut self.candidates);
+        if kept == Kept::Candidates {
+            // Draws walk the survivors in id order, as the batched sampler does, so that both
+            // turn one uniform number into the same token.
+            self.candidates.sort_unstable_by_key(|c| c.0);
+        }
+        kept
     }
 }
 

@@ -35,12 +35,24 @@ fn softmax(logits: &[f32], temperature: f32) -> Vec<f64> {
     exps.iter().map(|e| e / sum).collect()
 }
 
-/// Empirical token frequencies over `draws` samples from one seeded sampler.
+/// Generated tokens to stand for a sequence's history: the RNG is counted by position, so
+/// repeated draws from one row need a context that advances (no penalties read the ids).
+static HISTORY: [u32; 20_000] = [0; 20_000];
+
+/// The context of the `i`-th token of a sequence with an empty prompt.
+fn at(i: usize) -> SampleContext<'static> {
+    SampleContext {
+        output_tokens: &HISTORY[..i],
+        ..NO_CTX
+    }
+}
+
+/// Empirical token frequencies over `draws` samples from one seeded sampler, one per position.
 fn frequencies(params: &SamplingParams, logits: &[f32], draws: usize) -> Vec<f64> {
     let mut sampler = SequenceSampler::new(params);
     let mut counts = vec![0usize; logits.len()];
-    for _ in 0..draws {
-        counts[sampler.sample(logits, &NO_CTX).token as usize] += 1;
+    for i in 0..draws {
+        counts[sampler.sample(logits, &at(i)).token as usize] += 1;
     }
     counts.iter().map(|&c| c as f64 / draws as f64).collect()
 }
@@ -308,7 +320,7 @@ fn run(params: &SamplingParams, steps: usize) -> Vec<u32> {
     let logits = wide_row();
     let mut sampler = SequenceSampler::new(params);
     (0..steps)
-        .map(|_| sampler.sample(&logits, &NO_CTX).token)
+        .map(|i| sampler.sample(&logits, &at(i)).token)
         .collect()
 }
 
@@ -342,12 +354,12 @@ fn seeded_sampler_is_unaffected_by_its_batch_neighbours() {
     let mut batch_a = Vec::new();
     let mut batch_b = Vec::new();
     for step in 0..100 {
-        batch_a.push(a.sample(&logits, &NO_CTX).token);
+        batch_a.push(a.sample(&logits, &at(step)).token);
         // Neighbours sampling a varying number of times in between must not matter.
-        for _ in 0..step % 3 {
-            unseeded.sample(&logits, &NO_CTX);
+        for i in 0..step % 3 {
+            unseeded.sample(&logits, &at(step + i));
         }
-        batch_b.push(b.sample(&logits, &NO_CTX).token);
+        batch_b.push(b.sample(&logits, &at(step)).token);
     }
     assert_eq!(batch_a, alone_a);
     assert_eq!(batch_b, alone_b);

@@ -56,8 +56,16 @@ fn first_tokens(logits: &[f32], draft: u32, rule: AcceptRule, n: usize) -> Vec<u
     };
     let mut s = SequenceSampler::new(&params);
     let next = [0.5f32, 0.1, 0.0, -0.3, 0.2, -1.0];
+    // One position per trial: the RNG is counted by position (no penalties read the ids).
+    let history = vec![0u32; n];
     (0..n)
-        .map(|_| s.verify_with(&[logits, &next], &[draft], &CTX, rule)[0].token)
+        .map(|i| {
+            let ctx = SampleContext {
+                output_tokens: &history[..i],
+                ..CTX
+            };
+            s.verify_with(&[logits, &next], &[draft], &ctx, rule)[0].token
+        })
         .collect()
 }
 

@@ -86,6 +86,7 @@ impl Proposer for DraftModelProposer {
                 block_table: seqs[i].block_table,
                 logit_rows: 1,
                 prompt_len: seqs[i].num_prompt_tokens,
+                seq_id: None,
             })
             .collect();
         let mut next = self.argmax(&steps)?;
@@ -112,6 +113,7 @@ impl Proposer for DraftModelProposer {
                         block_table: s.block_table,
                         logit_rows: 1,
                         prompt_len: s.num_prompt_tokens,
+                        seq_id: None,
                     }
                 })
                 .collect();
