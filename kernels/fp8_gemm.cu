@@ -2,11 +2,11 @@
 // host side and the CPU reference):
 //   fp8_quant_act_*  activations -> e4m3 bytes and one f32 scale per (token, group of gx
 //                    inputs): scale = max|x| / 448 (dynamic) or the checkpoint's static scale
-//   fp8_gemm_*       out[m, n] = sum over 64-wide K chunks c of
-//                      (sum_k xq[m, k] * wq[n, k]) * xs[m, c*64/gx] * ws[n, c*64/gw]
+//   fp8_gemm_*       out[m, n] = sum over 32-wide K steps c of
+//                      (sum_k xq[m, k] * wq[n, k]) * xs[m, c*32/gx] * ws[n, c*32/gw]
 //                    with mma.sync m16n8k32 e4m3 (sm_89+), f32 accumulation.
 // Weight scales come as one f32 per (output row, gw inputs): per-tensor and per-channel scales
-// are gw = K, 128x128 blocks are gw = 128 with each row's block scale repeated (host side).
+// are gw = K, 128x128 blocks are gw = 128 (any multiple of 32) with each row's block scale repeated (host side).
 //
 // Batch invariance: a CTA covers 16*MT rows and 32 output columns; its 8 warps take the K
 // chunks round robin (warp w: chunks w, w + 8, ...) and their partial sums are added in warp
@@ -19,7 +19,7 @@ namespace {
 
 constexpr int FP8_WARPS = 8;
 constexpr int FP8_BN = 32;  // output columns per CTA: 4 n8 tiles, each warp computes all four
-constexpr int FP8_KC = 64;  // K chunk of one warp iteration: two k32 MMA steps
+constexpr int FP8_KC = 64;  // K chunk of one warp iteration: two k32 MMA steps (K % 64 == 0)
 constexpr int FP8_QUANT_THREADS = 256;
 
 __device__ __forceinline__ float block_max(float x) {
@@ -58,8 +58,8 @@ __device__ void fp8_quant_act(const T* __restrict__ x, uint8_t* __restrict__ q,
   }
 }
 
-__device__ __forceinline__ uint4 load16(const uint8_t* p, bool ok) {
-  return ok ? *reinterpret_cast<const uint4*>(p) : make_uint4(0, 0, 0, 0);
+__device__ __forceinline__ uint2 load8(const uint8_t* p, bool ok) {
+  return ok ? *reinterpret_cast<const uint2*>(p) : make_uint2(0, 0);
 }
 
 template <typename T, int MT>
@@ -77,38 +77,41 @@ __device__ void fp8_gemm(const uint8_t* __restrict__ xq, const float* __restrict
       for (int i = 0; i < 4; ++i) acc[mt][j][i] = 0.f;
 
   for (int c = warp; c < K / FP8_KC; c += FP8_WARPS) {
-    // Each lane holds 16 consecutive bytes of its rows' chunk: the MMAs' k index is a fixed
-    // permutation of the chunk's, the same for A and B (see the step comments below).
-    const int k0 = c * FP8_KC + t * 16;
-    uint4 bw[4];
-    float wsc[4][2];
-    for (int j = 0; j < 4; ++j) {
-      const int n = n0 + j * 8 + g;
-      bw[j] = load16(wq + size_t(n) * K + k0, n < N);
-      for (int e = 0; e < 2; ++e) {
-        const int col = n0 + j * 8 + 2 * t + e;
-        wsc[j][e] = col < N ? ws[size_t(col) * wgroups + c * FP8_KC / gw] : 0.f;
+    // MMA step s covers K positions [c*64 + 32s, +32): lane t holds bytes 8t..8t+7 of it for
+    // its rows (logical k 4t.. from bytes 0-3, 16+4t.. from bytes 4-7: a fixed permutation of
+    // the step's k, the same for A and B). Scales apply per step, so groups of 32 work.
+    uint2 bw[2][4];
+    float wsc[2][4][2];
+    for (int s = 0; s < 2; ++s) {
+      const int k0 = c * FP8_KC + 32 * s + 8 * t;
+      for (int j = 0; j < 4; ++j) {
+        const int n = n0 + j * 8 + g;
+        bw[s][j] = load8(wq + size_t(n) * K + k0, n < N);
+        for (int e = 0; e < 2; ++e) {
+          const int col = n0 + j * 8 + 2 * t + e;
+          wsc[s][j][e] = col < N ? ws[size_t(col) * wgroups + (c * FP8_KC + 32 * s) / gw] : 0.f;
+        }
       }
     }
     for (int mt = 0; mt < MT; ++mt) {
       const int r0 = m0 + mt * 16 + g, r1 = r0 + 8;
-      const uint4 a0 = load16(xq + size_t(r0) * K + k0, r0 < M);
-      const uint4 a1 = load16(xq + size_t(r1) * K + k0, r1 < M);
-      const float xs0 = r0 < M ? xs[size_t(r0) * xgroups + c * FP8_KC / gx] : 0.f;
-      const float xs1 = r1 < M ? xs[size_t(r1) * xgroups + c * FP8_KC / gx] : 0.f;
-      // Step 0 takes bytes 0-7 of each lane's 16 (logical k 4t.. from bytes 0-3, 16+4t.. from
-      // bytes 4-7), step 1 bytes 8-15.
-      const uint32_t s0a[4] = {a0.x, a1.x, a0.y, a1.y}, s1a[4] = {a0.z, a1.z, a0.w, a1.w};
-      for (int j = 0; j < 4; ++j) {
-        float p[4] = {0.f, 0.f, 0.f, 0.f};
-        const uint32_t s0b[2] = {bw[j].x, bw[j].y}, s1b[2] = {bw[j].z, bw[j].w};
-        mma_e4m3_16832(p, s0a, s0b);
-        mma_e4m3_16832(p, s1a, s1b);
-        // Explicit fmaf: the same rounding in every instantiation, contraction or not.
-        acc[mt][j][0] = fmaf(p[0], xs0 * wsc[j][0], acc[mt][j][0]);
-        acc[mt][j][1] = fmaf(p[1], xs0 * wsc[j][1], acc[mt][j][1]);
-        acc[mt][j][2] = fmaf(p[2], xs1 * wsc[j][0], acc[mt][j][2]);
-        acc[mt][j][3] = fmaf(p[3], xs1 * wsc[j][1], acc[mt][j][3]);
+      for (int s = 0; s < 2; ++s) {
+        const int k0 = c * FP8_KC + 32 * s + 8 * t, kg = c * FP8_KC + 32 * s;
+        const uint2 a0 = load8(xq + size_t(r0) * K + k0, r0 < M);
+        const uint2 a1 = load8(xq + size_t(r1) * K + k0, r1 < M);
+        const float xs0 = r0 < M ? xs[size_t(r0) * xgroups + kg / gx] : 0.f;
+        const float xs1 = r1 < M ? xs[size_t(r1) * xgroups + kg / gx] : 0.f;
+        const uint32_t a[4] = {a0.x, a1.x, a0.y, a1.y};
+        for (int j = 0; j < 4; ++j) {
+          float p[4] = {0.f, 0.f, 0.f, 0.f};
+          const uint32_t b[2] = {bw[s][j].x, bw[s][j].y};
+          mma_e4m3_16832(p, a, b);
+          // Explicit fmaf: the same rounding in every instantiation, contraction or not.
+          acc[mt][j][0] = fmaf(p[0], xs0 * wsc[s][j][0], acc[mt][j][0]);
+          acc[mt][j][1] = fmaf(p[1], xs0 * wsc[s][j][1], acc[mt][j][1]);
+          acc[mt][j][2] = fmaf(p[2], xs1 * wsc[s][j][0], acc[mt][j][2]);
+          acc[mt][j][3] = fmaf(p[3], xs1 * wsc[s][j][1], acc[mt][j][3]);
+        }
       }
     }
   }

@@ -604,11 +604,11 @@ template <typename T> static void check_fp8_gemm(int M, int N, int K, int gx, in
   for (int m = 0; m < M; ++m)
     for (int n = 0; n < N; ++n) {
       double acc = 0;
-      for (int c = 0; c < K / 64; ++c) {
+      for (int c = 0; c < K / 32; ++c) {
         double p = 0;
-        for (int k = c * 64; k < c * 64 + 64; ++k)
+        for (int k = c * 32; k < c * 32 + 32; ++k)
           p += double(flare::e4m3_to_f32(xq[size_t(m) * K + k])) * flare::e4m3_to_f32(wq[size_t(n) * K + k]);
-        acc += p * xs[size_t(m) * (K / gx) + c * 64 / gx] * ws[size_t(n) * (K / gw) + c * 64 / gw];
+        acc += p * xs[size_t(m) * (K / gx) + c * 32 / gx] * ws[size_t(n) * (K / gw) + c * 32 / gw];
       }
       want[size_t(m) * N + n] = float(acc);
     }
@@ -700,6 +700,7 @@ static void check_quantized_gemms() {
   check_fp8_gemm<__nv_bfloat16>(37, 72, 192, 192, 192);
   check_fp8_gemm<float>(19, 40, 256, 128, 128);
   check_fp8_gemm<__half>(5, 33, 640, 128, 640);
+  check_fp8_gemm<__nv_bfloat16>(17, 64, 128, 32, 32);  // the fixtures' 32x32 blocks
   // GPTQ/AWQ-style groups of 128 and GGUF-style 32 and 16, int4 and int8.
   check_wint_gemm(4, 37, 72, 256, 128);
   check_wint_gemm(4, 9, 40, 576, 32);
