@@ -73,6 +73,19 @@ impl QuantWeight {
         })
     }
 
+    /// The activation quantization the op applies (as the CPU path names it).
+    pub fn act_quant(&self) -> Option<crate::quant::ActQuant> {
+        use crate::quant::ActQuant;
+        match self {
+            Self::Fp8 { bytes, op, .. } => Some(match op.static_scale {
+                Some(s) => ActQuant::Fp8Static(s),
+                None if op.gx == bytes.dims()[1] => ActQuant::Fp8PerToken,
+                None => ActQuant::Fp8PerTokenGroup(op.gx),
+            }),
+            Self::Int { .. } => None,
+        }
+    }
+
     pub fn out_features(&self) -> usize {
         match self {
             Self::Fp8 { bytes: w, .. } | Self::Int { words: w, .. } => w.dims()[0],
