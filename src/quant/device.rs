@@ -286,9 +286,13 @@ pub fn linear(st: &MmapedSafetensors, q: &QuantConfig, name: &str) -> Result<Opt
             let [out, inp] = w.shape() else {
                 return Ok(None);
             };
-            let (strategy, gx) = match block {
-                Some((b0, b1)) if s.len() > 1 => (Strategy::Block(*b0, *b1), *b1),
-                _ => (Strategy::Tensor, *inp),
+            // As quant::load: dynamic activations go in groups of the block's width whenever
+            // the config names blocks, whatever the scale's shape.
+            let gx = block.map_or(*inp, |b| b.1);
+            let strategy = match block {
+                Some((b0, b1)) if s.len() > 1 => Strategy::Block(*b0, *b1),
+                None if s.len() > 1 => return Ok(None),
+                _ => Strategy::Tensor,
             };
             let static_scale = match dynamic {
                 true => None,
