@@ -325,9 +325,16 @@ impl Weights {
         if let Weights::Gguf {
             dense: Some(_),
             arch,
+            device,
             ..
         } = self
         {
+            if !gpu_qgemm(device) {
+                return Ok(Linear::new(
+                    QMatMul::Tensor(self.tensor(name, "weight")?),
+                    b,
+                ));
+            }
             let qt =
                 self.gguf_qtensor_on(&format!("{}.weight", gguf_name(arch, name)), &Device::Cpu)?;
             if let Some(l) = self.gguf_on_gpu(&qt, &b)? {

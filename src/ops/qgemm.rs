@@ -408,6 +408,14 @@ impl CustomOp3 for IntMatmul {
         let name = self.name();
         let (m, n, k) = dims(lx, lw, name)?;
         let dev = &sx.device;
+        // The kernel reads 16-byte vectors of each row: rows start at multiples of 64
+        // elements (K % 64 == 0), so only the view's start must be aligned.
+        if !lx.start_offset().is_multiple_of(8) {
+            candle_core::bail!(
+                "{name}: input view starts at element {}, not a multiple of 8",
+                lx.start_offset()
+            );
+        }
         let x = view(sx.as_cuda_slice::<bf16>()?, lx, name)?;
         let w = view(sw.as_cuda_slice::<u32>()?, lw, name)?;
         let so = view(ss.as_cuda_slice::<f32>()?, ls, name)?;
