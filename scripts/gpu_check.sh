@@ -153,6 +153,14 @@ else
 fi
 row "Llama-3.1-8B dummy bf16 batch 32" "${b32:-FAILED (see llama8b_b32.err)} tok/s aggregate, 128 tokens each"
 
+# 4. Quantized GEMMs at 8B scale (issue 11): bf16 / FP8 / W4A16 batch-1 decode vs roofline.
+if [ -x benches/quant_gpu.sh ]; then
+  benches/quant_gpu.sh "$flare" "$logs/quant" >/dev/null 2>&1
+  while read -r line; do
+    row "quant: $(echo "$line" | awk '{print $1}')" "$(echo "$line" | cut -d' ' -f2-)"
+  done < <(grep -E '^  (bf16|fp8|w4a16) ' "$logs/quant/summary.txt" 2>/dev/null | sed 's/^  //')
+fi
+
 {
   echo
   echo "flare GPU check on ${gpu:-unknown GPU}, $(date -u +%FT%TZ); logs in $logs"

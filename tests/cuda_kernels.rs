@@ -546,3 +546,143 @@ fn fused_moe_matches_reference_and_is_batch_invariant() {
         }
     }
 }
+
+// ---------------------------------------------------------------- quantized GEMMs
+use flare::ops::qgemm::QuantWeight;
+use flare::quant::device::{DevicePacked, Fp8Packed, IntPacked};
+
+/// A quantized weight's output on the GPU and through its CPU reference, for `x` (CPU).
+fn qgemm_both(p: &DevicePacked, x: &Tensor) -> (Tensor, Tensor) {
+    let dev = gpu();
+    let on_gpu = QuantWeight::upload(p, &dev).unwrap();
+    let on_cpu = QuantWeight::upload(p, &Device::Cpu).unwrap();
+    let got = on_gpu.forward(&x.to_device(&dev).unwrap()).unwrap();
+    (got, on_cpu.forward(x).unwrap())
+}
+
+/// Rows `rows` of `x` through the GPU op one at a time are bit-identical to the batch's rows.
+fn assert_rows_alone_equal_batch(p: &DevicePacked, x: &Tensor, rows: &[usize], what: &str) {
+    let dev = gpu();
+    let w = QuantWeight::upload(p, &dev).unwrap();
+    let xg = x.to_device(&dev).unwrap();
+    let batch = to_f32(&w.forward(&xg).unwrap());
+    let n = w.out_features();
+    for &r in rows {
+        let alone = to_f32(&w.forward(&xg.narrow(0, r, 1).unwrap()).unwrap());
+        let same = alone
+            .iter()
+            .zip(&batch[r * n..(r + 1) * n])
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(
+            same,
+            "{what}: row {r} alone differs from the batch of {}",
+            x.dims()[0]
+        );
+    }
+}
+
+fn random_fp8(n: usize, k: usize, gw: usize, gx: usize, static_scale: Option<f32>) -> Fp8Packed {
+    let mut rng = rand::rng();
+    let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let mut p = Fp8Packed::per_channel(&w, n, k).unwrap();
+    p.gw = gw;
+    p.gx = gx;
+    p.static_scale = static_scale;
+    p.scales = (0..n * (k / gw))
+        .map(|_| rng.random_range(0.001f32..0.01))
+        .collect();
+    p
+}
+
+#[test]
+fn fp8_gemm_matches_reference_and_is_batch_invariant() {
+    // (M, N, K, gw, gx, static): per-channel x per-token, 128x128 blocks with 1x128 groups,
+    // the fixtures' 32-wide blocks, a static activation scale; decode and prefill tiles.
+    let cases = [
+        (1, 96, 256, 256, 256, None),
+        (5, 72, 576, 576, 576, None),
+        (37, 136, 512, 128, 128, None),
+        (100, 64, 128, 32, 32, None),
+        (20, 40, 256, 256, 256, Some(0.02f32)),
+    ];
+    for (m, n, k, gw, gx, st) in cases {
+        let p = DevicePacked::Fp8(random_fp8(n, k, gw, gx, st));
+        for dtype in DTYPES {
+            let x = randn(&[m, k], dtype);
+            let (got, want) = qgemm_both(&p, &x);
+            let what =
+                format!("fp8 gemm {dtype:?} M={m} N={n} K={k} gw={gw} gx={gx} static={st:?}");
+            // f32 sums of exact e4m3 products (the tensor cores' accumulation order differs).
+            let tol = if dtype == DType::F32 {
+                1e-4
+            } else {
+                rtol(dtype)
+            };
+            let (g, w) = (to_f32(&got), to_f32(&want));
+            let scale = (w.iter().map(|v| v * v).sum::<f32>() / w.len() as f32).sqrt();
+            let worst = g
+                .iter()
+                .zip(&w)
+                .map(|(a, b)| (a - b).abs() / (b.abs() + scale))
+                .fold(0f32, f32::max);
+            assert!(g.iter().all(|v| v.is_finite()), "{what}: unwritten outputs");
+            assert!(worst <= tol, "{what}: relative error {worst} > {tol}");
+            eprintln!("{what}: max relative error {worst:.2e}");
+            if m > 1 {
+                assert_rows_alone_equal_batch(&p, &x, &[0, m / 2, m - 1], &what);
+            }
+        }
+    }
+}
+
+fn random_int(n: usize, k: usize, bits: u32, g: usize, perm: bool) -> IntPacked {
+    let mut rng = rand::rng();
+    let words = (0..n * k * bits as usize / 32)
+        .map(|_| rng.random())
+        .collect();
+    let scale_offset = (0..n * k / g)
+        .flat_map(|_| {
+            let s = rng.random_range(0.001f32..0.01);
+            [
+                s,
+                -s * (1 << (bits - 1)) as f32 + rng.random_range(-0.01f32..0.01),
+            ]
+        })
+        .collect();
+    let perm = perm.then(|| {
+        let mut p: Vec<u32> = (0..k as u32).collect();
+        p.shuffle(&mut rng);
+        p
+    });
+    IntPacked {
+        out: n,
+        inp: k,
+        bits,
+        words,
+        scale_offset,
+        g,
+        perm,
+    }
+}
+
+#[test]
+fn int_gemm_matches_reference_and_is_batch_invariant() {
+    // (bits, M, N, K, group, act-order permutation): GPTQ/AWQ groups of 128, GGUF's 32 and 16.
+    let cases = [
+        (4, 1, 96, 256, 128, false),
+        (4, 7, 64, 576, 32, true),
+        (4, 40, 136, 512, 128, false),
+        (8, 1, 40, 256, 16, false),
+        (8, 33, 72, 384, 32, true),
+    ];
+    for (bits, m, n, k, g, perm) in cases {
+        let p = DevicePacked::Int(random_int(n, k, bits, g, perm));
+        let x = randn(&[m, k], DType::BF16);
+        let (got, want) = qgemm_both(&p, &x);
+        let what = format!("int{bits} gemm M={m} N={n} K={k} g={g} perm={perm}");
+        assert_close(&got, &want, DType::BF16, &what);
+        if m > 1 {
+            assert_rows_alone_equal_batch(&p, &x, &[0, m / 2, m - 1], &what);
+        }
+    }
+}

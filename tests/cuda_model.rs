@@ -190,3 +190,50 @@ fn smollm2_bf16_greedy_matches_f32_reference_up_to_near_ties() {
     eprintln!("SmolLM2 bf16 on CUDA: {compared} of {total} reference tokens compared, all equal");
     assert!(compared >= 100, "only {compared} tokens compared");
 }
+
+/// Quantized checkpoints (tests/fixtures/quant) on the GPU, their weights kept quantized
+/// (FP8 GEMM, int4/int8 GEMM with GPTQ act order as a permutation), against the CPU's f32
+/// dequantizing path, as close as bf16 on the CPU gets to it.
+#[test]
+fn quantized_fixtures_on_cuda_match_the_cpu() {
+    let dev = gpu();
+    let prompts: Vec<Vec<u32>> = vec![
+        vec![231],
+        vec![156, 209, 4, 130, 48, 196, 219],
+        vec![
+            46, 19, 112, 51, 123, 161, 24, 25, 173, 38, 26, 46, 243, 33, 208, 251, 115,
+        ],
+    ];
+    for name in [
+        "awq",
+        "gptq-4bit-asym-actorder",
+        "gptq-8bit-sym",
+        "ct-w4a16-group-asym",
+        "ct-w8a16-channel-asym",
+        "hf-fp8-block",
+        "hf-fp8-tensor",
+        "ct-fp8-dynamic",
+    ] {
+        let files = ModelFiles::HfDir(fixture("quant").join(name));
+        let want = run(
+            &*load_model(&files, DType::F32, &Device::Cpu).unwrap(),
+            &prompts,
+            5,
+        );
+        let cpu_bf16 = run(
+            &*load_model(&files, DType::BF16, &Device::Cpu).unwrap(),
+            &prompts,
+            5,
+        );
+        let gpu_model = load_model(&files, DType::BF16, &dev).unwrap();
+        for chunk in [usize::MAX, 5, 1] {
+            let got = run(&*gpu_model, &prompts, chunk);
+            let d = max_abs_diff(&got, &want);
+            let d_ref = max_abs_diff(&cpu_bf16, &want);
+            eprintln!(
+                "{name} bf16 cuda chunk {chunk}: vs cpu f32 {d:.3}, cpu bf16 vs f32 {d_ref:.3}"
+            );
+            assert!(d < 2.0 * d_ref.max(0.05), "{name} chunk {chunk}: {d}");
+        }
+    }
+}

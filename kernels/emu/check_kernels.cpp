@@ -3,6 +3,7 @@
 // Checks the kernels' indexing, masking, splits and reductions where no GPU is at hand;
 // numerics on the real GPU are checked by tests/cuda_kernels.rs. Build and run:
 // scripts/kernel_emu_check.sh.
+#include "../fp8_gemm.cu"
 #include "../moe.cu"
 #include "../paged_attention.cu"
 #include "../reshape_and_cache.cu"
@@ -10,6 +11,7 @@
 #include "../rotary.cu"
 #include "../sampling.cu"
 #include "../silu_mul.cu"
+#include "../w4a16_gemm.cu"
 
 #include <algorithm>
 #include <cstdio>
@@ -662,6 +664,204 @@ static void check_sampling() {
     if (!ok) failures++;
     std::printf("%s adjust_logits\n", ok ? "ok  " : "FAIL");
   }
+// ---------------------------------------------------------------- quantized GEMMs
+// e4m3 by brute force: the nearest of the 253 finite values, ties to the even mantissa,
+// saturating (what src/quant/fp8.rs::round_e4m3 computes).
+static uint8_t e4m3_reference(float v) {
+  if (std::isnan(v)) return 0x7f;
+  const uint8_t sign = std::signbit(v) ? 0x80 : 0;
+  const float a = std::min(std::fabs(v), 448.f);
+  int best = 0;
+  for (int b = 1; b <= 0x7e; ++b) {
+    const float d = std::fabs(flare::e4m3_to_f32(uint8_t(b)) - a);
+    const float db = std::fabs(flare::e4m3_to_f32(uint8_t(best)) - a);
+    if (d < db || (d == db && (b & 1) == 0 && (best & 1) == 1)) best = b;
+  }
+  return sign | uint8_t(best);
+}
+
+static void check_e4m3_rounding() {
+  std::vector<float> vs = {0.f, -0.f, 1.0625f, 1.1875f, 447.f, 448.f, 460.f, 1e9f, 0.001953125f,
+                           0.0009765625f, 0.0029296875f, 0.015625f, 0.0146484375f, 1e-12f};
+  // Every grid value and every midpoint between neighbours, and random values.
+  for (int b = 0; b < 0x7e; ++b) {
+    const float x = flare::e4m3_to_f32(uint8_t(b)), y = flare::e4m3_to_f32(uint8_t(b + 1));
+    vs.push_back(x), vs.push_back((x + y) / 2), vs.push_back(std::nextafter((x + y) / 2, 0.f));
+    vs.push_back(std::nextafter((x + y) / 2, 1e9f));
+  }
+  std::normal_distribution<float> d(0.f, 30.f);
+  for (int i = 0; i < 20000; ++i) vs.push_back(d(rng) * (i % 3 == 0 ? 0.001f : 1.f));
+  int bad = 0;
+  for (float v : vs)
+    for (float s : {1.f, -1.f}) {
+      const uint8_t got = flare::f32_to_e4m3(v * s), want = e4m3_reference(v * s);
+      if (got != want && !(flare::e4m3_to_f32(got) == 0 && flare::e4m3_to_f32(want) == 0)) {
+        if (bad++ < 5) std::printf("  e4m3(%g): got %#x want %#x\n", v * s, got, want);
+      }
+    }
+  if (bad) failures++;
+  std::printf("%s f32_to_e4m3: %d of %zu values off\n", bad ? "FAIL" : "ok  ", bad, vs.size() * 2);
+}
+
+template <typename T> static void check_fp8_quant_act(int M, int K, int gx, float static_scale) {
+  auto x = randn<T>(size_t(M) * K);
+  if (M > 1) for (int k = 0; k < K; ++k) x[k] = fromf<T>(0.f);  // an all-zero row: scale 0
+  std::vector<uint8_t> q(size_t(M) * K);
+  std::vector<float> sc(size_t(M) * (K / gx));
+  poison(q), poison(sc);
+  void (*f)(const T*, uint8_t*, float*, int, int, float) = nullptr;
+  if constexpr (std::is_same_v<T, float>) f = fp8_quant_act_f32;
+  if constexpr (std::is_same_v<T, __half>) f = fp8_quant_act_f16;
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) f = fp8_quant_act_bf16;
+  emu::launch({unsigned(M), 1, 1}, {256, 1, 1}, [&] { f(x.data(), q.data(), sc.data(), K, gx, static_scale); });
+  int bad = 0;
+  for (int m = 0; m < M; ++m)
+    for (int gi = 0; gi < K / gx; ++gi) {
+      float s = static_scale;
+      if (s <= 0) {
+        float amax = 0;
+        for (int i = 0; i < gx; ++i) amax = std::max(amax, std::fabs(tof(x[size_t(m) * K + gi * gx + i])));
+        s = amax / 448.f;
+      }
+      if (std::memcmp(&s, &sc[size_t(m) * (K / gx) + gi], 4) != 0) bad++;
+      for (int i = 0; i < gx; ++i) {
+        const size_t at = size_t(m) * K + gi * gx + i;
+        const uint8_t want = e4m3_reference(s > 0 ? tof(x[at]) / s : 0.f);
+        if (q[at] != want && !(flare::e4m3_to_f32(q[at]) == 0 && flare::e4m3_to_f32(want) == 0)) bad++;
+      }
+    }
+  if (bad) failures++;
+  std::printf("%s fp8_quant_act %s M=%d K=%d gx=%d static=%g: %d mismatches (exact)\n",
+              bad ? "FAIL" : "ok  ", tname<T>(), M, K, gx, static_scale, bad);
+}
+
+static std::vector<uint8_t> random_e4m3(size_t n) {
+  std::uniform_int_distribution<int> d(0, 255);
+  std::vector<uint8_t> v(n);
+  for (auto& b : v) {
+    do b = uint8_t(d(rng));
+    while ((b & 0x7f) == 0x7f);
+  }
+  return v;
+}
+
+static std::vector<float> random_scales(size_t n, float lo, float hi) {
+  std::uniform_real_distribution<float> d(lo, hi);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+template <typename T> static void check_fp8_gemm(int M, int N, int K, int gx, int gw) {
+  auto xq = random_e4m3(size_t(M) * K), wq = random_e4m3(size_t(N) * K);
+  auto xs = random_scales(size_t(M) * (K / gx), 0.001f, 0.01f);
+  auto ws = random_scales(size_t(N) * (K / gw), 0.001f, 0.01f);
+  std::vector<float> want(size_t(M) * N);
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < N; ++n) {
+      double acc = 0;
+      for (int c = 0; c < K / 32; ++c) {
+        double p = 0;
+        for (int k = c * 32; k < c * 32 + 32; ++k)
+          p += double(flare::e4m3_to_f32(xq[size_t(m) * K + k])) * flare::e4m3_to_f32(wq[size_t(n) * K + k]);
+        acc += p * xs[size_t(m) * (K / gx) + c * 32 / gx] * ws[size_t(n) * (K / gw) + c * 32 / gw];
+      }
+      want[size_t(m) * N + n] = float(acc);
+    }
+  using F = void (*)(const uint8_t*, const float*, const uint8_t*, const float*, T*, int, int, int, int, int);
+  F f16 = nullptr, f64 = nullptr;
+  if constexpr (std::is_same_v<T, float>) f16 = fp8_gemm_m16_f32, f64 = fp8_gemm_m64_f32;
+  if constexpr (std::is_same_v<T, __half>) f16 = fp8_gemm_m16_f16, f64 = fp8_gemm_m64_f16;
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) f16 = fp8_gemm_m16_bf16, f64 = fp8_gemm_m64_bf16;
+  const std::string what = std::string("fp8_gemm ") + tname<T>() + " M=" + std::to_string(M) +
+                           " N=" + std::to_string(N) + " K=" + std::to_string(K) + " gx=" +
+                           std::to_string(gx) + " gw=" + std::to_string(gw);
+  std::vector<T> batch(size_t(M) * N);
+  poison(batch);
+  emu::launch({unsigned((N + 31) / 32), unsigned((M + 63) / 64), 1}, {256, 1, 1},
+              [&] { f64(xq.data(), xs.data(), wq.data(), ws.data(), batch.data(), M, N, K, gx, gw); });
+  check(batch, want, what + " (m64 tiles)");
+  // Batch invariance: each row alone through the decode tile is bit-identical to the batch.
+  int differ = 0;
+  for (int m : {0, M / 2, M - 1}) {
+    std::vector<T> alone(N);
+    poison(alone);
+    emu::launch({unsigned((N + 31) / 32), 1, 1}, {256, 1, 1}, [&] {
+      f16(xq.data() + size_t(m) * K, xs.data() + size_t(m) * (K / gx), wq.data(), ws.data(),
+          alone.data(), 1, N, K, gx, gw);
+    });
+    differ += std::memcmp(alone.data(), batch.data() + size_t(m) * N, N * sizeof(T)) != 0;
+  }
+  if (differ) failures++;
+  std::printf("%s %s: rows alone (m16) vs in the batch (m64): %d differ (bitwise)\n",
+              differ ? "FAIL" : "ok  ", what.c_str(), differ);
+}
+
+// Random packed weights of `bits` and (scale, offset) pairs; the reference dequantizes them
+// as the kernel's layout says (value k of a row at bits (k % per) * bits of word k / per).
+static void check_wint_gemm(int bits, int M, int N, int K, int G) {
+  const int per = 32 / bits;
+  std::uniform_int_distribution<uint32_t> dw;
+  std::vector<uint32_t> qw(size_t(N) * K / per);
+  for (auto& w : qw) w = dw(rng);
+  auto s = random_scales(size_t(N) * (K / G), 0.005f, 0.02f);
+  auto o = random_scales(size_t(N) * (K / G), -0.1f, 0.1f);
+  std::vector<float2> sb(s.size());
+  for (size_t i = 0; i < s.size(); ++i) sb[i] = {s[i], o[i]};
+  auto x = randn<__nv_bfloat16>(size_t(M) * K);
+  std::vector<float> want(size_t(M) * N);
+  std::vector<float> w(size_t(N) * K);
+  for (int n = 0; n < N; ++n)
+    for (int k = 0; k < K; ++k) {
+      const uint32_t q = (qw[(size_t(n) * K + k) / per] >> ((k % per) * bits)) & ((1u << bits) - 1);
+      const float2 p = sb[size_t(n) * (K / G) + k / G];
+      w[size_t(n) * K + k] = tof(__float2bfloat16_rn(std::fmaf(float(q), p.x, p.y)));
+    }
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < N; ++n) {
+      double acc = 0;
+      for (int k = 0; k < K; ++k) acc += double(tof(x[size_t(m) * K + k])) * w[size_t(n) * K + k];
+      want[size_t(m) * N + n] = float(acc);
+    }
+  using F = void (*)(const __nv_bfloat16*, const uint32_t*, const float2*, __nv_bfloat16*, int, int, int, int);
+  F f16 = bits == 4 ? wint_gemm_w4_m16_bf16 : wint_gemm_w8_m16_bf16;
+  F f64 = bits == 4 ? wint_gemm_w4_m64_bf16 : wint_gemm_w8_m64_bf16;
+  const std::string what = "wint_gemm w" + std::to_string(bits) + " M=" + std::to_string(M) +
+                           " N=" + std::to_string(N) + " K=" + std::to_string(K) + " G=" + std::to_string(G);
+  std::vector<__nv_bfloat16> batch(size_t(M) * N);
+  poison(batch);
+  emu::launch({unsigned((N + 31) / 32), unsigned((M + 63) / 64), 1}, {256, 1, 1},
+              [&] { f64(x.data(), qw.data(), sb.data(), batch.data(), M, N, K, G); });
+  check(batch, want, what + " (m64 tiles)");
+  int differ = 0;
+  for (int m : {0, M / 2, M - 1}) {
+    std::vector<__nv_bfloat16> alone(N);
+    poison(alone);
+    emu::launch({unsigned((N + 31) / 32), 1, 1}, {256, 1, 1}, [&] {
+      f16(x.data() + size_t(m) * K, qw.data(), sb.data(), alone.data(), 1, N, K, G);
+    });
+    differ += std::memcmp(alone.data(), batch.data() + size_t(m) * N, N * sizeof(__nv_bfloat16)) != 0;
+  }
+  if (differ) failures++;
+  std::printf("%s %s: rows alone (m16) vs in the batch (m64): %d differ (bitwise)\n",
+              differ ? "FAIL" : "ok  ", what.c_str(), differ);
+}
+
+static void check_quantized_gemms() {
+  check_e4m3_rounding();
+  check_fp8_quant_act<__nv_bfloat16>(3, 576, 576, 0.f);
+  check_fp8_quant_act<float>(2, 512, 128, 0.f);
+  check_fp8_quant_act<__half>(2, 256, 256, 0.05f);
+  // Per-token x per-channel (gx = gw = K), 1x128 x 128x128 blocks, off-tile M and N.
+  check_fp8_gemm<__nv_bfloat16>(37, 72, 192, 192, 192);
+  check_fp8_gemm<float>(19, 40, 256, 128, 128);
+  check_fp8_gemm<__half>(5, 33, 640, 128, 640);
+  check_fp8_gemm<__nv_bfloat16>(17, 64, 128, 32, 32);  // the fixtures' 32x32 blocks
+  // GPTQ/AWQ-style groups of 128 and GGUF-style 32 and 16, int4 and int8.
+  check_wint_gemm(4, 37, 72, 256, 128);
+  check_wint_gemm(4, 9, 40, 576, 32);
+  check_wint_gemm(8, 21, 48, 192, 16);
+  check_wint_gemm(8, 3, 8, 128, 32);
 }
 
 int main(int argc, char** argv) {
@@ -673,7 +873,14 @@ int main(int argc, char** argv) {
     std::printf("%s: %d failure(s)\n", failures ? "FAILED" : "all kernels ok", failures);
     return failures ? 1 : 0;
   }
+  // `check_kernels quant` runs only the quantized-GEMM checks.
+  if (argc > 1 && std::string(argv[1]) == "quant") {
+    check_quantized_gemms();
+    std::printf("%s: %d failure(s)\n", failures ? "FAILED" : "all kernels ok", failures);
+    return failures ? 1 : 0;
+  }
   if (!only_moe) {
+  check_quantized_gemms();
   check_small<__nv_bfloat16>();
   check_small<__half>();
   check_small<float>();

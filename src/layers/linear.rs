@@ -12,12 +12,16 @@ use candle_core::quantized::QMatMul;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
 
 use crate::cpu::qgemm::QWeight;
+use crate::ops::qgemm::QuantWeight;
 use crate::quant::ActQuant;
 
 #[derive(Debug, Clone)]
 enum Weight {
     Candle(QMatMul),
     Packed(Arc<QWeight>),
+    /// Kept quantized on the GPU (`quant::device` layouts, `ops::qgemm` kernels); the op
+    /// quantizes activations itself where the format says so.
+    Device(Arc<QuantWeight>),
 }
 
 #[derive(Debug, Clone)]
@@ -64,9 +68,21 @@ impl Linear {
         }
     }
 
+    /// A weight kept quantized on its device (FP8, int4/int8 with groups).
+    pub fn device_quantized(weight: QuantWeight, bias: Option<Tensor>) -> Self {
+        Self {
+            weight: Weight::Device(Arc::new(weight)),
+            bias,
+            act: None,
+        }
+    }
+
     /// The activation quantization of this layer's format, if any.
     pub fn act_quant(&self) -> Option<ActQuant> {
-        self.act
+        match &self.weight {
+            Weight::Device(w) => w.act_quant(),
+            _ => self.act,
+        }
     }
 
     /// Dense weight of shape `[out, in]` (PyTorch layout).
@@ -108,6 +124,14 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let quantized;
         let x = match self.act {
+            // No GPU kernel for the rounding alone (formats without a quantized GEMM of ours,
+            // e.g. int8 W8A8): round on the CPU, exact and slow.
+            Some(q) if !x.device().is_cpu() => {
+                let cpu = x.to_device(&candle_core::Device::Cpu)?;
+                quantized =
+                    crate::quant::fp8::quantize_activations(&cpu, q)?.to_device(x.device())?;
+                &quantized
+            }
             Some(q) => {
                 quantized = crate::quant::fp8::quantize_activations(x, q)?;
                 &quantized
@@ -127,6 +151,7 @@ impl Linear {
                     .apply_op1_no_bwd(&PackedMatmul(w.clone()))?;
                 y.to_dtype(dtype)?
             }
+            Weight::Device(w) => w.forward(x)?,
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),

@@ -137,8 +137,44 @@ pub fn load(
     device: &Device,
     seed: u64,
 ) -> Result<Box<dyn CausalLm>> {
-    let w = Weights::Dummy(Box::new(DummyWeights::new(cfg, dtype, device, seed)?));
+    load_quantized(cfg, dtype, device, seed, None)
+}
+
+/// [`load`] with the linear layers (all but lm_head) in a quantized GPU form (`--quantization
+/// fp8` or `w4a16` with dummy weights), to measure quantized speed at 8B scale.
+pub fn load_quantized(
+    cfg: &ModelConfig,
+    dtype: DType,
+    device: &Device,
+    seed: u64,
+    quantization: Option<&str>,
+) -> Result<Box<dyn CausalLm>> {
+    let mut d = DummyWeights::new(cfg, dtype, device, seed)?;
+    d.quant = match quantization {
+        None => None,
+        Some("fp8") => Some(DummyQuant::Fp8),
+        Some("w4a16") => Some(DummyQuant::W4a16),
+        Some(other) => {
+            bail!("unsupported --quantization `{other}` for dummy weights (supported: fp8, w4a16)")
+        }
+    };
+    if d.quant.is_some() {
+        tracing::info!(
+            "dummy weights quantized: {}",
+            quantization.unwrap_or_default()
+        );
+    }
+    let w = Weights::Dummy(Box::new(d));
     super::registry::build(cfg.clone(), &w)
+}
+
+/// The quantized forms dummy weights can take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DummyQuant {
+    /// e4m3 weights with per-channel scales, dynamic per-token FP8 activations.
+    Fp8,
+    /// int4 weights in groups of 128 (64 where the input is not a multiple of 128).
+    W4a16,
 }
 
 /// The tokenizer next to the config if there is one, else a byte-level tokenizer (ids 0..256
@@ -207,6 +243,8 @@ pub struct DummyWeights {
     rng: Mutex<rand::rngs::StdRng>,
     /// Tied models ask for the embedding twice (table and lm_head): hand out one tensor.
     embed: Mutex<Option<Tensor>>,
+    /// Linear layers in a quantized form (None: dense).
+    quant: Option<DummyQuant>,
 }
 
 impl DummyWeights {
@@ -220,7 +258,61 @@ impl DummyWeights {
             device: device.clone(),
             rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)),
             embed: Mutex::new(None),
+            quant: None,
         })
+    }
+
+    /// `name`'s weight in the quantized form asked for, random (None: dense, or lm_head,
+    /// which stays dense as in vLLM, or a shape the kernels do not take).
+    pub fn quantized_linear(
+        &self,
+        name: &str,
+    ) -> Result<Option<crate::quant::device::DevicePacked>> {
+        use crate::quant::device::{DevicePacked, Fp8Packed, IntPacked};
+        let Some(q) = self.quant else {
+            return Ok(None);
+        };
+        let Some(shape) = self.shape(&format!("{name}.weight")) else {
+            return Ok(None);
+        };
+        let (out, inp) = shape.dims2()?;
+        if name == "lm_head" || !inp.is_multiple_of(64) {
+            return Ok(None);
+        }
+        let mut rng = self.rng.lock().expect("rng lock");
+        Ok(Some(match q {
+            DummyQuant::Fp8 => {
+                let mut bytes = vec![0u8; out * inp];
+                rng.fill(&mut bytes[..]);
+                // Exponent field <= 7: |values| < 2, times a scale of 0.01.
+                bytes.iter_mut().for_each(|b| *b &= 0xbf);
+                DevicePacked::Fp8(Fp8Packed {
+                    out,
+                    inp,
+                    bytes,
+                    scales: vec![0.01; out],
+                    gw: inp,
+                    gx: inp,
+                    static_scale: None,
+                })
+            }
+            DummyQuant::W4a16 => {
+                let g = if inp.is_multiple_of(128) { 128 } else { 64 };
+                let mut words = vec![0u32; out * inp / 8];
+                rng.fill(&mut words[..]);
+                // Values (q - 8) * 0.005: within +-0.04, like the dense dummy weights.
+                let scale_offset = [0.005f32, -0.04].repeat(out * inp / g);
+                DevicePacked::Int(IntPacked {
+                    out,
+                    inp,
+                    bits: 4,
+                    words,
+                    scale_offset,
+                    g,
+                    perm: None,
+                })
+            }
+        }))
     }
 
     pub fn dtype(&self) -> DType {

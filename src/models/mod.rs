@@ -66,8 +66,10 @@ pub fn load_model_quantized(
     device: &Device,
     quantization: Option<&str>,
 ) -> Result<Box<dyn CausalLm>> {
-    if let (Some(q), ModelFiles::Gguf(_) | ModelFiles::Dummy(_)) = (quantization, files) {
-        anyhow::bail!("--quantization {q} applies to safetensors checkpoints only");
+    if let (Some(q), ModelFiles::Gguf(_)) = (quantization, files) {
+        anyhow::bail!(
+            "--quantization {q} applies to safetensors checkpoints (and dummy weights) only"
+        );
     }
     match files {
         ModelFiles::HfDir(dir) => {
@@ -115,7 +117,13 @@ pub fn load_model_quantized(
             }
             registry::build(cfg, &w)
         }
-        ModelFiles::Dummy(spec) => dummy::load(&dummy::resolve(spec)?.config, dtype, device, 0),
+        ModelFiles::Dummy(spec) => dummy::load_quantized(
+            &dummy::resolve(spec)?.config,
+            dtype,
+            device,
+            0,
+            quantization,
+        ),
     }
 }
 

@@ -12,7 +12,14 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::layers::linear::Linear;
-use crate::quant::{load as qload, QuantConfig};
+use crate::ops::qgemm::QuantWeight;
+use crate::quant::{device as qdevice, load as qload, QuantConfig};
+
+/// Whether quantized weights stay quantized on `device` (a GPU, unless
+/// `FLARE_GPU_QGEMM=off`, which keeps the dense dequantized path for A/B measurements).
+fn gpu_qgemm(device: &Device) -> bool {
+    device.is_cuda() && std::env::var("FLARE_GPU_QGEMM").map_or(true, |v| v != "off" && v != "0")
+}
 
 pub enum Weights {
     Safetensors {
@@ -127,6 +134,55 @@ impl Weights {
         };
         let w = Tensor::from_vec(d.dense, (d.out, d.inp), vb.device())?.to_dtype(*dtype)?;
         Ok(Some((w, d.act)))
+    }
+
+    /// On a GPU, `name`'s quantized weight in the layout of our quantized GEMMs (kept
+    /// quantized); None on the CPU, for dense modules, and where the kernels do not apply
+    /// (then the dense dequantized path runs).
+    fn device_quantized(&self, name: &str, bias: &Option<Tensor>) -> Result<Option<Linear>> {
+        let Weights::Safetensors {
+            raw,
+            quant: Some(q),
+            dtype,
+            vb,
+        } = self
+        else {
+            return Ok(None);
+        };
+        if !gpu_qgemm(vb.device()) {
+            return Ok(None);
+        }
+        let Some(p) = qdevice::linear(raw, q, name).with_context(|| format!("loading {name}"))?
+        else {
+            return Ok(None);
+        };
+        // The int kernels take bf16 activations: other dtypes keep the dense path.
+        if matches!(p, qdevice::DevicePacked::Int(_)) && *dtype != DType::BF16 {
+            return Ok(None);
+        }
+        let w = QuantWeight::upload(&p, vb.device())?;
+        Ok(Some(Linear::device_quantized(w, bias.clone())))
+    }
+
+    /// A GGUF weight (read on the CPU) kept quantized on the GPU, where the weights would
+    /// otherwise be densified (a bf16 model on CUDA) and the type has a kernel.
+    fn gguf_on_gpu(&self, qt: &QTensor, bias: &Option<Tensor>) -> Result<Option<Linear>> {
+        let Weights::Gguf {
+            device,
+            dense: Some(DType::BF16),
+            ..
+        } = self
+        else {
+            return Ok(None);
+        };
+        if !gpu_qgemm(device) {
+            return Ok(None);
+        }
+        let Some(p) = qdevice::gguf(qt)? else {
+            return Ok(None);
+        };
+        let w = QuantWeight::upload(&qdevice::DevicePacked::Int(p), device)?;
+        Ok(Some(Linear::device_quantized(w, bias.clone())))
     }
 
     /// `dense`: dequantize to that dtype at load (None: quantized matmuls, f32 activations).
@@ -254,8 +310,36 @@ impl Weights {
         } else {
             None
         };
+        if let Some(l) = self.device_quantized(name, &b)? {
+            return Ok(l);
+        }
+        if let Weights::Dummy(d) = self {
+            if let Some(p) = d.quantized_linear(name)? {
+                let w = QuantWeight::upload(&p, d.device())?;
+                return Ok(Linear::device_quantized(w, b));
+            }
+        }
         if let Some((w, act)) = self.dequantized(name)? {
             return Ok(Linear::quantized(w, act, b));
+        }
+        if let Weights::Gguf {
+            dense: Some(_),
+            arch,
+            device,
+            ..
+        } = self
+        {
+            if !gpu_qgemm(device) {
+                return Ok(Linear::new(
+                    QMatMul::Tensor(self.tensor(name, "weight")?),
+                    b,
+                ));
+            }
+            let qt =
+                self.gguf_qtensor_on(&format!("{}.weight", gguf_name(arch, name)), &Device::Cpu)?;
+            if let Some(l) = self.gguf_on_gpu(&qt, &b)? {
+                return Ok(l);
+            }
         }
         let w = match self {
             Weights::Safetensors { .. } | Weights::Dummy(_) => {
@@ -338,7 +422,19 @@ impl Weights {
                     QStorage::from_data(std::borrow::Cow::Owned(part.to_vec()), device, dtype)?;
                 let qt = QTensor::new(storage, (rows, cols))?;
                 let w = match dense {
-                    Some(dt) => QMatMul::Tensor(qt.dequantize(device)?.to_dtype(*dt)?),
+                    Some(dt) => {
+                        let cpu = QStorage::from_data(
+                            std::borrow::Cow::Borrowed(part),
+                            &Device::Cpu,
+                            dtype,
+                        )?;
+                        if let Some(l) =
+                            self.gguf_on_gpu(&QTensor::new(cpu, (rows, cols))?, &None)?
+                        {
+                            return Ok(l);
+                        }
+                        QMatMul::Tensor(qt.dequantize(device)?.to_dtype(*dt)?)
+                    }
                     None => QMatMul::from_qtensor(qt)?,
                 };
                 Ok(Linear::new(w, None))
@@ -367,6 +463,17 @@ impl Weights {
         for &r in &order {
             out.extend_from_slice(&data[r * row_bytes..(r + 1) * row_bytes]);
         }
+        let b = if bias {
+            let idx: Vec<u32> = order.iter().map(|&r| r as u32).collect();
+            let idx = Tensor::from_vec(idx, rows, device)?;
+            Some(self.tensor(name, "bias")?.index_select(&idx, 0)?)
+        } else {
+            None
+        };
+        let cpu = QStorage::from_data(std::borrow::Cow::Borrowed(&out[..]), &Device::Cpu, dtype)?;
+        if let Some(l) = self.gguf_on_gpu(&QTensor::new(cpu, (rows, cols))?, &b)? {
+            return Ok(l);
+        }
         let storage = QStorage::from_data(std::borrow::Cow::Owned(out), device, dtype)?;
         let qt = QTensor::new(storage, (rows, cols))?;
         let w = match self {
@@ -374,13 +481,6 @@ impl Weights {
                 dense: Some(dt), ..
             } => QMatMul::Tensor(qt.dequantize(device)?.to_dtype(*dt)?),
             _ => QMatMul::from_qtensor(qt)?,
-        };
-        let b = if bias {
-            let idx: Vec<u32> = order.iter().map(|&r| r as u32).collect();
-            let idx = Tensor::from_vec(idx, rows, device)?;
-            Some(self.tensor(name, "bias")?.index_select(&idx, 0)?)
-        } else {
-            None
         };
         Ok(Linear::new(w, b))
     }

@@ -7,6 +7,7 @@ pub mod kv_write;
 pub mod moe;
 pub mod norm;
 pub mod paged_attention;
+pub mod qgemm;
 pub mod rotary;
 pub mod sampling;
 

@@ -5,6 +5,7 @@
 //! The CPU path dequantizes weights at load into the dense `Linear` (exact for weight-only
 //! formats) and fake-quantizes activations per token where the format quantizes them.
 
+pub mod device;
 pub mod formats;
 pub mod fp8;
 pub mod load;
