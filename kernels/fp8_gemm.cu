@@ -22,7 +22,7 @@ constexpr int FP8_BN = 32;  // output columns per CTA: 4 n8 tiles, each warp com
 constexpr int FP8_KC = 64;  // K chunk of one warp iteration: two k32 MMA steps (K % 64 == 0)
 constexpr int FP8_QUANT_THREADS = 256;
 
-__device__ __forceinline__ float block_max(float x) {
+__device__ __forceinline__ float act_block_max(float x) {
   __shared__ float partial[32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   x = warp_max(x);
@@ -48,7 +48,7 @@ __device__ void fp8_quant_act(const T* __restrict__ x, uint8_t* __restrict__ q,
     if (scale <= 0.f) {
       float m = 0.f;
       for (int i = threadIdx.x; i < gx; i += blockDim.x) m = fmaxf(m, fabsf(to_float(xr[k0 + i])));
-      scale = block_max(m) / E4M3_MAX;
+      scale = act_block_max(m) / E4M3_MAX;
     }
     for (int i = threadIdx.x; i < gx; i += blockDim.x) {
       const float v = to_float(xr[k0 + i]);

@@ -664,6 +664,8 @@ static void check_sampling() {
     if (!ok) failures++;
     std::printf("%s adjust_logits\n", ok ? "ok  " : "FAIL");
   }
+}
+
 // ---------------------------------------------------------------- quantized GEMMs
 // e4m3 by brute force: the nearest of the 253 finite values, ties to the even mantissa,
 // saturating (what src/quant/fp8.rs::round_e4m3 computes).
