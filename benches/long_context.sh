@@ -39,7 +39,7 @@ kv=(--kv-cache-memory 1000000000)
       echo "## load: $(uptime)"
       if [ "$peer" = 1 ]; then
         echo "## llama.cpp llama-bench, decode 32 after a context of $c, threads $t"
-        "$bin/llama-bench" -m "$gguf" -t "$t" -p 0 -n 32 -d "$c" -r 2 -o md 2>/dev/null | grep -E 'tg[0-9]'
+        "$bin/llama-bench" -m "$gguf" -t "$t" -p 0 -n 32 -d "$c" -r 1 -o md 2>/dev/null | grep -E 'tg[0-9]'
       fi
       echo "## flare bench latency, decode 64 after a prompt of $c, threads $t"
       RAYON_NUM_THREADS=$t RUST_LOG=warn $flare bench latency "$gguf" --input-len "$c" \
