@@ -9,7 +9,7 @@ CLASSES = [
     ("matmul: flare qgemm", r"flare::cpu::qgemm"),
     ("matmul: candle quantized", r"quantized::k_quants|quantized::avx|repack_x86|BlockQ"),
     ("matmul: candle dense (gemm)", r"gemm|sgemm|matmul"),
-    ("attention", r"flare::layers::attention|PagedAttention"),
+    ("attention", r"flare::layers::attention|flare::cpu::attention|PagedAttention"),
     ("sampling / logprobs", r"flare::sample|flare::ops::sampling"),
     ("tokenizer / detokenize", r"tokenizers|flare::tokenizer|regex|onig"),
     ("norm / rotary / activations (candle ops)", r"candle_nn::ops|rms_norm|Rotary|rope|silu|expf|exp|tanh|unary_map|binary_map|cpu_backend|index_select|copy_strided|Tensor::"),

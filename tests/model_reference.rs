@@ -477,8 +477,10 @@ fn batched_logits_match_alone() {
             assert_eq!(alone.len(), batched.len());
             for (pos, (a, b)) in alone.iter().zip(batched).enumerate() {
                 let d = max_abs(a, b);
+                // 4e-5: the SIMD attention's own rounding (vector exp, normalizing once at
+                // the end) moves tiny-gemma3's largest gap from 1.9e-5 to 2.1e-5.
                 assert!(
-                    d < 2e-5,
+                    d < 4e-5,
                     "{name}: prompt {i}, pos {pos}: alone vs batched {d}"
                 );
             }

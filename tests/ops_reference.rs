@@ -186,12 +186,12 @@ mod moe {
     }
 
     fn mlp(hidden: usize, inter: usize, bias: bool, act: Activation, dtype: DType) -> GatedMlp {
-        GatedMlp {
-            gate: linear(inter, hidden, bias, dtype),
-            up: linear(inter, hidden, bias, dtype),
-            down: linear(hidden, inter, bias, dtype),
-            activation: act,
-        }
+        GatedMlp::new(
+            linear(inter, hidden, bias, dtype),
+            linear(inter, hidden, bias, dtype),
+            linear(hidden, inter, bias, dtype),
+            act,
+        )
     }
 
     struct Case {
@@ -287,12 +287,7 @@ mod moe {
     }
 
     fn copy(m: &SparseMoe) -> SparseMoe {
-        let e = |g: &GatedMlp| GatedMlp {
-            gate: g.gate.clone(),
-            up: g.up.clone(),
-            down: g.down.clone(),
-            activation: g.activation,
-        };
+        let e = |g: &GatedMlp| g.clone();
         SparseMoe::new(
             m.router.clone(),
             m.experts.iter().map(e).collect(),
@@ -374,9 +369,67 @@ mod moe {
         let mut layer = build(c, 64, 32, DType::F32);
         let w = weight(32, 64, DType::F32);
         let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
-        layer.experts[0].gate = Linear::new(QMatMul::from_qtensor(q).unwrap(), None);
+        let e = layer.experts[0].clone();
+        let (_, up) = e.gate_up().unwrap();
+        let gate = Linear::new(QMatMul::from_qtensor(q).unwrap(), None);
+        layer.experts[0] = GatedMlp::new(gate, up.clone(), e.down.clone(), e.activation);
         assert!(!layer.fuse().unwrap());
         assert_eq!(layer.experts.len(), c.experts);
         assert!(layer.fused.is_none());
+    }
+
+    /// GGUF gate and up on the CPU become one map (one pass over the input), and the block
+    /// gives bit-identical results to the two maps run apart, for every activation.
+    #[test]
+    fn fused_gate_up_matches_separate_maps_bit_for_bit() {
+        use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+        let (hidden, inter, tokens) = (64, 96, 7);
+        let q = |out: usize, inp: usize, t: GgmlDType| {
+            let w = weight(out, inp, DType::F32);
+            Linear::new(
+                QMatMul::from_qtensor(QTensor::quantize(&w, t).unwrap()).unwrap(),
+                None,
+            )
+        };
+        let x = randn(&[tokens, hidden], DType::F32);
+        for t in [GgmlDType::Q4_0, GgmlDType::Q8_0] {
+            for act in [Activation::Silu, Activation::GeluTanh] {
+                let (gate, up, down) = (
+                    q(inter, hidden, t),
+                    q(inter, hidden, t),
+                    q(hidden, inter, t),
+                );
+                let fused = GatedMlp::new(gate.clone(), up.clone(), down.clone(), act);
+                if fused.gate_up().is_some() {
+                    // This machine has no AVX2 kernel: nothing is fused, nothing to compare.
+                    return;
+                }
+                let g = gate.forward(&x).unwrap();
+                let u = up.forward(&x).unwrap();
+                let h = match act {
+                    Activation::Silu => (candle_nn::ops::silu(&g).unwrap() * u).unwrap(),
+                    _ => (g.gelu().unwrap() * u).unwrap(),
+                };
+                let want = down
+                    .forward(&h)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>();
+                let got = fused
+                    .forward(&x)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>();
+                let (want, got) = (want.unwrap(), got.unwrap());
+                assert!(want.iter().any(|v| *v != 0.0));
+                let same = want
+                    .iter()
+                    .zip(&got)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{t:?} {act:?}");
+            }
+        }
     }
 }

@@ -2,4 +2,5 @@
 //! order of every output row, so results do not depend on the batch or the thread count.
 
 pub mod dense;
+pub mod attention;
 pub mod qgemm;

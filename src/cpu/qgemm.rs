@@ -458,7 +458,15 @@ mod x86 {
         let mut acc = [_mm256_setzero_ps(); R];
         let mut off = [0f32; R];
         let scales = &w.scales[c * kb..(c + 1) * kb];
-        let aq = a.q.as_ptr();
+        // Each row's own quantized blocks, scales and sums (pointers, so the per-block address
+        // arithmetic is one add per row).
+        let (mut qp, mut dp, mut sp) = ([a.q.as_ptr(); R], [a.d.as_ptr(); R], [a.sum.as_ptr(); R]);
+        for i in 0..R {
+            let base = (r + i) * kb;
+            qp[i] = qp[i].add(base * BLOCK);
+            dp[i] = dp[i].add(base);
+            sp[i] = sp[i].add(base);
+        }
         match w.layout {
             Layout::Q4 => {
                 let codes = w.codes.as_ptr().add(c * kb * 16);
@@ -468,14 +476,14 @@ mod x86 {
                     let lo = _mm_and_si128(v, low);
                     let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), low);
                     let wq = _mm256_set_m128i(hi, lo);
+                    let dv = _mm256_set1_ps(d);
                     for i in 0..R {
-                        let row = r + i;
-                        let at = row * kb + b;
-                        let x = _mm256_loadu_si256(aq.add(at * BLOCK) as *const __m256i);
+                        let x = _mm256_loadu_si256(qp[i].add(b * BLOCK) as *const __m256i);
                         let p = _mm256_cvtepi32_ps(dot_u8i8::<VNNI>(wq, x));
-                        let s = _mm256_set1_ps(d * *a.d.get_unchecked(at));
+                        // d·d_a in every lane: the same product as the scalar one.
+                        let s = _mm256_mul_ps(dv, _mm256_broadcast_ss(&*dp[i].add(b)));
                         acc[i] = _mm256_fmadd_ps(p, s, acc[i]);
-                        off[i] += m * *a.sum.get_unchecked(at);
+                        off[i] += m * *sp[i].add(b);
                     }
                 }
             }
@@ -484,14 +492,12 @@ mod x86 {
                 for (b, &[d0, d1]) in scales.iter().enumerate() {
                     let wq = _mm256_loadu_si256(codes.add(b * 32) as *const __m256i);
                     let wabs = _mm256_sign_epi8(wq, wq);
+                    let dv = _mm256_set_m128(_mm_set1_ps(d1), _mm_set1_ps(d0));
                     for i in 0..R {
-                        let row = r + i;
-                        let at = row * kb + b;
-                        let x = _mm256_loadu_si256(aq.add(at * BLOCK) as *const __m256i);
+                        let x = _mm256_loadu_si256(qp[i].add(b * BLOCK) as *const __m256i);
                         let xs = _mm256_sign_epi8(x, wq);
                         let p = _mm256_cvtepi32_ps(dot_u8i8::<VNNI>(wabs, xs));
-                        let da = *a.d.get_unchecked(at);
-                        let s = _mm256_set_m128(_mm_set1_ps(d1 * da), _mm_set1_ps(d0 * da));
+                        let s = _mm256_mul_ps(dv, _mm256_broadcast_ss(&*dp[i].add(b)));
                         acc[i] = _mm256_fmadd_ps(p, s, acc[i]);
                     }
                 }

@@ -12,6 +12,7 @@ use candle_core::{
 };
 use half::{bf16, f16};
 
+use crate::cpu::attention as cpu_attn;
 use crate::ops::paged_attention::{cuda_supports, DeviceAttnMeta};
 
 /// One sequence's part of a step.
@@ -154,6 +155,10 @@ pub fn paged_attention_with_sinks(
     }
 }
 
+/// Per-thread buffers of the CPU kernel: scaled queries, scores, output accumulators, and
+/// the cache offsets of the attended positions.
+type Scratch = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<usize>);
+
 struct PagedAttention {
     meta: AttnMetadata,
     scale: f32,
@@ -164,6 +169,10 @@ struct PagedAttention {
 trait Element: Copy + Send + Sync {
     fn to_f32(self) -> f32;
     fn from_f32(x: f32) -> Self;
+    /// The slice itself when the type is f32 (the SIMD kernels read f32 caches only).
+    fn as_f32(_s: &[Self]) -> Option<&[f32]> {
+        None
+    }
 }
 impl Element for f32 {
     fn to_f32(self) -> f32 {
@@ -171,6 +180,9 @@ impl Element for f32 {
     }
     fn from_f32(x: f32) -> Self {
         x
+    }
+    fn as_f32(s: &[Self]) -> Option<&[f32]> {
+        Some(s)
     }
 }
 impl Element for bf16 {
@@ -256,7 +268,12 @@ impl PagedAttention {
         for (i, s) in self.meta.seqs.iter().enumerate() {
             seq_of[s.query_start..s.query_start + s.query_len].fill(i);
         }
-        let work = |scratch: &mut (Vec<f32>, Vec<f32>, Vec<f32>), (item, o): (usize, &mut [T])| {
+        // f32 caches with a head dimension of whole vectors take the SIMD kernels.
+        let simd = match (T::as_f32(k), T::as_f32(v)) {
+            (Some(k), Some(v)) if cpu_attn::available() && cpu_attn::supports(d) => Some((k, v)),
+            _ => None,
+        };
+        let work = |scratch: &mut Scratch, (item, o): (usize, &mut [T])| {
             let (row, kvh) = (item / kv_heads, item % kv_heads);
             let s = &self.meta.seqs[seq_of[row]];
             let pos = s.context_len - s.query_len + (row - s.query_start);
@@ -265,11 +282,29 @@ impl PagedAttention {
                 _ => 0,
             };
             let n = pos + 1 - lo;
-            let (qf, scores, acc) = scratch;
+            let (qf, scores, acc, offs) = scratch;
             qf.clear();
             for g in 0..group {
                 let qo = (row * heads + kvh * group + g) * d;
                 qf.extend(q[qo..qo + d].iter().map(|y| y.to_f32() * self.scale));
+            }
+            if let Some((kf, vf)) = simd {
+                offs.clear();
+                for_slots(&s.block_table, bs, lo, pos, |_, slot| {
+                    offs.push((slot * kv_heads + kvh) * d)
+                });
+                offs.resize(cpu_attn::padded(n), offs[0]);
+                scores.resize(group * offs.len(), 0.0);
+                acc.resize(group * d, 0.0);
+                let sinks = self
+                    .sinks
+                    .as_ref()
+                    .map(|s| &s[kvh * group..(kvh + 1) * group]);
+                cpu_attn::attend(qf, kf, vf, offs, n, d, sinks, scores, acc);
+                for (o, a) in o.iter_mut().zip(acc.iter()) {
+                    *o = T::from_f32(*a);
+                }
+                return;
             }
             scores.clear();
             scores.resize(group * n, 0.0);
@@ -313,7 +348,7 @@ impl PagedAttention {
                 *o = T::from_f32(*a);
             }
         };
-        let init = || (Vec::new(), Vec::new(), Vec::new());
+        let init = || (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         // Small steps on the calling thread (no fork/join cost); same arithmetic either way.
         if num_tokens
             * heads

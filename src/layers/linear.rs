@@ -99,6 +99,15 @@ impl Linear {
         }
     }
 
+    /// Rows of the `[out, in]` weight.
+    pub fn out_features(&self) -> usize {
+        match &self.weight {
+            Weight::Packed(w) => w.out_features(),
+            Weight::Candle(QMatMul::QTensor(q)) => q.shape().dims()[0],
+            Weight::Candle(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => w.dims()[0],
+        }
+    }
+
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
     }

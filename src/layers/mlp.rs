@@ -7,17 +7,55 @@ use crate::models::config::Activation;
 use crate::ops;
 use crate::ops::moe::{FusedExperts, Routing};
 
+#[derive(Clone)]
 pub struct GatedMlp {
-    pub gate: Linear,
-    pub up: Linear,
+    proj: GateUp,
     pub down: Linear,
     pub activation: Activation,
 }
 
+/// The gate and up projections: separate, or one map whose output is gate, then up, side by
+/// side (our CPU kernel's repacked weights: the input is quantized once and read by one pass).
+#[derive(Clone)]
+enum GateUp {
+    Separate { gate: Linear, up: Linear },
+    Fused { both: Linear, inter: usize },
+}
+
 impl GatedMlp {
+    pub fn new(gate: Linear, up: Linear, down: Linear, activation: Activation) -> Self {
+        let proj = match Linear::fuse(&[&gate, &up]) {
+            Some(both) => GateUp::Fused {
+                both,
+                inter: gate.out_features(),
+            },
+            None => GateUp::Separate { gate, up },
+        };
+        Self {
+            proj,
+            down,
+            activation,
+        }
+    }
+
+    /// The separate gate and up maps (`None` once fused: then they are repacked CPU weights).
+    pub fn gate_up(&self) -> Option<(&Linear, &Linear)> {
+        match &self.proj {
+            GateUp::Separate { gate, up } => Some((gate, up)),
+            GateUp::Fused { .. } => None,
+        }
+    }
+
     /// `x: [tokens, hidden] -> [tokens, hidden]`; SiLU-mul is one fused kernel on CUDA.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (gate, up) = (self.gate.forward(x)?, self.up.forward(x)?);
+        let (gate, up) = match &self.proj {
+            GateUp::Separate { gate, up } => (gate.forward(x)?, up.forward(x)?),
+            GateUp::Fused { both, inter } => {
+                let y = both.forward(x)?;
+                let last = y.rank() - 1;
+                (y.narrow(last, 0, *inter)?, y.narrow(last, *inter, *inter)?)
+            }
+        };
         let h = match self.activation {
             Activation::Silu if x.device().is_cuda() => ops::activation::silu_mul(&gate, &up)?,
             Activation::Silu => (candle_nn::ops::silu(&gate)? * up)?,
@@ -76,19 +114,22 @@ impl SparseMoe {
             return Ok(false);
         };
         let activation = first.activation;
-        let with_bias = first.gate.bias().is_some();
+        let with_bias = first.gate_up().and_then(|(g, _)| g.bias()).is_some();
         let mut gate_up = Vec::with_capacity(self.experts.len());
         let mut down = Vec::with_capacity(self.experts.len());
         let (mut gate_up_bias, mut down_bias) = (Vec::new(), Vec::new());
         for e in &self.experts {
+            let Some((gate, up)) = e.gate_up() else {
+                return Ok(false);
+            };
             let (Some(g), Some(u), Some(d)) = (
-                e.gate.dense_weight(),
-                e.up.dense_weight(),
+                gate.dense_weight(),
+                up.dense_weight(),
                 e.down.dense_weight(),
             ) else {
                 return Ok(false);
             };
-            let biases = [e.gate.bias(), e.up.bias(), e.down.bias()];
+            let biases = [gate.bias(), up.bias(), e.down.bias()];
             if e.activation != activation || biases.iter().any(|b| b.is_some() != with_bias) {
                 return Ok(false);
             }

@@ -200,12 +200,12 @@ fn stacked_experts(
                 let bias = gub.narrow(1, k, 1)?.squeeze(1)?.contiguous()?;
                 Ok(Linear::dense(weight, Some(bias)))
             };
-            Ok(GatedMlp {
-                gate: half(0)?,
-                up: half(1)?,
-                down: Linear::dense(down.get(j)?.t()?.contiguous()?, Some(down_bias.get(j)?)),
-                activation: cfg.activation,
-            })
+            Ok(GatedMlp::new(
+                half(0)?,
+                half(1)?,
+                Linear::dense(down.get(j)?.t()?.contiguous()?, Some(down_bias.get(j)?)),
+                cfg.activation,
+            ))
         })
         .collect()
 }
@@ -285,12 +285,12 @@ fn load_mla(w: &Weights, cfg: &ModelConfig, m: &MlaConfig, prefix: &str) -> Resu
 fn load_mlp(w: &Weights, cfg: &ModelConfig, layer: usize) -> Result<Mlp> {
     let p = format!("model.layers.{layer}");
     let dense = |prefix: &str, gate: &str, up: &str, down: &str| -> Result<GatedMlp> {
-        Ok(GatedMlp {
-            gate: w.linear(&format!("{prefix}.{gate}"), cfg.mlp_bias)?,
-            up: w.linear(&format!("{prefix}.{up}"), cfg.mlp_bias)?,
-            down: w.linear(&format!("{prefix}.{down}"), cfg.mlp_bias)?,
-            activation: cfg.activation,
-        })
+        Ok(GatedMlp::new(
+            w.linear(&format!("{prefix}.{gate}"), cfg.mlp_bias)?,
+            w.linear(&format!("{prefix}.{up}"), cfg.mlp_bias)?,
+            w.linear(&format!("{prefix}.{down}"), cfg.mlp_bias)?,
+            cfg.activation,
+        ))
     };
     match &cfg.moe {
         Some(m) if m.sparse_layers[layer] => {
@@ -314,12 +314,7 @@ fn load_mlp(w: &Weights, cfg: &ModelConfig, layer: usize) -> Result<Mlp> {
                         .into_iter()
                         .zip(ups)
                         .zip(downs)
-                        .map(|((gate, up), down)| GatedMlp {
-                            gate,
-                            up,
-                            down,
-                            activation: cfg.activation,
-                        })
+                        .map(|((gate, up), down)| GatedMlp::new(gate, up, down, cfg.activation))
                         .collect()
                 }
                 (false, None) => (0..m.num_experts)
@@ -365,12 +360,12 @@ fn load_mlp(w: &Weights, cfg: &ModelConfig, layer: usize) -> Result<Mlp> {
         // Phi-3: gate rows, then up rows, in one `gate_up_proj`.
         _ if cfg.fused_projections => {
             let (name, n) = (format!("{p}.mlp.gate_up_proj"), cfg.intermediate_size);
-            Ok(Mlp::Dense(GatedMlp {
-                gate: w.linear_rows(&name, 0, n, cfg.mlp_bias)?,
-                up: w.linear_rows(&name, n, n, cfg.mlp_bias)?,
-                down: w.linear(&format!("{p}.mlp.down_proj"), cfg.mlp_bias)?,
-                activation: cfg.activation,
-            }))
+            Ok(Mlp::Dense(GatedMlp::new(
+                w.linear_rows(&name, 0, n, cfg.mlp_bias)?,
+                w.linear_rows(&name, n, n, cfg.mlp_bias)?,
+                w.linear(&format!("{p}.mlp.down_proj"), cfg.mlp_bias)?,
+                cfg.activation,
+            )))
         }
         _ => Ok(Mlp::Dense(dense(
             &format!("{p}.mlp"),
