@@ -47,6 +47,7 @@ fn load(files: source::ModelFiles, batch: usize) -> Loaded {
     let prompt: Vec<u32> = (0..PROMPT as u32).map(|i| 100 + (i * 37) % 5000).collect();
     for t in &tables {
         fwd.step(&[StepSeq {
+            seq_id: None,
             new_tokens: &prompt,
             num_computed: 0,
             block_table: t,
@@ -64,6 +65,7 @@ fn forward_ms(m: &Loaded, batch: usize, n: usize, reps: usize, to_host: bool) ->
     let steps: Vec<StepSeq> = m.tables[..batch]
         .iter()
         .map(|t| StepSeq {
+            seq_id: None,
             new_tokens: &new,
             num_computed: PROMPT,
             block_table: t,

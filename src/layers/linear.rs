@@ -103,6 +103,7 @@ impl Linear {
     pub fn out_features(&self) -> usize {
         match &self.weight {
             Weight::Packed(w) => w.out_features(),
+            Weight::Device(w) => w.out_features(),
             Weight::Candle(QMatMul::QTensor(q)) => q.shape().dims()[0],
             Weight::Candle(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => w.dims()[0],
         }
