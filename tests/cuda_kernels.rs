@@ -174,7 +174,7 @@ fn reshape_and_cache_writes_exactly_the_mapped_slots() {
                 .unwrap();
             let (kc, vc) = (nan.copy().unwrap(), nan.copy().unwrap());
             let slot_t = Tensor::new(slots.as_slice(), &Device::Cpu).unwrap();
-            ops::kv_write::reshape_and_cache(&k, &v, &kc, &vc, &slot_t).unwrap();
+            ops::kv_write::reshape_and_cache(&k, &v, &kc, &vc, &slot_t, None).unwrap();
             let (kg, vg) = (nan.to_device(&dev).unwrap(), nan.to_device(&dev).unwrap());
             ops::kv_write::reshape_and_cache(
                 &k.to_device(&dev).unwrap(),
@@ -182,6 +182,7 @@ fn reshape_and_cache_writes_exactly_the_mapped_slots() {
                 &kg,
                 &vg,
                 &slot_t.to_device(&dev).unwrap(),
+                None,
             )
             .unwrap();
             let what = format!("reshape_and_cache {dtype:?} kvh{kvh} d{d}");

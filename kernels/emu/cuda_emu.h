@@ -39,6 +39,10 @@ inline dim3 threadIdx, blockIdx, blockDim, gridDim;
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline float __uint_as_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline uint32_t __float_as_uint(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
+// Round to nearest, ties to even (the default FP environment), as the device intrinsic does.
+inline unsigned __float2uint_rn(float f) { return (unsigned)std::nearbyint(f); }
 
 // ---- element types
 struct __nv_bfloat16 {
