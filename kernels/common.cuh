@@ -17,6 +17,35 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(f
   return __float2bfloat16_rn(x);
 }
 
+// FP8 e4m3 (OCP e4m3fn: bias 7, no infinities, 0x7f/0xff NaN, max 448), written out in bits so
+// it needs no cuda_fp8.h (any arch, and kernels/emu). Matches src/quant/fp8.rs bit for bit.
+__device__ __forceinline__ float fp8_e4m3_to_float(uint8_t b) {
+  const uint32_t em = b & 0x7fu;
+  float mag;
+  if (em == 0x7fu) {
+    mag = __uint_as_float(0x7fc00000u);
+  } else if (em >= 0x08u) {  // normal: exponent e - 7 is f32 exponent field e + 120
+    mag = __uint_as_float((((em >> 3) + 120u) << 23) | ((em & 7u) << 20));
+  } else {  // subnormal: em * 2^-9
+    mag = (float)em * 0.001953125f;
+  }
+  return (b & 0x80u) ? -mag : mag;
+}
+
+// The e4m3fn byte nearest x (ties to even), saturating at +-448; NaN stays NaN.
+__device__ __forceinline__ uint8_t float_to_fp8_e4m3(float x) {
+  const uint32_t bits = __float_as_uint(x);
+  const uint8_t sign = (uint8_t)((bits >> 24) & 0x80u);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return 0x7f;
+  const float a = fminf(__uint_as_float(bits & 0x7fffffffu), 448.f);
+  if (a < 0.015625f) {  // below 2^-6: multiples of 2^-9 (8 is the smallest normal, 0x08)
+    return sign | (uint8_t)__float2uint_rn(a * 512.f);
+  }
+  uint32_t ab = __float_as_uint(a);
+  ab += 0x7ffffu + ((ab >> 20) & 1u);  // round the f32 mantissa to 3 bits, ties to even
+  return sign | (uint8_t)((((ab >> 23) - 120u) << 3) | ((ab >> 20) & 7u));
+}
+
 // Rounds through T and back: what storing an f32 value in T and reading it again gives.
 template <typename T> __device__ __forceinline__ float round_to(float x) {
   return to_float(from_float<T>(x));

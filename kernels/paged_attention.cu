@@ -13,6 +13,9 @@
 // [seqs, max_blocks]. Scores are in the log2 domain (q pre-scaled by scale * log2(e)).
 // sinks (nullable, [heads] f32, natural-log units): one more logit per head in the softmax's
 // denominator with no value (gpt-oss), applied where the rows are normalised.
+// FP8 caches (the _fp8 entry points): k_cache/v_cache hold e4m3 bytes; the host folds the K
+// scale into scale_log2 and v_scale multiplies the output (or the partials), so a cached
+// element is decoded by fp8_e4m3_to_float alone. Other caches pass v_scale = 1.
 // Inside a block: 4 warps, each owning rows warp, warp + 4, ...; in the QK step lane j scores
 // key j of the 32-key tile, in the PV step lane j accumulates dims 2j, 2j+1 (+64 ...).
 #include "common.cuh"
@@ -31,25 +34,30 @@ __device__ __forceinline__ float2 load2(const __half* p) {
 __device__ __forceinline__ float2 load2(const __nv_bfloat16* p) {
   return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
 }
+__device__ __forceinline__ float2 load2(const uint8_t* p) {
+  return make_float2(fp8_e4m3_to_float(p[0]), fp8_e4m3_to_float(p[1]));
+}
 
-template <typename T, int D, int RPW>
-__device__ void paged_attention(const T* __restrict__ q, const T* __restrict__ k_cache,
-                                const T* __restrict__ v_cache,
+// T: q and out; C: the cache elements (T, or uint8_t e4m3 bytes).
+template <typename T, typename C, int D, int RPW>
+__device__ void paged_attention(const T* __restrict__ q, const C* __restrict__ k_cache,
+                                const C* __restrict__ v_cache,
                                 const uint32_t* __restrict__ block_tables,
                                 const uint4* __restrict__ items, T* __restrict__ out,
                                 float* __restrict__ part_o, float* __restrict__ part_ml,
                                 const float* __restrict__ sinks, int num_tokens, int heads, int kv_heads, int max_blocks,
-                                int block_size, int window, int part_len, float scale_log2) {
+                                int block_size, int window, int part_len, float scale_log2,
+                                float v_scale) {
   constexpr int ROWS = NWARPS * RPW;
   // K rows padded so that lane j reading 4 bytes of key j hits bank (j * odd) % 32.
-  constexpr int KPAD = sizeof(T) == 4 ? 1 : 2;
+  constexpr int KPAD = sizeof(C) == 4 ? 1 : sizeof(C) == 2 ? 2 : 4;
   constexpr int KS = D + KPAD;
-  constexpr int VEC = 16 / sizeof(T);
+  constexpr int VEC = 16 / sizeof(C);
   constexpr int CHUNKS = D / VEC;
   constexpr int PAIRS = D / 64;  // float pairs per lane in the PV step
   __shared__ float qs[ROWS][D];
-  __shared__ __align__(16) T ks[TK][KS];
-  __shared__ __align__(16) T vs[TK][D];
+  __shared__ __align__(16) C ks[TK][KS];
+  __shared__ __align__(16) C vs[TK][D];
 
   const uint4 item = items[blockIdx.x];
   const int row0 = item.x, nq = item.y, pos0 = item.z, seq = item.w;
@@ -159,7 +167,7 @@ __device__ void paged_attention(const T* __restrict__ q, const T* __restrict__ k
         keep = exp2f(m[rr] - mt);
         den = den * keep + exp2f(sink - mt);
       }
-      const float inv = den > 0.f ? keep / den : 0.f;
+      const float inv = den > 0.f ? keep / den * v_scale : 0.f;
 #pragma unroll
       for (int i = 0; i < PAIRS; ++i) {
         const int c = 64 * i + 2 * lane;
@@ -171,8 +179,8 @@ __device__ void paged_attention(const T* __restrict__ q, const T* __restrict__ k
 #pragma unroll
       for (int i = 0; i < PAIRS; ++i) {
         const int c = 64 * i + 2 * lane;
-        part_o[prow * D + c] = acc[rr][2 * i];
-        part_o[prow * D + c + 1] = acc[rr][2 * i + 1];
+        part_o[prow * D + c] = acc[rr][2 * i] * v_scale;
+        part_o[prow * D + c + 1] = acc[rr][2 * i + 1] * v_scale;
       }
       if (lane == 0) {
         part_ml[prow * 2] = m[rr];
@@ -209,16 +217,22 @@ __device__ void attn_reduce(const float* __restrict__ part_o, const float* __res
 
 }  // namespace
 
-#define PAGED_ATTENTION(T, NAME, D, RPW)                                                   \
+#define PAGED_ATTENTION_KV(T, C, NAME, D, RPW)                                             \
   extern "C" __global__ void __launch_bounds__(NTHREADS) paged_attention_##NAME##_d##D(     \
-      const T* q, const T* k_cache, const T* v_cache, const uint32_t* block_tables,       \
+      const T* q, const C* k_cache, const C* v_cache, const uint32_t* block_tables,       \
       const uint4* items, T* out, float* part_o, float* part_ml, const float* sinks,      \
       int num_tokens, int heads, int kv_heads, int max_blocks, int block_size, int window, \
-      int part_len, float scale_log2) {                                                    \
-    paged_attention<T, D, RPW>(q, k_cache, v_cache, block_tables, items, out, part_o,     \
-                               part_ml, sinks, num_tokens, heads, kv_heads, max_blocks,   \
-                               block_size, window, part_len, scale_log2);                 \
-  }                                                                                        \
+      int part_len, float scale_log2, float v_scale) {                                     \
+    paged_attention<T, C, D, RPW>(q, k_cache, v_cache, block_tables, items, out, part_o,  \
+                                  part_ml, sinks, num_tokens, heads, kv_heads, max_blocks, \
+                                  block_size, window, part_len, scale_log2, v_scale);      \
+  }
+
+// A cache of T (paged_attention_NAME_dD) and an FP8 one (paged_attention_NAME_fp8_dD); both
+// reduce their splits with attn_reduce_NAME_dD.
+#define PAGED_ATTENTION(T, NAME, D, RPW)                                                   \
+  PAGED_ATTENTION_KV(T, T, NAME, D, RPW)                                                   \
+  PAGED_ATTENTION_KV(T, uint8_t, NAME##_fp8, D, RPW)                                       \
   extern "C" __global__ void attn_reduce_##NAME##_d##D(                                    \
       const float* part_o, const float* part_ml, const float* sinks, T* out, int num_rows, \
       int heads, int splits) {                                                             \

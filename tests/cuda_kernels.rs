@@ -174,7 +174,7 @@ fn reshape_and_cache_writes_exactly_the_mapped_slots() {
                 .unwrap();
             let (kc, vc) = (nan.copy().unwrap(), nan.copy().unwrap());
             let slot_t = Tensor::new(slots.as_slice(), &Device::Cpu).unwrap();
-            ops::kv_write::reshape_and_cache(&k, &v, &kc, &vc, &slot_t).unwrap();
+            ops::kv_write::reshape_and_cache(&k, &v, &kc, &vc, &slot_t, None).unwrap();
             let (kg, vg) = (nan.to_device(&dev).unwrap(), nan.to_device(&dev).unwrap());
             ops::kv_write::reshape_and_cache(
                 &k.to_device(&dev).unwrap(),
@@ -182,6 +182,7 @@ fn reshape_and_cache_writes_exactly_the_mapped_slots() {
                 &kg,
                 &vg,
                 &slot_t.to_device(&dev).unwrap(),
+                None,
             )
             .unwrap();
             let what = format!("reshape_and_cache {dtype:?} kvh{kvh} d{d}");
@@ -445,6 +446,98 @@ fn paged_attention_matches_reference() {
                     let got = paged_attention(&qg, &kg, &vg, &meta_g, scale, window).unwrap();
                     let what = format!(
                         "paged attention {dtype:?} h{heads}/{kvh} d{d} batch {bi} window {window:?}"
+                    );
+                    assert_close(&got, &want, dtype, &what);
+                }
+            }
+        }
+    }
+}
+
+/// The FP8 KV cache (`--kv-cache-dtype fp8`): `reshape_and_cache` into e4m3 bytes gives the
+/// CPU reference's bytes exactly, and `paged_attention` over those bytes (per-tensor scales)
+/// matches the CPU kernel, decode and ragged prefill, with and without a window.
+#[test]
+fn fp8_kv_cache_kernels_match_reference() {
+    use flare::kv::Fp8Scales;
+    use flare::layers::attention::paged_attention_kv;
+    let dev = gpu();
+    let mut rng = rand::rng();
+    let scales = Fp8Scales { k: 0.02, v: 0.3 };
+    let (block_size, num_blocks) = (16, 256);
+    let slots_n = num_blocks * block_size;
+    for dtype in DTYPES {
+        for &(heads, kvh, d) in &[(9usize, 3usize, 64usize), (32, 8, 128), (8, 4, 256)] {
+            if dtype == DType::F32 && d == 256 {
+                continue;
+            }
+            // Every slot written through reshape_and_cache, on both sides.
+            let k = randn(&[slots_n, kvh, d], dtype);
+            let v = randn(&[slots_n, kvh, d], dtype);
+            let all: Vec<u32> = (0..slots_n as u32).collect();
+            let slot_c = Tensor::new(all.as_slice(), &Device::Cpu).unwrap();
+            let zeros = Tensor::zeros((slots_n, kvh, d), DType::U8, &Device::Cpu).unwrap();
+            let (kc, vc) = (zeros.copy().unwrap(), zeros.copy().unwrap());
+            ops::kv_write::reshape_and_cache(&k, &v, &kc, &vc, &slot_c, Some(scales)).unwrap();
+            let (kg, vg) = (
+                zeros.to_device(&dev).unwrap(),
+                zeros.to_device(&dev).unwrap(),
+            );
+            ops::kv_write::reshape_and_cache(
+                &k.to_device(&dev).unwrap(),
+                &v.to_device(&dev).unwrap(),
+                &kg,
+                &vg,
+                &slot_c.to_device(&dev).unwrap(),
+                Some(scales),
+            )
+            .unwrap();
+            let bytes = |t: &Tensor| {
+                t.to_device(&Device::Cpu)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<u8>()
+                    .unwrap()
+            };
+            assert_eq!(bytes(&kg), bytes(&kc), "fp8 K bytes {dtype:?} d{d}");
+            assert_eq!(bytes(&vg), bytes(&vc), "fp8 V bytes {dtype:?} d{d}");
+            let scale = 1.0 / (d as f32).sqrt();
+            let batches: [&[(usize, usize)]; 2] = [
+                &[(0, 1), (15, 1), (100, 1), (1000, 1)],
+                &[(0, 37), (20, 1), (64, 13)],
+            ];
+            for lens in batches {
+                for window in [None, Some(50)] {
+                    let seqs = batch(lens, block_size, num_blocks, &mut rng);
+                    let t: usize = lens.iter().map(|l| l.1).sum();
+                    let q = randn(&[t, heads, d], dtype);
+                    let meta_c = AttnMetadata::new(seqs.clone(), block_size, &Device::Cpu).unwrap();
+                    let want = paged_attention_kv(
+                        &q,
+                        &kc,
+                        &vc,
+                        &meta_c,
+                        scale,
+                        window,
+                        None,
+                        Some(scales),
+                    )
+                    .unwrap();
+                    let meta_g = AttnMetadata::new(seqs, block_size, &dev).unwrap();
+                    let got = paged_attention_kv(
+                        &q.to_device(&dev).unwrap(),
+                        &kg,
+                        &vg,
+                        &meta_g,
+                        scale,
+                        window,
+                        None,
+                        Some(scales),
+                    )
+                    .unwrap();
+                    let what = format!(
+                        "fp8 KV attention {dtype:?} h{heads}/{kvh} d{d} {lens:?} {window:?}"
                     );
                     assert_close(&got, &want, dtype, &what);
                 }

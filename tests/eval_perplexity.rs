@@ -26,6 +26,7 @@ fn perplexity_matches_transformers_logits() {
         max_chunks: None,
         bos: None,
         block_size: 4,
+        kv_cache_dtype: Default::default(),
     };
     // Two copies of the prompt: two chunks, the same score each.
     let tokens: Vec<u32> = prompt.iter().chain(&prompt).copied().collect();

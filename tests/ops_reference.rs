@@ -107,14 +107,14 @@ fn reshape_and_cache_matches_write_kv() {
         Tensor::zeros((8 * bs, kvh, d), DType::F32, &Device::Cpu).unwrap(),
         Tensor::zeros((8 * bs, kvh, d), DType::F32, &Device::Cpu).unwrap(),
     );
-    meta.write_kv(&k, &v, &kc, &vc).unwrap();
+    meta.write_kv(&k, &v, &kc, &vc, None).unwrap();
     // Slots by hand: sequence 0 positions 3..9, sequence 1 position 1.
     let slot = |t: &[u32], p: usize| t[p / bs] * bs as u32 + (p % bs) as u32;
     let mut slots: Vec<u32> = (3..9).map(|p| slot(&seqs[0].block_table, p)).collect();
     slots.push(slot(&seqs[1].block_table, 1));
     let slots = Tensor::new(slots.as_slice(), &Device::Cpu).unwrap();
     let (k2, v2) = (kc.zeros_like().unwrap(), vc.zeros_like().unwrap());
-    ops::kv_write::reshape_and_cache(&k, &v, &k2, &v2, &slots).unwrap();
+    ops::kv_write::reshape_and_cache(&k, &v, &k2, &v2, &slots, None).unwrap();
     assert_eq!(max_diff(&k2, &kc), 0.0);
     assert_eq!(max_diff(&v2, &vc), 0.0);
     // A padding slot writes nothing.
@@ -126,6 +126,7 @@ fn reshape_and_cache_matches_write_kv() {
         &k3,
         &k3.zeros_like().unwrap(),
         &pad,
+        None,
     )
     .unwrap();
     assert_eq!(

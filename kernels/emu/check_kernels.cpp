@@ -78,9 +78,10 @@ struct Seq {
   std::vector<uint32_t> table;
 };
 
-template <typename T>
-static std::vector<float> attention_reference(const std::vector<T>& q, const std::vector<T>& k,
-                                              const std::vector<T>& v, const std::vector<Seq>& seqs,
+// K: the cache's element type as the reference reads it (T, or float values of an FP8 cache).
+template <typename T, typename K>
+static std::vector<float> attention_reference(const std::vector<T>& q, const std::vector<K>& k,
+                                              const std::vector<K>& v, const std::vector<Seq>& seqs,
                                               int heads, int kvh, int d, int bs, int window,
                                               float scale, const std::vector<float>& sinks) {
   const int group = heads / kvh;
@@ -121,14 +122,58 @@ static std::vector<float> attention_reference(const std::vector<T>& q, const std
 }
 
 #define ATTN_KERNELS(T, NAME, D) \
-  if constexpr (std::is_same_v<T, Elem>) if (d == D) { attn = paged_attention_##NAME##_d##D; reduce = attn_reduce_##NAME##_d##D; }
+  if constexpr (std::is_same_v<T, Elem>) if (d == D) { attn = paged_attention_##NAME##_d##D; attn8 = paged_attention_##NAME##_fp8_d##D; reduce = attn_reduce_##NAME##_d##D; }
+
+// ---------------------------------------------------------------- FP8 e4m3, independently
+// The value of an e4m3fn byte from its fields (NaN for 0x7f / 0xff).
+static float e4m3_value(uint8_t b) {
+  const int e = (b >> 3) & 15, m = b & 7;
+  if (e == 15 && m == 7) return NAN;
+  const float mag = e == 0 ? std::ldexp(float(m), -9) : std::ldexp(1.f + m / 8.f, e - 7);
+  return (b & 0x80) ? -mag : mag;
+}
+
+// The nearest finite e4m3 byte by search (ties to the even mantissa), after clamping to 448.
+static uint8_t e4m3_nearest(float x) {
+  const float c = std::fmin(std::fabs(x), 448.f);
+  int best = 0;
+  for (int b = 1; b < 0x7f; ++b) {
+    const float d = std::fabs(e4m3_value(b) - c), db = std::fabs(e4m3_value(best) - c);
+    if (d < db || (d == db && (b & 1) == 0)) best = b;
+  }
+  return uint8_t(best | (std::signbit(x) ? 0x80 : 0));
+}
+
+static void check_fp8_conversions() {
+  bool ok = true;
+  for (int b = 0; b < 256; ++b) {
+    const float want = e4m3_value(uint8_t(b)), got = flare::fp8_e4m3_to_float(uint8_t(b));
+    if (!(std::isnan(want) ? std::isnan(got) : want == got && std::signbit(want) == std::signbit(got))) ok = false;
+  }
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::vector<float> xs = {0.f, -0.f, 448.f, 464.f, 1e6f, -1e6f, 0.0009765625f, 0.0029296875f,
+                           1.0625f, 1.1875f, 0.0146484375f, 0.0152587890625f, 240.f, 232.f};
+  for (int i = 0; i < 20000; ++i) xs.push_back(nd(rng) * std::ldexp(1.f, int(i % 24) - 12));
+  for (float x : xs)
+    if (flare::float_to_fp8_e4m3(x) != e4m3_nearest(x)) {
+      if (ok) std::printf("     e4m3(%g): kernel %#x, search %#x\n", x, flare::float_to_fp8_e4m3(x), e4m3_nearest(x));
+      ok = false;
+    }
+  if (flare::float_to_fp8_e4m3(NAN) != 0x7f) ok = false;
+  if (!ok) failures++;
+  std::printf("%s fp8 e4m3 decode (256 bytes) and encode (%zu values) vs search\n", ok ? "ok  " : "FAIL", xs.size());
+}
 
 template <typename Elem>
 static void check_attention(int heads, int kvh, int d, const std::vector<std::pair<int, int>>& lens,
-                            int window, bool with_sinks = false) {
+                            int window, bool with_sinks = false, bool fp8 = false) {
   using AttnFn = void (*)(const Elem*, const Elem*, const Elem*, const uint32_t*, const uint4*,
                           Elem*, float*, float*, const float*, int, int, int, int, int, int, int,
-                          float);
+                          float, float);
+  using Attn8Fn = void (*)(const Elem*, const uint8_t*, const uint8_t*, const uint32_t*,
+                           const uint4*, Elem*, float*, float*, const float*, int, int, int, int,
+                           int, int, int, float, float);
+  Attn8Fn attn8 = nullptr;
   using ReduceFn = void (*)(const float*, const float*, const float*, Elem*, int, int, int);
   AttnFn attn = nullptr;
   ReduceFn reduce = nullptr;
@@ -167,7 +212,15 @@ static void check_attention(int heads, int kvh, int d, const std::vector<std::pa
     for (int h = 0; h < heads; ++h) sinks.push_back(nd(rng));
   }
   const float* sinks_p = with_sinks ? sinks.data() : nullptr;
-  auto want = attention_reference(q, k, v, seqs, heads, kvh, d, bs, window, scale, sinks);
+  // FP8: the cache holds e4m3(x / s) (k spread so some saturate at 448); the reference reads
+  // the bytes' values times the scales.
+  const float k_scale = 0.011f, v_scale = 0.37f;
+  std::vector<uint8_t> k8, v8;
+  std::vector<float> kf, vf;
+  for (auto& x : k) k8.push_back(e4m3_nearest(tof(x) / k_scale)), kf.push_back(e4m3_value(k8.back()) * k_scale);
+  for (auto& x : v) v8.push_back(e4m3_nearest(tof(x) / v_scale)), vf.push_back(e4m3_value(v8.back()) * v_scale);
+  auto want = fp8 ? attention_reference(q, kf, vf, seqs, heads, kvh, d, bs, window, scale, sinks)
+                  : attention_reference(q, k, v, seqs, heads, kvh, d, bs, window, scale, sinks);
 
   // Host plan, as src/ops/paged_attention.rs makes it.
   const int group = heads / kvh;
@@ -199,17 +252,24 @@ static void check_attention(int heads, int kvh, int d, const std::vector<std::pa
     poison(part_ml);
   }
   emu::launch({unsigned(items.size()), unsigned(kvh), unsigned(splits)}, {128, 1, 1}, [&] {
-    attn(q.data(), k.data(), v.data(), tables.data(), items.data(), out.data(),
-         splits > 1 ? part_o.data() : nullptr, splits > 1 ? part_ml.data() : nullptr, sinks_p,
-         tokens, heads, kvh, int(max_blocks), bs, window, part_len, scale * 1.4426950408889634f);
+    float* po = splits > 1 ? part_o.data() : nullptr;
+    float* pml = splits > 1 ? part_ml.data() : nullptr;
+    if (fp8)
+      attn8(q.data(), k8.data(), v8.data(), tables.data(), items.data(), out.data(), po, pml,
+            sinks_p, tokens, heads, kvh, int(max_blocks), bs, window, part_len,
+            scale * k_scale * 1.4426950408889634f, v_scale);
+    else
+      attn(q.data(), k.data(), v.data(), tables.data(), items.data(), out.data(), po, pml, sinks_p,
+           tokens, heads, kvh, int(max_blocks), bs, window, part_len, scale * 1.4426950408889634f,
+           1.f);
   });
   if (splits > 1)
     emu::launch({unsigned(tokens * heads), 1, 1}, {unsigned(d), 1, 1}, [&] {
       reduce(part_o.data(), part_ml.data(), sinks_p, out.data(), tokens * heads, heads, splits);
     });
   char what[160];
-  std::snprintf(what, sizeof what, "paged_attention %s h%d/%d d%d %zu seqs %d tokens window %d splits %d%s",
-                tname<Elem>(), heads, kvh, d, seqs.size(), tokens, window, splits,
+  std::snprintf(what, sizeof what, "paged_attention %s%s h%d/%d d%d %zu seqs %d tokens window %d splits %d%s",
+                tname<Elem>(), fp8 ? " fp8-kv" : "", heads, kvh, d, seqs.size(), tokens, window, splits,
                 with_sinks ? " sinks" : "");
   check(out, want, what);
 }
@@ -486,6 +546,29 @@ template <typename T> static void check_small() {
     }
     if (!ok) failures++;
     std::printf("%s reshape_and_cache %s\n", ok ? "ok  " : "FAIL", tn);
+  }
+  {  // reshape_and_cache_fp8: mapped rows as e4m3(x * inv_scale) bytes, the rest untouched
+    const int t = 9, row = 4 * 64, slots = 64;
+    const float inv = 1.f / 0.013f;
+    auto src = randn<T>(t * row);
+    std::vector<uint8_t> cache(slots * row, 0xa5);
+    std::vector<uint32_t> map = {3, 60, 0xffffffffu, 17, 5, 6, 7, 0xffffffffu, 33};
+    void (*f)(const T*, uint8_t*, const uint32_t*, int, float) = nullptr;
+    if constexpr (std::is_same_v<T, float>) f = reshape_and_cache_fp8_f32;
+    if constexpr (std::is_same_v<T, __half>) f = reshape_and_cache_fp8_f16;
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) f = reshape_and_cache_fp8_bf16;
+    emu::launch({t, 1, 1}, {128, 1, 1}, [&] { f(src.data(), cache.data(), map.data(), row, inv); });
+    bool ok = true;
+    for (int s = 0; s < slots; ++s) {
+      const auto it = std::find(map.begin(), map.end(), uint32_t(s));
+      for (int c = 0; c < row; ++c) {
+        const uint8_t got = cache[s * row + c];
+        const uint8_t want = it == map.end() ? 0xa5 : e4m3_nearest(tof(src[(it - map.begin()) * row + c]) * inv);
+        if (got != want) ok = false;
+      }
+    }
+    if (!ok) failures++;
+    std::printf("%s reshape_and_cache_fp8 %s\n", ok ? "ok  " : "FAIL", tn);
   }
   {  // argmax: ties to the lowest id, NaN never wins
     const int vocab = 5000, rows = 3;
@@ -883,6 +966,7 @@ int main(int argc, char** argv) {
   }
   if (!only_moe) {
   check_quantized_gemms();
+  check_fp8_conversions();
   check_small<__nv_bfloat16>();
   check_small<__half>();
   check_small<float>();
@@ -909,6 +993,14 @@ int main(int argc, char** argv) {
     check_attention<float>(8, 2, 64, batches[b], 0, true);
   }
   check_attention<__nv_bfloat16>(16, 4, 64, std::vector<std::pair<int, int>>(70, {19, 1}), 5, true);
+  // FP8 KV cache (e4m3 bytes, per-tensor scales): split and direct paths, every q dtype.
+  for (size_t b = 0; b < batches.size(); ++b) {
+    check_attention<__nv_bfloat16>(9, 3, 64, batches[b], b == 1 ? 50 : 0, false, true);
+    check_attention<__half>(32, 8, 128, batches[b], 0, false, true);
+  }
+  check_attention<float>(8, 2, 64, batches[1], 0, true, true);
+  check_attention<__nv_bfloat16>(8, 4, 256, batches[0], 0, false, true);
+  check_attention<__nv_bfloat16>(16, 4, 64, std::vector<std::pair<int, int>>(70, {19, 1}), 0, false, true);
   }
   // Fused MoE: Qwen3/Mixtral softmax top-k, DeepSeek-V3 sigmoid groups + correction +
   // scaling, V2 softmax groups without renorm, gpt-oss clamped SwiGLU with biases; shapes off

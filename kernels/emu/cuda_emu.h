@@ -55,6 +55,8 @@ inline unsigned __float_as_uint(float f) {
   std::memcpy(&u, &f, 4);
   return u;
 }
+// Round to nearest, ties to even (the default FP environment), as the device intrinsic does.
+inline unsigned __float2uint_rn(float f) { return (unsigned)std::nearbyint(f); }
 
 // ---- element types
 struct __nv_bfloat16 {

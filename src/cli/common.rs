@@ -54,6 +54,11 @@ pub struct ModelArgs {
     /// dynamic per-token FP8 activations). Quantized checkpoints are read as they are.
     #[arg(long)]
     pub quantization: Option<String>,
+    /// KV cache element type: auto (the model's dtype) or fp8 / fp8_e4m3 (e4m3 with per-tensor
+    /// scales from the checkpoint's k_scale/v_scale, else 1.0): twice the tokens of bf16 in the
+    /// same --kv-cache-memory.
+    #[arg(long, default_value = "auto")]
+    pub kv_cache_dtype: String,
     /// Speculative decoding, vLLM's JSON: {"method": "ngram" | "draft", "model": PATH (draft),
     /// "num_speculative_tokens": K, "prompt_lookup_min": 2, "prompt_lookup_max": 4,
     /// "disable_by_batch_size": N}. Without disable_by_batch_size speculation pauses at high
@@ -114,6 +119,7 @@ impl ModelArgs {
             gpu_memory_utilization: self.gpu_memory_utilization,
             max_model_len: self.max_model_len,
             quantization: self.quantization.clone(),
+            kv_cache_dtype: flare::kv::KvCacheDtype::parse(&self.kv_cache_dtype)?,
             scheduler: SchedulerConfig {
                 max_num_seqs: self.max_num_seqs,
                 max_num_batched_tokens: self.max_num_batched_tokens,

@@ -75,19 +75,21 @@ fn run_perplexity(args: PerplexityCli) -> Result<()> {
         .map_or_else(|| "none".to_string(), |q| q.name());
     eprintln!(
         "{}: {} tokens in {}, chunks of {} (BOS first: {}), quantization {quant}, dtype {:?}, \
-         loaded in {load_s:.1}s",
+         KV cache {}, loaded in {load_s:.1}s",
         files.path().display(),
         tokens.len(),
         args.text.display(),
         args.ctx_size,
         bos.is_some(),
         engine.dtype,
+        engine.kv_cache_dtype.name(),
     );
     let p = PerplexityArgs {
         ctx: args.ctx_size,
         max_chunks: args.chunks,
         bos,
         block_size: engine.scheduler.block_size,
+        kv_cache_dtype: engine.kv_cache_dtype,
     };
     let t = Instant::now();
     let mut chunks = 0;
@@ -113,6 +115,7 @@ fn run_perplexity(args: PerplexityCli) -> Result<()> {
             "text": args.text.display().to_string(),
             "quantization": quant,
             "dtype": format!("{:?}", engine.dtype),
+            "kv_cache_dtype": engine.kv_cache_dtype.name(),
             "ctx_size": args.ctx_size,
             "chunks": chunks,
             "tokens_evaluated": evaluated,

@@ -7,6 +7,7 @@ use candle_core::{DType, Device};
 
 use super::EngineCore;
 use crate::guidance::Guidance;
+use crate::kv::KvCacheDtype;
 use crate::models::{config::ModelConfig, dummy, source};
 use crate::runner::candle::{CandleForward, CandleRunner};
 use crate::scheduler::{config::SchedulerConfig, Scheduler};
@@ -40,6 +41,8 @@ pub struct EngineArgs {
     pub quantization: Option<String>,
     /// Speculative decoding (`--speculative-config`); None: off.
     pub speculative: Option<SpecConfig>,
+    /// What the KV cache stores (`--kv-cache-dtype`).
+    pub kv_cache_dtype: KvCacheDtype,
 }
 
 /// How weights are obtained (vLLM's `--load-format`).
@@ -67,6 +70,7 @@ impl Default for EngineArgs {
             grammar_compile_timeout: Guidance::DEFAULT_COMPILE_TIMEOUT,
             quantization: None,
             speculative: None,
+            kv_cache_dtype: KvCacheDtype::Auto,
         }
     }
 }
@@ -100,7 +104,8 @@ pub fn build_engine(args: &EngineArgs) -> Result<LoadedEngine> {
     )?;
     let tokenizer = load_tokenizer(&files)?;
     let cfg = model.config().clone();
-    let kv_dtype = model.dtype();
+    let model_dtype = model.dtype();
+    let kv_dtype = args.kv_cache_dtype.cache_dtype(model_dtype);
     let bytes_per_token = cfg.kv_bytes_per_token(kv_dtype.size_in_bytes());
     let block_size = args.scheduler.block_size;
     let wanted_len = args.max_model_len.unwrap_or(cfg.max_position_embeddings);
@@ -140,6 +145,18 @@ pub fn build_engine(args: &EngineArgs) -> Result<LoadedEngine> {
         num_blocks * block_size,
         (num_blocks * block_size * bytes_per_token) >> 20
     );
+    if args.kv_cache_dtype != KvCacheDtype::Auto {
+        let model_bytes = cfg.kv_bytes_per_token(model.dtype().size_in_bytes());
+        tracing::info!(
+            "KV cache dtype {}: {:.1}x the tokens of a {:?} cache in the same memory ({} tokens \
+             instead of {})",
+            args.kv_cache_dtype.name(),
+            model_bytes as f64 / bytes_per_token as f64,
+            model.dtype(),
+            num_blocks * block_size,
+            kv_bytes / (model_bytes * block_size) * block_size,
+        );
+    }
     let mut eos = tokenizer.eos_token_ids.clone();
     for id in &cfg.eos_token_ids {
         if !eos.contains(id) {
@@ -170,7 +187,13 @@ pub fn build_engine(args: &EngineArgs) -> Result<LoadedEngine> {
     Ok(LoadedEngine {
         engine: EngineCore::new(scheduler, runner, tokenizer.clone())
             .with_guidance(guidance.clone())
-            .with_spec(spec),
+            .with_spec(spec)
+            .with_kv_info(crate::kv::KvCacheInfo {
+                dtype: args.kv_cache_dtype,
+                block_size,
+                bytes_per_token,
+                model_dtype_bytes_per_token: cfg.kv_bytes_per_token(model_dtype.size_in_bytes()),
+            }),
         guidance,
         tokenizer,
         config: cfg,

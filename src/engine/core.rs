@@ -66,6 +66,8 @@ pub struct EngineCore<R: ModelRunner> {
     check_invariants: bool,
     /// Speculative decoding; None: off.
     spec: Option<SpecDecoder>,
+    /// How the KV cache was sized (None: not told, e.g. a mock runner).
+    kv_info: Option<crate::kv::KvCacheInfo>,
 }
 
 impl<R: ModelRunner> EngineCore<R> {
@@ -80,7 +82,18 @@ impl<R: ModelRunner> EngineCore<R> {
             check_invariants: cfg!(debug_assertions)
                 || std::env::var("FLARE_CHECK_INVARIANTS").is_ok_and(|v| v == "1"),
             spec: None,
+            kv_info: None,
         }
+    }
+
+    /// Records how the KV cache was sized, for the metrics.
+    pub fn with_kv_info(mut self, info: crate::kv::KvCacheInfo) -> Self {
+        self.kv_info = Some(info);
+        self
+    }
+
+    pub fn kv_info(&self) -> Option<crate::kv::KvCacheInfo> {
+        self.kv_info
     }
 
     /// Turns speculative decoding on (the scheduler must reserve the proposer's lookahead).

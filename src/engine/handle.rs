@@ -33,6 +33,8 @@ pub struct EngineStats {
     pub alive: bool,
     /// Speculative decoding counters; None when it is off.
     pub spec: Option<crate::spec::SpecStats>,
+    /// The KV cache's dtype and sizing; None when the engine was not told.
+    pub kv_info: Option<crate::kv::KvCacheInfo>,
 }
 
 // One Add per request crosses this channel; boxing it would save nothing that matters.
@@ -212,6 +214,7 @@ fn run_loop<R: ModelRunner>(
             steps,
             alive: true,
             spec: engine.spec_stats().cloned(),
+            kv_info: engine.kv_info(),
         };
     };
     let mut steps = 0u64;

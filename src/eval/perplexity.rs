@@ -60,6 +60,8 @@ pub struct PerplexityArgs {
     /// Replace each chunk's first token by this (the tokenizer's BOS when it adds one).
     pub bos: Option<u32>,
     pub block_size: usize,
+    /// What the KV cache stores (`--kv-cache-dtype`).
+    pub kv_cache_dtype: crate::kv::KvCacheDtype,
 }
 
 /// Scores `tokens`; `on_chunk(i, stats so far)` after every chunk.
@@ -79,7 +81,11 @@ pub fn perplexity(
     );
     let device = model.device().clone();
     let blocks = n.div_ceil(args.block_size);
-    let kv = model.new_kv_cache(blocks, args.block_size, model.dtype())?;
+    let kv = model.new_kv_cache(
+        blocks,
+        args.block_size,
+        args.kv_cache_dtype.cache_dtype(model.dtype()),
+    )?;
     let first = n / 2;
     let meta = AttnMetadata::new(
         vec![SeqAttn {

@@ -1,13 +1,89 @@
 //! Per-layer K/V tensors of the paged cache; which block belongs to whom is the block
 //! manager's business, not this module's.
 
+use anyhow::bail;
 use candle_core::{DType, Device, Result, Tensor};
+
+/// What the cache stores K and V as (`--kv-cache-dtype`, vLLM's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvCacheDtype {
+    /// The model's activation dtype.
+    #[default]
+    Auto,
+    /// FP8 e4m3 (OCP e4m3fn) bytes with one scale per tensor and layer for K and for V:
+    /// `stored = e4m3(x / scale)`, read back as `stored * scale`.
+    Fp8E4m3,
+}
+
+impl KvCacheDtype {
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
+        Ok(match s {
+            "auto" => Self::Auto,
+            "fp8" | "fp8_e4m3" => Self::Fp8E4m3,
+            other => {
+                bail!("unsupported --kv-cache-dtype `{other}` (supported: auto, fp8, fp8_e4m3)")
+            }
+        })
+    }
+
+    /// The dtype to ask a model's `new_kv_cache` for: `F8E4M3` names the fp8 cache (stored as
+    /// raw bytes, see [`KvCache`]).
+    pub fn cache_dtype(self, model_dtype: DType) -> DType {
+        match self {
+            Self::Auto => model_dtype,
+            Self::Fp8E4m3 => DType::F8E4M3,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Fp8E4m3 => "fp8_e4m3",
+        }
+    }
+}
+
+/// How the engine's KV cache is sized, for the metrics: what it stores, and how many bytes a
+/// token takes in it and would take in the model's own dtype.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct KvCacheInfo {
+    pub dtype: KvCacheDtype,
+    pub block_size: usize,
+    pub bytes_per_token: usize,
+    pub model_dtype_bytes_per_token: usize,
+}
+
+impl KvCacheInfo {
+    /// Tokens this cache holds per token a cache of the model's dtype would hold (2 for FP8
+    /// against bf16, 4 against f32).
+    pub fn capacity_gain(&self) -> f64 {
+        self.model_dtype_bytes_per_token as f64 / self.bytes_per_token.max(1) as f64
+    }
+}
+
+/// One layer's per-tensor FP8 scales (1.0 unless the checkpoint has `k_scale`/`v_scale`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fp8Scales {
+    pub k: f32,
+    pub v: f32,
+}
+
+impl Default for Fp8Scales {
+    fn default() -> Self {
+        Self { k: 1.0, v: 1.0 }
+    }
+}
 
 /// Layout per layer: `[num_blocks * block_size, num_kv_heads, head_dim]`, so a token's slot
 /// index is its row and a block is `block_size` consecutive rows.
+///
+/// An FP8 cache holds e4m3 bytes in `U8` tensors: candle's own F8 dtype has no CUDA casts or
+/// copies (shared/docs/CANDLE_CUDA.md), and every reader and writer of the cache is ours.
 #[derive(Debug)]
 pub struct KvCache {
     layers: Vec<(Tensor, Tensor)>,
+    /// One entry per layer when the cache is FP8.
+    fp8: Option<Vec<Fp8Scales>>,
     pub num_blocks: usize,
     pub block_size: usize,
 }
@@ -29,6 +105,7 @@ impl KvCache {
 
     /// K rows of `k_row = (heads, dim)` and V rows of `v_row` per slot; MLA keeps its latent
     /// as "K" and its rotary key as "V", `(1, kv_lora_rank)` and `(1, qk_rope_head_dim)`.
+    /// `dtype` `F8E4M3`: an FP8 cache with scales 1.0 (see [`KvCache::with_fp8_scales`]).
     #[allow(clippy::too_many_arguments)]
     pub fn with_rows(
         num_layers: usize,
@@ -40,24 +117,43 @@ impl KvCache {
         device: &Device,
     ) -> Result<Self> {
         let slots = num_blocks * block_size;
+        let fp8 = dtype == DType::F8E4M3;
+        let storage = if fp8 { DType::U8 } else { dtype };
         let layers = (0..num_layers)
             .map(|_| {
                 Ok((
-                    Tensor::zeros((slots, k_row.0, k_row.1), dtype, device)?,
-                    Tensor::zeros((slots, v_row.0, v_row.1), dtype, device)?,
+                    Tensor::zeros((slots, k_row.0, k_row.1), storage, device)?,
+                    Tensor::zeros((slots, v_row.0, v_row.1), storage, device)?,
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             layers,
+            fp8: fp8.then(|| vec![Fp8Scales::default(); num_layers]),
             num_blocks,
             block_size,
         })
     }
 
+    /// Sets an FP8 cache's per-layer scales (ignored by other caches).
+    pub fn with_fp8_scales(mut self, scales: &[Fp8Scales]) -> Result<Self> {
+        if let Some(s) = &mut self.fp8 {
+            if scales.len() != s.len() {
+                candle_core::bail!("{} KV scales for {} layers", scales.len(), s.len());
+            }
+            s.copy_from_slice(scales);
+        }
+        Ok(self)
+    }
+
     pub fn layer(&self, i: usize) -> (&Tensor, &Tensor) {
         let (k, v) = &self.layers[i];
         (k, v)
+    }
+
+    /// Layer `i`'s scales when the cache is FP8.
+    pub fn fp8_scales(&self, i: usize) -> Option<Fp8Scales> {
+        self.fp8.as_ref().map(|s| s[i])
     }
 
     pub fn num_slots(&self) -> usize {

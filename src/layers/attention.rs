@@ -13,6 +13,7 @@ use candle_core::{
 use half::{bf16, f16};
 
 use crate::cpu::attention as cpu_attn;
+use crate::kv::Fp8Scales;
 use crate::ops::paged_attention::{cuda_supports, DeviceAttnMeta};
 
 /// One sequence's part of a step.
@@ -95,20 +96,34 @@ impl AttnMetadata {
         self.device_meta.as_ref().map(|m| &m.slot_mapping)
     }
 
-    /// Writes new keys and values (`[num_tokens, kv_heads, head_dim]`) into their slots.
+    /// Writes new keys and values (`[num_tokens, kv_heads, head_dim]`) into their slots;
+    /// into an FP8 cache (`fp8` scales, `U8` tensors) as e4m3 bytes of `x / scale`.
     pub fn write_kv(
         &self,
         k: &Tensor,
         v: &Tensor,
         k_cache: &Tensor,
         v_cache: &Tensor,
+        fp8: Option<Fp8Scales>,
     ) -> Result<()> {
+        let (k, v) = match fp8 {
+            Some(s) => (encode_fp8(k, s.k)?, encode_fp8(v, s.v)?),
+            None => (k.clone(), v.clone()),
+        };
         for &(row, slot, n) in &self.slot_runs {
             k_cache.slice_set(&k.narrow(0, row, n)?.contiguous()?, 0, slot)?;
             v_cache.slice_set(&v.narrow(0, row, n)?.contiguous()?, 0, slot)?;
         }
         Ok(())
     }
+}
+
+/// `x` (any float dtype, on the CPU) as the e4m3 bytes of `x / scale`, same shape, `U8`.
+fn encode_fp8(x: &Tensor, scale: f32) -> Result<Tensor> {
+    let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let mut bytes = Vec::with_capacity(xs.len());
+    crate::quant::fp8::encode_e4m3_scaled(&xs, scale, &mut bytes);
+    Tensor::from_vec(bytes, x.shape(), x.device())
 }
 
 /// `q: [num_tokens, heads, head_dim]` against the caches `[slots, kv_heads, head_dim]`;
@@ -135,11 +150,43 @@ pub fn paged_attention_with_sinks(
     sliding_window: Option<usize>,
     sinks: Option<&[f32]>,
 ) -> Result<Tensor> {
+    paged_attention_kv(
+        q,
+        k_cache,
+        v_cache,
+        meta,
+        scale,
+        sliding_window,
+        sinks,
+        None,
+    )
+}
+
+/// [`paged_attention_with_sinks`] over a cache that may be FP8: with `fp8` scales the caches
+/// are `U8` e4m3 bytes, read back as `byte * scale` (the scales fold into q and the output).
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention_kv(
+    q: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    meta: &AttnMetadata,
+    scale: f32,
+    sliding_window: Option<usize>,
+    sinks: Option<&[f32]>,
+    fp8: Option<Fp8Scales>,
+) -> Result<Tensor> {
+    if fp8.is_some() != (k_cache.dtype() == DType::U8) {
+        candle_core::bail!(
+            "paged attention: cache dtype {:?} with fp8 scales {fp8:?}",
+            k_cache.dtype()
+        );
+    }
     let op = PagedAttention {
         meta: meta.clone(),
         scale,
         sliding_window,
         sinks: sinks.map(<[f32]>::to_vec),
+        fp8,
     };
     let (_, heads, d) = q.dims3()?;
     let kv_heads = k_cache.dim(1)?;
@@ -150,6 +197,13 @@ pub fn paged_attention_with_sinks(
             && cuda_supports(q.dtype(), heads, kv_heads, d));
     if kernel {
         q.contiguous()?.apply_op3_no_bwd(k_cache, v_cache, &op)
+    } else if fp8.is_some() {
+        // Never a silent cast: the stock-op path would read the bytes as numbers.
+        candle_core::bail!(
+            "--kv-cache-dtype fp8 is not supported by the tensor-op attention path (CUDA with \
+             attention sinks, or q {:?} heads {heads}/{kv_heads} head_dim {d})",
+            q.dtype()
+        )
     } else {
         paged_attention_tensor_ops(q, k_cache, v_cache, meta, scale, sliding_window, sinks)
     }
@@ -164,6 +218,8 @@ struct PagedAttention {
     scale: f32,
     sliding_window: Option<usize>,
     sinks: Option<Vec<f32>>,
+    /// Per-tensor scales of an FP8 (`U8` e4m3 bytes) cache.
+    fp8: Option<Fp8Scales>,
 }
 
 trait Element: Copy + Send + Sync {
@@ -199,6 +255,17 @@ impl Element for f16 {
     }
     fn from_f32(x: f32) -> Self {
         f16::from_f32(x)
+    }
+}
+
+/// An FP8 cache byte: its e4m3 value (the per-tensor scale is applied by the caller).
+impl Element for u8 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        crate::quant::fp8::E4M3_TABLE[self as usize]
+    }
+    fn from_f32(x: f32) -> Self {
+        crate::quant::fp8::f32_to_e4m3(x)
     }
 }
 
@@ -250,18 +317,25 @@ impl PagedAttention {
     /// and value row once for all of them. Every output comes from one item, whose arithmetic
     /// depends only on its own query and context, so results do not depend on the batch or
     /// the thread count.
-    fn run<T: Element>(
+    ///
+    /// An FP8 cache's K scale multiplies q with the softmax scale and its V scale multiplies
+    /// the output, so each cached element is decoded by one table lookup.
+    fn run<T: Element, C: Element>(
         &self,
         q: &[T],
         qd: (usize, usize, usize),
-        k: &[T],
-        v: &[T],
+        k: &[C],
+        v: &[C],
         kv_heads: usize,
     ) -> Vec<T> {
         use rayon::prelude::*;
         let (num_tokens, heads, d) = qd;
         let group = heads / kv_heads;
         let bs = self.meta.block_size;
+        let (q_scale, v_scale) = match self.fp8 {
+            Some(s) => (self.scale * s.k, s.v),
+            None => (self.scale, 1.0),
+        };
         let mut out = vec![T::from_f32(0.0); num_tokens * heads * d];
         // Sequence of every row.
         let mut seq_of = vec![0usize; num_tokens];
@@ -269,7 +343,7 @@ impl PagedAttention {
             seq_of[s.query_start..s.query_start + s.query_len].fill(i);
         }
         // f32 caches with a head dimension of whole vectors take the SIMD kernels.
-        let simd = match (T::as_f32(k), T::as_f32(v)) {
+        let simd = match (C::as_f32(k), C::as_f32(v)) {
             (Some(k), Some(v)) if cpu_attn::available() && cpu_attn::supports(d) => Some((k, v)),
             _ => None,
         };
@@ -286,7 +360,7 @@ impl PagedAttention {
             qf.clear();
             for g in 0..group {
                 let qo = (row * heads + kvh * group + g) * d;
-                qf.extend(q[qo..qo + d].iter().map(|y| y.to_f32() * self.scale));
+                qf.extend(q[qo..qo + d].iter().map(|y| y.to_f32() * q_scale));
             }
             if let Some((kf, vf)) = simd {
                 offs.clear();
@@ -302,7 +376,7 @@ impl PagedAttention {
                     .map(|s| &s[kvh * group..(kvh + 1) * group]);
                 cpu_attn::attend(qf, kf, vf, offs, n, d, sinks, scores, acc);
                 for (o, a) in o.iter_mut().zip(acc.iter()) {
-                    *o = T::from_f32(*a);
+                    *o = T::from_f32(*a * v_scale);
                 }
                 return;
             }
@@ -345,7 +419,7 @@ impl PagedAttention {
                 }
             });
             for (o, a) in o.iter_mut().zip(acc.iter()) {
-                *o = T::from_f32(*a);
+                *o = T::from_f32(*a * v_scale);
             }
         };
         let init = || (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -415,6 +489,15 @@ impl CustomOp3 for PagedAttention {
             (CpuStorage::F16(q), CpuStorage::F16(k), CpuStorage::F16(v)) => {
                 CpuStorage::F16(self.run(&q[q0..q1], dims, &k[k0..k1], &v[v0..v1], kvh))
             }
+            (q, CpuStorage::U8(k), CpuStorage::U8(v)) if self.fp8.is_some() => {
+                let (k, v) = (&k[k0..k1], &v[v0..v1]);
+                match q {
+                    CpuStorage::F32(q) => CpuStorage::F32(self.run(&q[q0..q1], dims, k, v, kvh)),
+                    CpuStorage::BF16(q) => CpuStorage::BF16(self.run(&q[q0..q1], dims, k, v, kvh)),
+                    CpuStorage::F16(q) => CpuStorage::F16(self.run(&q[q0..q1], dims, k, v, kvh)),
+                    _ => candle_core::bail!("paged attention: unsupported dtype {:?}", q.dtype()),
+                }
+            }
             _ => candle_core::bail!("paged attention: unsupported dtype {:?}", q.dtype()),
         };
         Ok((out, Shape::from((t, h, d))))
@@ -439,6 +522,7 @@ impl CustomOp3 for PagedAttention {
             self.scale,
             self.sliding_window,
             self.sinks.as_deref(),
+            self.fp8,
             q,
             lq,
             k,

@@ -77,7 +77,7 @@ impl Mla {
             &cos,
             &sin,
         )?;
-        meta.write_kv(&c.reshape((t, 1, lora))?, &k_rope, c_cache, r_cache)?;
+        meta.write_kv(&c.reshape((t, 1, lora))?, &k_rope, c_cache, r_cache, None)?;
 
         // [h, t, lora]: queries in latent space; [h, t, rope] rotary parts.
         let q_nope = q

@@ -9,8 +9,8 @@ use candle_core::{DType, Device, Tensor};
 use super::config::{MlaConfig, ModelConfig, RopeScaling};
 use super::weights::Weights;
 use super::CausalLm;
-use crate::kv::KvCache;
-use crate::layers::attention::{paged_attention_with_sinks, AttnMetadata};
+use crate::kv::{Fp8Scales, KvCache};
+use crate::layers::attention::{paged_attention_kv, AttnMetadata};
 use crate::layers::linear::Linear;
 use crate::layers::mla::{Mla, QueryProj};
 use crate::layers::mlp::{GatedMlp, Mlp, SparseMoe};
@@ -138,6 +138,8 @@ pub struct Decoder {
     lm_head: Linear,
     /// The global rotary, then (Gemma 3) the sliding layers' one.
     rotaries: Vec<Rotary>,
+    /// Per-layer scales for an FP8 KV cache (the checkpoint's `k_scale`/`v_scale`, else 1.0).
+    kv_scales: Vec<Fp8Scales>,
     dtype: DType,
     device: Device,
 }
@@ -440,6 +442,9 @@ impl Decoder {
             })
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::load(w, "model.norm", &cfg)?;
+        let kv_scales = (0..cfg.num_hidden_layers)
+            .map(|i| w.kv_cache_scales(&format!("model.layers.{i}.self_attn")))
+            .collect::<Result<Vec<_>>>()?;
         let lm_head = match (cfg.tie_word_embeddings, w.contains("lm_head")) {
             (true, _) => w.linear("model.embed_tokens", false)?,
             (false, true) => w.linear("lm_head", false)?,
@@ -455,6 +460,7 @@ impl Decoder {
             norm,
             lm_head,
             rotaries,
+            kv_scales,
             dtype,
             device,
         })
@@ -471,6 +477,7 @@ impl Decoder {
         hs: &Tensor,
         meta: &AttnMetadata,
         (k_cache, v_cache): (&Tensor, &Tensor),
+        fp8: Option<Fp8Scales>,
         layer: &Layer,
         cos_sin: Option<&(Tensor, Tensor)>,
         scale: f32,
@@ -503,11 +510,11 @@ impl Decoder {
         };
         match meta.slot_mapping() {
             Some(slots) if cuda => {
-                ops::kv_write::reshape_and_cache(&k, &v, k_cache, v_cache, slots)?
+                ops::kv_write::reshape_and_cache(&k, &v, k_cache, v_cache, slots, fp8)?
             }
-            _ => meta.write_kv(&k, &v, k_cache, v_cache)?,
+            _ => meta.write_kv(&k, &v, k_cache, v_cache, fp8)?,
         }
-        let attn = paged_attention_with_sinks(
+        let attn = paged_attention_kv(
             &q,
             k_cache,
             v_cache,
@@ -515,6 +522,7 @@ impl Decoder {
             scale,
             layer.window,
             sa.sinks.as_deref(),
+            fp8,
         )?;
         Ok(sa.o.forward(&attn.reshape((t, h * d))?)?)
     }
@@ -581,6 +589,7 @@ impl CausalLm for Decoder {
                     &hs,
                     meta,
                     (k_cache, v_cache),
+                    kv.fp8_scales(i),
                     layer,
                     cos_sin.get(layer.rotary),
                     scale * rope_scale,
@@ -618,6 +627,13 @@ impl CausalLm for Decoder {
     fn new_kv_cache(&self, num_blocks: usize, block_size: usize, dtype: DType) -> Result<KvCache> {
         let c = &self.cfg;
         if let Some(m) = &c.mla {
+            if dtype == DType::F8E4M3 {
+                // The latent cache is read by tensor ops (layers::mla) that know no FP8 bytes.
+                anyhow::bail!(
+                    "--kv-cache-dtype fp8 is not supported for MLA models (the latent cache); \
+                     use auto"
+                );
+            }
             return Ok(KvCache::with_rows(
                 c.num_hidden_layers,
                 num_blocks,
@@ -636,6 +652,7 @@ impl CausalLm for Decoder {
             c.head_dim,
             dtype,
             &self.device,
-        )?)
+        )?
+        .with_fp8_scales(&self.kv_scales)?)
     }
 }

@@ -234,6 +234,38 @@ impl Weights {
         }
     }
 
+    /// The FP8 KV-cache scales of the attention block `attn` (`model.layers.N.self_attn`) as
+    /// vLLM / compressed-tensors / ModelOpt checkpoints store them (`{attn}.k_scale`, or the
+    /// older `{attn}.k_proj.output_scale`); 1.0 where a checkpoint has none.
+    pub fn kv_cache_scales(&self, attn: &str) -> Result<crate::kv::Fp8Scales> {
+        let Weights::Safetensors { raw, .. } = self else {
+            return Ok(Default::default());
+        };
+        let scalar = |names: [String; 2]| -> Result<f32> {
+            for n in &names {
+                if let Ok(v) = raw.get(n) {
+                    let s = qload::f32s(&v).with_context(|| format!("reading {n}"))?;
+                    anyhow::ensure!(
+                        s.len() == 1 && s[0].is_finite() && s[0] > 0.0,
+                        "{n}: only one positive per-tensor KV cache scale is supported, found {s:?}"
+                    );
+                    return Ok(s[0]);
+                }
+            }
+            Ok(1.0)
+        };
+        Ok(crate::kv::Fp8Scales {
+            k: scalar([
+                format!("{attn}.k_scale"),
+                format!("{attn}.k_proj.output_scale"),
+            ])?,
+            v: scalar([
+                format!("{attn}.v_scale"),
+                format!("{attn}.v_proj.output_scale"),
+            ])?,
+        })
+    }
+
     /// The GGUF tensor `{hf name}.{suffix}` (`weight`, `bias`) on the weights' device.
     fn gguf_param(&self, name: &str, suffix: &str) -> Result<QTensor> {
         let Weights::Gguf { arch, .. } = self else {

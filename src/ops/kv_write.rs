@@ -1,31 +1,38 @@
 //! reshape_and_cache: writes a step's new keys and values into the paged cache at the slots
-//! the slot mapping names (`u32::MAX` marks a padding token that is not written).
+//! the slot mapping names (`u32::MAX` marks a padding token that is not written). Into an FP8
+//! cache (`U8` e4m3 bytes) each element is stored as `e4m3(x / scale)`, saturating at ±448.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Tensor};
+
+use crate::kv::Fp8Scales;
 
 /// Slot that marks a token whose K/V are not stored (padding in a captured batch).
 pub const PAD_SLOT: u32 = u32::MAX;
 
 /// `k`, `v`: `[tokens, kv_heads, head_dim]`; caches `[slots, kv_heads, head_dim]`;
-/// `slot_mapping`: `[tokens]` u32 on the same device.
+/// `slot_mapping`: `[tokens]` u32 on the same device; `fp8`: the scales of an FP8 cache.
 pub fn reshape_and_cache(
     k: &Tensor,
     v: &Tensor,
     k_cache: &Tensor,
     v_cache: &Tensor,
     slot_mapping: &Tensor,
+    fp8: Option<Fp8Scales>,
 ) -> Result<()> {
-    let op = ReshapeAndCache {
+    let op = |fp8_scale| ReshapeAndCache {
         slot_mapping: slot_mapping.clone(),
+        fp8_scale,
     };
-    k_cache.inplace_op2(&k.contiguous()?, &op)?;
-    v_cache.inplace_op2(&v.contiguous()?, &op)
+    k_cache.inplace_op2(&k.contiguous()?, &op(fp8.map(|s| s.k)))?;
+    v_cache.inplace_op2(&v.contiguous()?, &op(fp8.map(|s| s.v)))
 }
 
 /// In place on the cache (first operand); the second is the new rows.
 pub struct ReshapeAndCache {
     pub slot_mapping: Tensor,
+    /// The per-tensor scale of an FP8 (`U8`) cache; None: the cache has the rows' dtype.
+    pub fp8_scale: Option<f32>,
 }
 
 impl ReshapeAndCache {
@@ -86,6 +93,17 @@ impl InplaceOp2 for ReshapeAndCache {
             .flatten_all()?
             .to_vec1::<u32>()?;
         let (cr, nr) = (c0..c0 + rows * row, n0..n0 + t * row);
+        if let (Some(scale), CpuStorage::U8(c)) = (self.fp8_scale, &mut *cache) {
+            let rows_f32: Vec<f32> = match new {
+                CpuStorage::F32(n) => n[nr].to_vec(),
+                CpuStorage::BF16(n) => n[nr].iter().map(|x| x.to_f32()).collect(),
+                CpuStorage::F16(n) => n[nr].iter().map(|x| x.to_f32()).collect(),
+                n => candle_core::bail!("reshape-and-cache: fp8 from {:?}", n.dtype()),
+            };
+            let mut bytes = Vec::with_capacity(rows_f32.len());
+            crate::quant::fp8::encode_e4m3_scaled(&rows_f32, scale, &mut bytes);
+            return reference(&mut c[cr], &bytes, &slots, row);
+        }
         match (cache, new) {
             (CpuStorage::F32(c), CpuStorage::F32(n)) => reference(&mut c[cr], &n[nr], &slots, row),
             (CpuStorage::BF16(c), CpuStorage::BF16(n)) => {
@@ -143,9 +161,51 @@ impl InplaceOp2 for ReshapeAndCache {
                 Ok(())
             })
         }
+        /// New rows of `T` into an FP8 cache: `reshape_and_cache_fp8_{T}`.
+        #[allow(clippy::too_many_arguments)]
+        fn go_fp8<T: DeviceRepr + WithDType>(
+            op: &ReshapeAndCache,
+            dev: &CudaDevice,
+            cache: &mut CudaSlice<u8>,
+            new: &CudaSlice<T>,
+            (cr, nr): Ranges,
+            t: usize,
+            row: usize,
+            scale: f32,
+        ) -> Result<()> {
+            let f = function::<T>(
+                dev,
+                "flare_reshape_and_cache",
+                ptx::RESHAPE_AND_CACHE,
+                "reshape_and_cache_fp8",
+            )?;
+            let mut cache = cache.slice_mut(cr);
+            let new = new.slice(nr);
+            with_u32(&op.slot_mapping, "reshape-and-cache", |slots| {
+                let stream = dev.cuda_stream();
+                let mut b = stream.launch_builder(&f);
+                let (row32, inv) = (row as i32, 1.0 / scale);
+                b.arg(&new)
+                    .arg(&mut cache)
+                    .arg(&slots)
+                    .arg(&row32)
+                    .arg(&inv);
+                // SAFETY: argument types match kernels/reshape_and_cache.cu (see `go`).
+                unsafe { b.launch(grid(t, 128)) }.w()?;
+                Ok(())
+            })
+        }
         let dtype = candle_core::backend::BackendStorage::dtype(&*cache);
         let dev = cache.device.clone();
         let ranges = (c0..c0 + rows * row, n0..n0 + t * row);
+        if let (Some(scale), S::U8(c)) = (self.fp8_scale, &mut cache.slice) {
+            return match &new.slice {
+                S::BF16(n) => go_fp8(self, &dev, c, n, ranges, t, row, scale),
+                S::F16(n) => go_fp8(self, &dev, c, n, ranges, t, row, scale),
+                S::F32(n) => go_fp8(self, &dev, c, n, ranges, t, row, scale),
+                _ => Err(unsupported("reshape-and-cache fp8", dtype)),
+            };
+        }
         match (&mut cache.slice, &new.slice) {
             (S::BF16(c), S::BF16(n)) => go(self, &dev, c, n, ranges, t, row),
             (S::F16(c), S::F16(n)) => go(self, &dev, c, n, ranges, t, row),

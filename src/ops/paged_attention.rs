@@ -123,7 +123,12 @@ mod cuda {
         d: usize,
         block_size: usize,
         window: i32,
+        /// Softmax scale (times an FP8 cache's K scale) in log2 units.
         scale_log2: f32,
+        /// An FP8 cache's V scale (1 otherwise).
+        v_scale: f32,
+        /// `_fp8` kernels: the cache is e4m3 bytes.
+        fp8: bool,
         /// Per-head sink logits (gpt-oss), already on the device.
         sinks: Option<CudaSlice<f32>>,
     }
@@ -143,6 +148,7 @@ mod cuda {
         scale: f32,
         sliding_window: Option<usize>,
         sinks: Option<&[f32]>,
+        fp8: Option<crate::kv::Fp8Scales>,
         q: &CudaStorage,
         lq: &Layout,
         k: &CudaStorage,
@@ -173,11 +179,22 @@ mod cuda {
             d,
             block_size,
             window: sliding_window.map(|w| w as i32).unwrap_or(0),
-            scale_log2: scale * std::f32::consts::LOG2_E,
+            scale_log2: scale * fp8.map_or(1.0, |s| s.k) * std::f32::consts::LOG2_E,
+            v_scale: fp8.map_or(1.0, |s| s.v),
+            fp8: fp8.is_some(),
             sinks,
         };
         let dtype = candle_core::backend::BackendStorage::dtype(q);
         let out = match (&q.slice, &k.slice, &v.slice) {
+            (S::BF16(q), S::U8(k), S::U8(v)) if plan.fp8 => {
+                S::BF16(launch(&plan, dev, q, lq, k, lk, v, lv)?)
+            }
+            (S::F16(q), S::U8(k), S::U8(v)) if plan.fp8 => {
+                S::F16(launch(&plan, dev, q, lq, k, lk, v, lv)?)
+            }
+            (S::F32(q), S::U8(k), S::U8(v)) if plan.fp8 => {
+                S::F32(launch(&plan, dev, q, lq, k, lk, v, lv)?)
+            }
             (S::BF16(q), S::BF16(k), S::BF16(v)) => {
                 S::BF16(launch(&plan, dev, q, lq, k, lk, v, lv)?)
             }
@@ -194,19 +211,20 @@ mod cuda {
         ))
     }
 
+    /// `T`: q and output; `C`: cache elements (`T`, or `u8` e4m3 bytes when `p.fp8`).
     #[allow(clippy::too_many_arguments)]
-    fn launch<T: DeviceRepr + WithDType>(
+    fn launch<T: DeviceRepr + WithDType, C: DeviceRepr>(
         p: &Plan,
         dev: &CudaDevice,
         q: &CudaSlice<T>,
         lq: &Layout,
-        k: &CudaSlice<T>,
+        k: &CudaSlice<C>,
         lk: &Layout,
-        v: &CudaSlice<T>,
+        v: &CudaSlice<C>,
         lv: &Layout,
     ) -> Result<CudaSlice<T>> {
         let op = "paged attention";
-        let elem = std::mem::size_of::<T>();
+        let elem = std::mem::size_of::<C>();
         for l in [lk, lv] {
             if !(l.start_offset() * elem).is_multiple_of(16) {
                 candle_core::bail!("{op}: cache not 16-byte aligned");
@@ -233,7 +251,8 @@ mod cuda {
         let part_len = max_ctx.div_ceil(splits).div_ceil(TK) * TK;
         splits = max_ctx.div_ceil(part_len);
 
-        let name = format!("paged_attention_{}_d{}", T::DTYPE.as_str(), p.d);
+        let fp8 = if p.fp8 { "_fp8" } else { "" };
+        let name = format!("paged_attention_{}{fp8}_d{}", T::DTYPE.as_str(), p.d);
         let f = dev
             .get_or_load_custom_func(&name, "flare_paged_attention", ptx::PAGED_ATTENTION)?
             .into_cuda_function();
@@ -280,7 +299,7 @@ mod cuda {
                 for x in &ints {
                     b.arg(x);
                 }
-                b.arg(&p.scale_log2);
+                b.arg(&p.scale_log2).arg(&p.v_scale);
                 let cfg = LaunchConfig {
                     grid_dim: (n_items as u32, p.kv_heads as u32, splits as u32),
                     block_dim: (128, 1, 1),

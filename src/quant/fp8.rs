@@ -37,19 +37,37 @@ pub fn round_e4m3(v: f32) -> f32 {
     r.min(E4M3_MAX).copysign(v)
 }
 
-/// The e4m3fn byte nearest `v` (after saturation).
+/// The e4m3fn byte nearest `v` (after saturation; NaN stays NaN).
 pub fn f32_to_e4m3(v: f32) -> u8 {
-    let r = round_e4m3(v);
-    // A 256-entry search is fine: this runs at load only.
-    let mut best = 0u8;
-    for b in 0..=255u8 {
-        let x = e4m3_to_f32(b);
-        if x == r && (x != 0.0 || (b & 0x80 != 0) == r.is_sign_negative()) {
-            best = b;
-            break;
-        }
+    if v.is_nan() {
+        return 0x7f;
     }
-    best
+    let r = round_e4m3(v);
+    let sign = if r.is_sign_negative() { 0x80 } else { 0 };
+    let a = r.abs();
+    // `r` lies on the grid, so its f32 mantissa has at most 3 significant bits.
+    let mag = if a < E4M3_MIN_NORMAL {
+        (a * 512.0) as u8 // subnormal: a multiple of 2^-9
+    } else {
+        let bits = a.to_bits();
+        let exp = ((bits >> 23) & 0xff) as i32 - 127 + 7;
+        ((exp as u8) << 3) | ((bits >> 20) & 0x7) as u8
+    };
+    sign | mag
+}
+
+/// Smallest normal e4m3 value, 2^-6.
+const E4M3_MIN_NORMAL: f32 = 0.015625;
+
+/// Every e4m3fn byte's value, for decoding cache rows in the attention kernel.
+pub static E4M3_TABLE: std::sync::LazyLock<[f32; 256]> =
+    std::sync::LazyLock::new(|| std::array::from_fn(|b| e4m3_to_f32(b as u8)));
+
+/// `xs[i] * (1 / scale)` as e4m3fn bytes (saturating at ±448), how the FP8 KV cache stores a
+/// row (the CUDA kernel multiplies by the same f32 reciprocal, so both give the same bytes).
+pub fn encode_e4m3_scaled(xs: &[f32], scale: f32, out: &mut Vec<u8>) {
+    let inv = 1.0 / scale;
+    out.extend(xs.iter().map(|&x| f32_to_e4m3(x * inv)));
 }
 
 /// Symmetric int8 rounding of `v / scale` (ties to even, like `torch.round`), clamped.
@@ -134,6 +152,10 @@ mod tests {
             }
             assert_eq!(round_e4m3(v), v, "byte {b:#x}");
             assert_eq!(e4m3_to_f32(f32_to_e4m3(v)), v);
+            assert_eq!(E4M3_TABLE[b as usize].to_bits(), v.to_bits());
+            if v != 0.0 {
+                assert_eq!(f32_to_e4m3(v), b, "{v}");
+            }
         }
         assert_eq!(e4m3_to_f32(0x7e), 448.0);
         assert_eq!(e4m3_to_f32(0x01), 2f32.powi(-9));

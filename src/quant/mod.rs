@@ -124,7 +124,11 @@ impl QuantConfig {
                 format!("gptq{} int{bits}", if *v2 { "_v2" } else { "" })
             }
             Method::Mxfp4 => "mxfp4".into(),
-            Method::OnlineFp8 => "fp8 (quantized at load)".into(),
+            // The exact scheme, so the log and /v1/models say what runs.
+            Method::OnlineFp8 => "fp8 (quantized at load: e4m3 weights per output channel, \
+                                  dynamic per-token e4m3 activations; embeddings and lm_head \
+                                  unquantized)"
+                .into(),
             Method::Gguf(t) => format!("gguf {t}"),
         }
     }

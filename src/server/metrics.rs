@@ -40,6 +40,9 @@ pub struct Metrics {
     kv_usage: Gauge,
     kv_used_blocks: Gauge,
     kv_total_blocks: Gauge,
+    kv_capacity_tokens: Gauge,
+    kv_bytes_per_token: Gauge,
+    kv_capacity_gain: Gauge,
     prefix_queries: Counter,
     prefix_hits: Counter,
     prefix_hit_rate: Gauge,
@@ -138,6 +141,19 @@ impl Metrics {
                 "KV cache blocks held by requests.",
             ),
             kv_total_blocks: r.gauge("flare:kv_cache_total_blocks", "KV cache blocks in all."),
+            kv_capacity_tokens: r.gauge(
+                "flare:kv_cache_capacity_tokens",
+                "Tokens the KV cache holds in all (blocks x block size).",
+            ),
+            kv_bytes_per_token: r.gauge(
+                "flare:kv_cache_bytes_per_token",
+                "Bytes of K and V one token takes across all layers (by --kv-cache-dtype).",
+            ),
+            kv_capacity_gain: r.gauge(
+                "flare:kv_cache_capacity_gain",
+                "Tokens held per token a cache in the model's dtype would hold in the same \
+                 memory (2 for --kv-cache-dtype fp8 with bf16 weights).",
+            ),
             prefix_queries: r.counter(
                 "flare:prefix_cache_queries_total",
                 "Prompt tokens looked up in the prefix cache.",
@@ -234,6 +250,12 @@ impl Metrics {
         self.kv_used_blocks
             .set(stats.num_blocks.saturating_sub(stats.num_free_blocks) as f64);
         self.kv_total_blocks.set(stats.num_blocks as f64);
+        if let Some(kv) = &stats.kv_info {
+            self.kv_capacity_tokens
+                .set((stats.num_blocks * kv.block_size) as f64);
+            self.kv_bytes_per_token.set(kv.bytes_per_token as f64);
+            self.kv_capacity_gain.set(kv.capacity_gain());
+        }
         self.prefix_queries.absolute(s.prefix_cache.queries);
         self.prefix_hits.absolute(s.prefix_cache.hits);
         self.prefix_hit_rate.set(s.prefix_cache_hit_rate());
