@@ -366,7 +366,9 @@ async fn streams_from_mock_server_with_known_timings() {
         );
     }
     // The last two waited for a slot: about one request's duration (120 + 4 * 40 ms).
-    let queued: Vec<f64> = out.records.iter().map(|r| r.queue_s).collect();
+    // Which two get the slots first is up to the scheduler, not the record order.
+    let mut queued: Vec<f64> = out.records.iter().map(|r| r.queue_s).collect();
+    queued.sort_by(f64::total_cmp);
     assert!(queued[..2].iter().all(|&q| q < JITTER), "{queued:?}");
     assert!(queued[2..].iter().all(|&q| q >= 0.28), "{queued:?}");
 

@@ -150,8 +150,10 @@ fn gpt_oss_mxfp4_experts() {
 fn activation_quantized_formats_match_the_rounded_reference() {
     // A value within float noise of a rounding boundary may round either way in the two
     // implementations: one step of the int8 grid is 1/127 of the token's largest input.
+    // The SIMD attention's vector exp (within 2 ulp of libm) moves the block-FP8 fixture's
+    // logits by ~1e-4 through one such boundary activation.
     for (name, tol) in [
-        ("hf-fp8-block", 1e-4),
+        ("hf-fp8-block", 3e-4),
         ("hf-fp8-tensor", 1e-4),
         ("ct-fp8-dynamic", 1e-4),
         ("ct-w8a8-int8", 2e-2),

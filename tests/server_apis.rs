@@ -389,11 +389,15 @@ async fn disconnect_mid_stream_frees_blocks() {
         while !seen.contains("delta") {
             seen.push_str(&String::from_utf8_lossy(&r.chunk().await.unwrap().unwrap()));
         }
-        let m = metrics(&c, &server).await;
-        assert!(
-            metric(&m, "flare:kv_cache_used_blocks").unwrap() > 0.0,
-            "{path}"
-        );
+        // The engine publishes its stats after the step whose tokens were just sent.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while metric(&metrics(&c, &server).await, "flare:kv_cache_used_blocks").unwrap() == 0.0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{path}: no blocks held"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         drop(r);
         wait_idle(&c, &server, Duration::from_secs(10)).await;
     }
