@@ -17,7 +17,14 @@ const VOCAB: usize = 8;
 const TOP_P: f64 = 0.9;
 const NUM_SAMPLES: u64 = 3000;
 
+/// Written once per process: the tests run in parallel, and rewriting it while another test
+/// reads it gave that test an empty file.
 fn config_path() -> std::path::PathBuf {
+    static PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(write_config).clone()
+}
+
+fn write_config() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("flare-spec-dist-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("config.json");
