@@ -26,7 +26,7 @@ use weights::Weights;
 
 /// A causal language model over a ragged batch and a paged KV cache: all the runner and the
 /// engine know of a model.
-pub trait CausalLm: Send {
+pub trait CausalLm: Send + Sync {
     /// One step over a ragged batch.
     ///
     /// `tokens: [num_tokens]` u32, the new tokens of every sequence back to back as `meta`
