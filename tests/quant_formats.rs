@@ -151,11 +151,13 @@ fn activation_quantized_formats_match_the_rounded_reference() {
     // A value within float noise of a rounding boundary may round either way in the two
     // implementations: one step of the int8 grid is 1/127 of the token's largest input.
     // The SIMD attention's vector exp (within 2 ulp of libm) moves the block-FP8 fixture's
-    // logits by ~1e-4 through one such boundary activation.
+    // logits by ~1e-4 through one such boundary activation; the batch-invariant f32 matmul
+    // (`cpu::dense`, a different summation order than torch's) moves ct-fp8-dynamic's by 3.9e-4
+    // the same way (6e-7 with candle's gemm, `FLARE_CPU_DENSE=off`).
     for (name, tol) in [
         ("hf-fp8-block", 3e-4),
         ("hf-fp8-tensor", 1e-4),
-        ("ct-fp8-dynamic", 1e-4),
+        ("ct-fp8-dynamic", 5e-4),
         ("ct-w8a8-int8", 2e-2),
     ] {
         let q = load(dir(name));

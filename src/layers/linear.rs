@@ -149,9 +149,9 @@ impl Linear {
             None => x,
         };
         let y = match &self.weight {
-            Weight::Candle(QMatMul::Tensor(w)) if few_dense_rows(w, x) => x
-                .contiguous()?
-                .apply_op1_no_bwd(&FewRowsMatmul(w.clone()))?,
+            Weight::Candle(QMatMul::Tensor(w)) if dense_f32(w, x) => {
+                x.contiguous()?.apply_op1_no_bwd(&DenseMatmul(w.clone()))?
+            }
             Weight::Candle(w) => w.forward(x)?,
             Weight::Packed(w) => {
                 let dtype = x.dtype();
@@ -170,36 +170,28 @@ impl Linear {
     }
 }
 
-/// Whether dense f32 weights times a few rows use `cpu::dense` (opt-in, `FLARE_CPU_DENSE=on`:
-/// it changes the f32 decode arithmetic, and its speed-up under this session's load was within
-/// the noise; see docs/SPECULATIVE.md).
+/// Whether dense f32 weights on the CPU use `cpu::dense` (on unless `FLARE_CPU_DENSE=off`):
+/// candle's gemm changes a row's arithmetic with the row count, ours does not.
 fn use_dense_kernel() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| {
-        std::env::var("FLARE_CPU_DENSE").is_ok_and(|v| v == "on" || v == "1")
-            && crate::cpu::qgemm::available()
-    })
+    *ON.get_or_init(|| std::env::var("FLARE_CPU_DENSE").map_or(true, |v| v != "off" && v != "0"))
 }
 
-/// An f32 weight on the CPU times at most `dense::MAX_ROWS` f32 rows: our few-rows kernel
-/// (one pass over the weight, row results independent of M) when it is switched on.
-fn few_dense_rows(w: &Tensor, x: &Tensor) -> bool {
-    let k = x.dims().last().copied().unwrap_or(0);
+/// An f32 weight on the CPU times f32 rows: our batch-invariant kernel.
+fn dense_f32(w: &Tensor, x: &Tensor) -> bool {
     w.device().is_cpu()
         && w.dtype() == DType::F32
         && x.dtype() == DType::F32
         && w.is_contiguous()
-        && k > 0
-        && x.elem_count() / k <= crate::cpu::dense::MAX_ROWS
         && use_dense_kernel()
 }
 
-/// `x @ W^T` by [`crate::cpu::dense::matmul_few_rows`]; `W` is `[out, in]` f32, contiguous.
-struct FewRowsMatmul(Tensor);
+/// `x @ W^T` by [`crate::cpu::dense::matmul`]; `W` is `[out, in]` f32, contiguous.
+struct DenseMatmul(Tensor);
 
-impl CustomOp1 for FewRowsMatmul {
+impl CustomOp1 for DenseMatmul {
     fn name(&self) -> &'static str {
-        "flare-dense-few-rows"
+        "flare-dense"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
@@ -217,9 +209,9 @@ impl CustomOp1 for FewRowsMatmul {
         else {
             candle_core::bail!("dense: needs a contiguous f32 CPU weight");
         };
-        let m = l.shape().elem_count() / k;
+        let m = l.shape().elem_count() / k.max(1);
         let mut out = vec![0f32; m * n];
-        crate::cpu::dense::matmul_few_rows(&x[a..b], m, &w[wa..wb], n, &mut out);
+        crate::cpu::dense::matmul(&x[a..b], m, &w[wa..wb], n, &mut out);
         let mut od = dims.to_vec();
         *od.last_mut().expect("non-scalar") = n;
         Ok((CpuStorage::F32(out), Shape::from(od)))
