@@ -11,6 +11,7 @@ use std::sync::Arc;
 use candle_core::quantized::QMatMul;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
 
+use crate::cpu::dense::DenseWeight;
 use crate::cpu::qgemm::QWeight;
 use crate::ops::qgemm::QuantWeight;
 use crate::quant::ActQuant;
@@ -22,6 +23,8 @@ enum Weight {
     /// Kept quantized on the GPU (`quant::device` layouts, `ops::qgemm` kernels); the op
     /// quantizes activations itself where the format says so.
     Device(Arc<QuantWeight>),
+    /// An f32 weight on the CPU, packed for `cpu::dense` (batch-invariant rows).
+    Dense(Arc<DenseWeight>),
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +54,10 @@ impl Linear {
                     None => Weight::Candle(weight),
                 }
             }
+            QMatMul::Tensor(w) if dense_f32(w) => match pack_dense(w) {
+                Ok(p) => Weight::Dense(Arc::new(p)),
+                Err(_) => Weight::Candle(weight),
+            },
             _ => Weight::Candle(weight),
         };
         Self {
@@ -104,6 +111,7 @@ impl Linear {
         match &self.weight {
             Weight::Packed(w) => w.out_features(),
             Weight::Device(w) => w.out_features(),
+            Weight::Dense(w) => w.out_features(),
             Weight::Candle(QMatMul::QTensor(q)) => q.shape().dims()[0],
             Weight::Candle(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => w.dims()[0],
         }
@@ -149,10 +157,15 @@ impl Linear {
             None => x,
         };
         let y = match &self.weight {
-            Weight::Candle(QMatMul::Tensor(w)) if dense_f32(w, x) => {
-                x.contiguous()?.apply_op1_no_bwd(&DenseMatmul(w.clone()))?
-            }
             Weight::Candle(w) => w.forward(x)?,
+            Weight::Dense(w) => {
+                let dtype = x.dtype();
+                let y = x
+                    .to_dtype(DType::F32)?
+                    .contiguous()?
+                    .apply_op1_no_bwd(&DenseMatmul(w.clone()))?;
+                y.to_dtype(dtype)?
+            }
             Weight::Packed(w) => {
                 let dtype = x.dtype();
                 let y = x
@@ -177,17 +190,19 @@ fn use_dense_kernel() -> bool {
     *ON.get_or_init(|| std::env::var("FLARE_CPU_DENSE").map_or(true, |v| v != "off" && v != "0"))
 }
 
-/// An f32 weight on the CPU times f32 rows: our batch-invariant kernel.
-fn dense_f32(w: &Tensor, x: &Tensor) -> bool {
-    w.device().is_cpu()
-        && w.dtype() == DType::F32
-        && x.dtype() == DType::F32
-        && w.is_contiguous()
-        && use_dense_kernel()
+/// An f32 weight on the CPU: packed for our batch-invariant kernel.
+fn dense_f32(w: &Tensor) -> bool {
+    w.device().is_cpu() && w.dtype() == DType::F32 && w.rank() == 2 && use_dense_kernel()
 }
 
-/// `x @ W^T` by [`crate::cpu::dense::matmul`]; `W` is `[out, in]` f32, contiguous.
-struct DenseMatmul(Tensor);
+fn pack_dense(w: &Tensor) -> Result<DenseWeight> {
+    let (n, k) = w.dims2()?;
+    let data = w.flatten_all()?.to_vec1::<f32>()?;
+    Ok(DenseWeight::pack(&data, n, k))
+}
+
+/// `x @ W^T` by [`DenseWeight::matmul`].
+struct DenseMatmul(Arc<DenseWeight>);
 
 impl CustomOp1 for DenseMatmul {
     fn name(&self) -> &'static str {
@@ -195,25 +210,20 @@ impl CustomOp1 for DenseMatmul {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (n, k) = self.0.dims2()?;
+        let w = &self.0;
         let dims = l.shape().dims();
-        if dims.last() != Some(&k) {
-            candle_core::bail!("dense: input {dims:?} vs weight in {k}");
+        let k = *dims.last().unwrap_or(&0);
+        if k != w.in_features() {
+            candle_core::bail!("dense: input {dims:?} vs weight in {}", w.in_features());
         }
         let (CpuStorage::F32(x), Some((a, b))) = (s, l.contiguous_offsets()) else {
             candle_core::bail!("dense: needs contiguous f32 input");
         };
-        let (storage, wl) = self.0.storage_and_layout();
-        let (candle_core::Storage::Cpu(CpuStorage::F32(w)), Some((wa, wb))) =
-            (&*storage, wl.contiguous_offsets())
-        else {
-            candle_core::bail!("dense: needs a contiguous f32 CPU weight");
-        };
         let m = l.shape().elem_count() / k.max(1);
-        let mut out = vec![0f32; m * n];
-        crate::cpu::dense::matmul(&x[a..b], m, &w[wa..wb], n, &mut out);
+        let mut out = vec![0f32; m * w.out_features()];
+        w.matmul(&x[a..b], m, &mut out);
         let mut od = dims.to_vec();
-        *od.last_mut().expect("non-scalar") = n;
+        *od.last_mut().expect("non-scalar") = w.out_features();
         Ok((CpuStorage::F32(out), Shape::from(od)))
     }
 }
