@@ -211,7 +211,19 @@ async fn serve(args: ServeArgs, engine_args: EngineArgs, config: ServerConfig) -
     let drained = server.await??;
     if let Some(engine) = state.engine().cloned() {
         if drained {
-            tokio::task::spawn_blocking(move || engine.shutdown()).await?;
+            let stats = tokio::task::spawn_blocking(move || {
+                engine.shutdown();
+                engine.stats()
+            })
+            .await?;
+            // What an operator (and the fault runs) check after a drain: nothing left behind.
+            tracing::info!(
+                "stopped: {} requests running, {} waiting, {} KV blocks in use",
+                stats.scheduler.num_running,
+                stats.scheduler.num_waiting,
+                stats.num_blocks - stats.num_free_blocks
+            );
+            return Ok(());
         }
     }
     tracing::info!("stopped");
