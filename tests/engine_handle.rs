@@ -126,3 +126,47 @@ async fn bad_requests_are_refused_at_admission() {
     assert_eq!(n, 2);
     h.shutdown();
 }
+
+/// A reader that never reads: the engine does not wait for it. Its request runs to the end and
+/// frees its blocks with nothing read, and another request is served meanwhile. What waits for
+/// the reader is one event per step that made tokens, so memory is bounded by the request's
+/// own `max_tokens`: no event without a token, every token exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unread_stream_neither_stalls_the_engine_nor_outgrows_its_max_tokens() {
+    let h = spawn(Duration::ZERO);
+    let max_tokens = 300;
+    let mut unread = h
+        .add((0..40).collect(), SamplingParams::greedy(max_tokens), 0)
+        .await
+        .unwrap();
+    let mut other = h
+        .add(vec![40, 41, 42], SamplingParams::greedy(20), 0)
+        .await
+        .unwrap();
+    let mut n = 0;
+    while let Some(RequestEvent::Output(o)) = other.next().await {
+        n += o.token_ids.len();
+    }
+    assert_eq!(n, 20);
+    wait_until("the unread request to finish in the engine", || {
+        let s = h.stats();
+        s.num_free_blocks == BLOCKS && s.scheduler.num_running + s.scheduler.num_waiting == 0
+    })
+    .await;
+    let (mut events, mut tokens, mut finish) = (0, 0, None);
+    while let Some(ev) = unread.next().await {
+        let RequestEvent::Output(o) = ev else {
+            panic!("{ev:?}")
+        };
+        assert!(!o.token_ids.is_empty(), "an event without a token");
+        events += 1;
+        tokens += o.token_ids.len();
+        finish = o.finish_reason;
+    }
+    assert_eq!((tokens, finish), (max_tokens, Some(FinishReason::Length)));
+    assert!(
+        events <= max_tokens,
+        "{events} events for {max_tokens} tokens"
+    );
+    h.shutdown();
+}

@@ -728,3 +728,108 @@ async fn shutdown_run(scale: Scale, n: usize, max_tokens: usize, name: &'static 
         "{stopped:?}"
     );
 }
+
+/// A client that never reads a large stream (its receive window closed, the socket buffers
+/// full): the engine runs the request to its end and frees its blocks without waiting, others
+/// are served meanwhile, and the unread output waits in the server, bounded by the request's
+/// own max_tokens (tests/engine_handle.rs counts it). Its admission slots stay held while the
+/// response is unsent, so unread output counts against max_num_seqs + max_queue_len; after
+/// `write_stall_timeout` without a byte accepted the server closes the connection and gives
+/// the slots back (before that, hanging up does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_holds_its_slot_not_the_engine() {
+    use tokio::io::AsyncWriteExt;
+    for cut_by_server in [false, true] {
+        let cfg = flare::server::ServerConfig {
+            write_stall_timeout: Duration::from_secs(if cut_by_server { 1 } else { 600 }),
+            ..config()
+        };
+        let opts = MockOpts {
+            num_blocks: 4096,
+            ..MockOpts::default()
+        };
+        let server = mock_server(cfg, opts).await;
+        let c = client();
+        // 128 choices x 240 tokens with 5 logprobs each: some 15 MB of SSE, far more than the
+        // socket buffers hold (4 MB send buffer at most here, and a 4 KB receive buffer).
+        let body = serde_json::to_string(&json!({
+            "model": "mock", "prompt": "x", "n": 128, "max_tokens": 240, "ignore_eos": true,
+            "logprobs": 5, "stream": true,
+        }))
+        .unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let addr = server.base.trim_start_matches("http://").parse().unwrap();
+        let mut never_reads = Some(socket.connect(addr).await.unwrap());
+        never_reads
+            .as_mut()
+            .unwrap()
+            .write_all(
+                format!(
+                    "POST /v1/completions HTTP/1.1\r\nHost: x\r\n\
+                     Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        // Admitted and running; then the engine finishes all 128 choices while nothing is read.
+        let start = Instant::now();
+        while server.state.engine().unwrap().stats().scheduler.num_running == 0 {
+            assert!(start.elapsed() < Duration::from_secs(30), "never ran");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        wait_idle(&c, &server, Duration::from_secs(60)).await;
+        // Others are served meanwhile.
+        let (s, v) = post(
+            &c,
+            &server.url("/v1/completions"),
+            json!({"model": "mock", "prompt": "x"}),
+        )
+        .await;
+        assert_eq!((s, v["choices"][0]["text"].clone()), (200, json!("yz")));
+        if !cut_by_server {
+            // The unsent response still holds its 128 admission slots, until the client
+            // hangs up. (With the short timeout the server closes the connection while the
+            // client still holds its socket.)
+            assert_eq!(server.state.num_inflight(), 128);
+            never_reads = None;
+        }
+        let start = Instant::now();
+        while server.state.num_inflight() != 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the slots were not given back"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(never_reads);
+        assert!(server.state.engine().unwrap().is_alive());
+        assert!(server.stop().await);
+    }
+}
+
+/// The guard under a never-reading client: a write blocked for its limit fails with TimedOut;
+/// one that a reader unblocks goes through (a pipe with a 64-byte buffer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_write_fails_after_the_stall_limit_and_a_drained_one_does_not() {
+    use flare::server::write_stall::WriteStallGuard;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (near, mut far) = tokio::io::duplex(64);
+    let mut guarded = WriteStallGuard::new(near, Duration::from_secs(20));
+    guarded.write_all(&[1; 64]).await.unwrap();
+    let reader = tokio::spawn(async move {
+        let mut buf = [0u8; 128];
+        far.read_exact(&mut buf).await.unwrap();
+        far
+    });
+    // Blocked until the reader drains the first 64 bytes.
+    guarded.write_all(&[2; 64]).await.unwrap();
+    let _far = reader.await.unwrap();
+    let (near, _far) = tokio::io::duplex(64);
+    let mut guarded = WriteStallGuard::new(near, Duration::from_millis(100));
+    guarded.write_all(&[1; 64]).await.unwrap();
+    let err = guarded.write_all(&[2; 1]).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+}
