@@ -170,3 +170,42 @@ async fn an_unread_stream_neither_stalls_the_engine_nor_outgrows_its_max_tokens(
     );
     h.shutdown();
 }
+
+/// The after-step invariant checker can fail: a sequence in the scheduler that no request owns
+/// (holding KV blocks nobody will free) is reported, and with the check on, the step that finds
+/// it panics (on the engine thread that turns /health to 503; tests/server_faults.rs).
+#[test]
+fn the_invariant_checker_catches_a_sequence_no_request_owns() {
+    use flare::scheduler::Sequence;
+    let engine = |orphan: bool| {
+        let tok = Tokenizer::from_gguf(&test_util::byte_level_content()).unwrap();
+        let cfg = SchedulerConfig {
+            block_size: 16,
+            ..SchedulerConfig::default()
+        };
+        let mut scheduler = Scheduler::new(cfg, BLOCKS, 512, vec![]).unwrap();
+        if orphan {
+            scheduler
+                .add(Sequence::new(999, vec![40; 20], SamplingParams::greedy(8)))
+                .unwrap();
+        }
+        let runner = MockRunner::with_token_fn(BLOCKS, 16, Box::new(|_, _| 50));
+        let mut core = EngineCore::new(scheduler, runner, Arc::new(tok));
+        core.set_check_invariants(true);
+        core.add_request(vec![41; 20], SamplingParams::greedy(8), 0)
+            .unwrap();
+        core
+    };
+    let mut sound = engine(false);
+    sound.check_invariants().unwrap();
+    while sound.has_unfinished() {
+        sound.step().unwrap();
+    }
+    let mut broken = engine(true);
+    let err = broken.check_invariants().unwrap_err();
+    assert!(err.contains("2 live sequences but 1 requests"), "{err}");
+    let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| broken.step()))
+        .expect_err("the step must panic");
+    let msg = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("engine invariant broken"), "{msg}");
+}
