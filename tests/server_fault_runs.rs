@@ -187,15 +187,10 @@ impl Server {
 
     /// Panics seen: the engine thread dead (mock), or the process gone or a panic in its log.
     fn panics(&mut self) -> usize {
+        let in_log = self.log().matches("panicked").count();
         match self {
             Server::Mock(s) => usize::from(!s.state.engine().unwrap().is_alive()),
-            Server::Real { .. } => {
-                let in_log = self.log().matches("panicked").count();
-                let Server::Real { process, .. } = self else {
-                    unreachable!()
-                };
-                in_log + usize::from(process.exited().is_some())
-            }
+            Server::Real { process, .. } => in_log + usize::from(process.exited().is_some()),
         }
     }
 
