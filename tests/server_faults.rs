@@ -1,6 +1,7 @@
 //! Fault isolation through real HTTP on loopback: a step that fails for one request (a NaN
-//! logits row) ends that request with an error while the others finish untouched and every
-//! block comes back; a panic in the engine thread turns /health to 503 and makes `serve`
+//! logits row, or a structured-output matcher that fails) ends that request (with an error, or
+//! with finish reason `abort` as the candle runner ends an ungrammatical sequence) while the
+//! others finish untouched and every block comes back; a panic in the engine thread turns /health to 503 and makes `serve`
 //! return an error (the process exits non-zero).
 
 mod common;
@@ -17,11 +18,14 @@ use flare::server::AppState;
 use serde_json::{json, Value};
 
 /// The alphabet mock, with faults keyed by a byte in the prompt: after `#` the fifth sampled
-/// row of that sequence is "NaN" (reported as failed, as the candle runner does); `!` panics
-/// the engine thread.
+/// row of that sequence is "NaN" (reported as failed, as the candle runner does); after `~` its
+/// grammar matcher fails at the third sample (reported as the candle runner's
+/// `end_ungrammatical` does: EOS sampled, the sequence finished as `Abort`); `!` panics the
+/// engine thread.
 struct FaultyRunner {
     inner: MockRunner,
     poisoned: HashSet<u64>,
+    ungrammatical: HashSet<u64>,
     samples: HashMap<u64, usize>,
     panics: HashSet<u64>,
 }
@@ -30,6 +34,9 @@ impl ModelRunner for FaultyRunner {
     fn add_sequence(&mut self, id: u64, p: &SamplingParams, prompt: &[u32]) {
         if prompt.contains(&byte_id(b'#')) {
             self.poisoned.insert(id);
+        }
+        if prompt.contains(&byte_id(b'~')) {
+            self.ungrammatical.insert(id);
         }
         if prompt.contains(&byte_id(b'!')) {
             self.panics.insert(id);
@@ -67,6 +74,14 @@ impl ModelRunner for FaultyRunner {
             !fail
         });
         result.failed = failed;
+        for (id, tokens) in &mut result.sampled {
+            if self.ungrammatical.contains(id) && samples[id] == 3 {
+                *tokens = vec![EOS];
+                result
+                    .grammar_finished
+                    .push((*id, flare::request::FinishReason::Abort));
+            }
+        }
         Ok(result)
     }
 }
@@ -88,6 +103,7 @@ async fn faulty_server() -> TestServer {
                 Box::new(|_, ctx| alphabet_token(ctx)),
             ),
             poisoned: HashSet::new(),
+            ungrammatical: HashSet::new(),
             samples: HashMap::new(),
             panics: HashSet::new(),
         };
@@ -180,6 +196,64 @@ async fn a_failed_row_ends_only_its_request() {
         (s, v["choices"][0]["message"]["content"].clone()),
         (200, json!(ALPHABET))
     );
+    assert_eq!(get(&c, &server.url("/health")).await.0, 200);
+    assert!(server.stop().await);
+}
+
+/// A structured-output matcher that fails ends its request with finish reason `abort` after
+/// the tokens it had (stream and not), while the others finish untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_grammar_ends_only_its_request() {
+    let server = faulty_server().await;
+    let c = client();
+    let url = server.url("/v1/chat/completions");
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let (c, url) = (c.clone(), url.clone());
+        let broken = i % 3 == 0;
+        let stream = i % 2 == 0;
+        let text = if broken { "grammar ~ here" } else { "fine" };
+        let body = say(text, json!({"stream": stream}));
+        tasks.push(tokio::spawn(async move {
+            let r = c.post(&url).json(&body).send().await.unwrap();
+            let status = r.status().as_u16();
+            (broken, stream, status, r.text().await.unwrap())
+        }));
+    }
+    for t in tasks {
+        let (broken, stream, status, text) = t.await.unwrap();
+        assert_eq!(status, 200, "{text}");
+        let (content, finish) = if stream {
+            let events = sse_data(&text);
+            let content: String = events
+                .iter()
+                .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+                .collect();
+            let finish = events
+                .iter()
+                .find_map(|e| e["choices"][0]["finish_reason"].as_str().map(String::from));
+            assert_eq!(events.last(), Some(&json!("[DONE]")), "{text}");
+            (content, finish)
+        } else {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            (
+                v["choices"][0]["message"]["content"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+                v["choices"][0]["finish_reason"].as_str().map(String::from),
+            )
+        };
+        if broken {
+            assert_eq!((content.as_str(), finish.as_deref()), ("ab", Some("abort")));
+        } else {
+            assert_eq!(
+                (content.as_str(), finish.as_deref()),
+                (ALPHABET, Some("stop"))
+            );
+        }
+    }
+    wait_idle(&c, &server, Duration::from_secs(10)).await;
     assert_eq!(get(&c, &server.url("/health")).await.0, 200);
     assert!(server.stop().await);
 }

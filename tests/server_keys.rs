@@ -1,7 +1,8 @@
 //! Per-key limits and cost control through real HTTP on loopback, over the MockRunner
 //! "alphabet" model: tokens and requests per minute, concurrency, the daily budget, the
 //! max_tokens cap (clamp and 400), OpenAI's x-ratelimit headers, per-key counters on /metrics,
-//! and the `priority` field under FCFS.
+//! the `priority` field under FCFS, and the priority policy (queue order and preemption; the
+//! `--scheduling-policy` flag end to end through the binary and the real SmolLM2 GGUF).
 
 mod common;
 
@@ -482,6 +483,203 @@ async fn priority_policy_orders_by_key_then_request_field() {
     assert_eq!(error_of(&r.body).2, json!("priority"));
     wait_idle(&c, &server, Duration::from_secs(10)).await;
     assert!(server.stop().await);
+}
+
+/// Preemption takes the least important sequence first under the priority policy, and the
+/// newest under FCFS. A low-priority stream starts first; a high-priority one joins it; the
+/// pool holds one of them to the end but not both. Under priority the later, more important
+/// request finishes first (the earlier one is preempted and recomputed); under FCFS the later
+/// one is the victim and the earlier one finishes first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preemption_takes_the_lowest_priority_first() {
+    let keys = r#"
+        [[keys]]
+        id = "batch"
+        key = "sk-batch"
+        priority = 5
+
+        [[keys]]
+        id = "interactive"
+        key = "sk-interactive"
+        priority = -1
+    "#;
+    for policy in [
+        flare::scheduler::SchedulingPolicy::Priority,
+        flare::scheduler::SchedulingPolicy::Fcfs,
+    ] {
+        let opts = MockOpts {
+            // 200 tokens each need 13 blocks of 16: one fits, two do not.
+            num_blocks: 16,
+            step_delay: Duration::from_millis(2),
+            policy,
+            ..MockOpts::default()
+        };
+        let cfg = ServerConfig {
+            api_keys: keys::parse(keys).unwrap(),
+            ..config()
+        };
+        let server = mock_server(cfg, opts).await;
+        let c = client();
+        let url = server.url("/v1/completions");
+        let body = json!({"prompt": "x", "max_tokens": 200, "ignore_eos": true, "stream": true});
+        let finished = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let start_stream = |name: &'static str, key: &'static str| {
+            let (c, url, body, finished) = (c.clone(), url.clone(), body.clone(), finished.clone());
+            let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+            let task = tokio::spawn(async move {
+                let mut r = c
+                    .post(&url)
+                    .bearer_auth(key)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status().as_u16(), 200, "{name}");
+                let mut text = String::new();
+                let mut first_tx = Some(first_tx);
+                while let Some(chunk) = r.chunk().await.unwrap() {
+                    text.push_str(&String::from_utf8_lossy(&chunk));
+                    // Running: a few tokens are out.
+                    if text.matches("data: ").count() >= 3 {
+                        if let Some(tx) = first_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                }
+                let events = sse_data(&text);
+                assert_eq!(events.last(), Some(&json!("[DONE]")), "{name}");
+                assert!(
+                    events
+                        .iter()
+                        .any(|e| e["choices"][0]["finish_reason"] == "length"),
+                    "{name}"
+                );
+                finished.lock().unwrap().push(name);
+            });
+            (task, first_rx)
+        };
+        let (low, low_running) = start_stream("low", "sk-batch");
+        low_running.await.unwrap();
+        let (high, _) = start_stream("high", "sk-interactive");
+        low.await.unwrap();
+        high.await.unwrap();
+        let m = metrics(&c, &server).await;
+        assert!(
+            metric(&m, "flare:num_preemptions_total").unwrap() > 0.0,
+            "{policy:?}: the pool never ran out"
+        );
+        let want = match policy {
+            flare::scheduler::SchedulingPolicy::Priority => vec!["high", "low"],
+            flare::scheduler::SchedulingPolicy::Fcfs => vec!["low", "high"],
+        };
+        assert_eq!(*finished.lock().unwrap(), want, "{policy:?}");
+        wait_idle(&c, &server, Duration::from_secs(10)).await;
+        assert!(server.stop().await);
+    }
+}
+
+/// `--scheduling-policy` end to end through the `flare serve` binary and the real SmolLM2
+/// GGUF: without the flag a key file that sets priorities is refused at start, naming the flag;
+/// with it, the engine orders its waiting queue by key, then request priority.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduling_policy_flag_reaches_the_engine() {
+    use common::process::{free_port, FlareProcess};
+    let gguf = flare::models::source::default_gguf_path();
+    assert!(
+        gguf.exists(),
+        "{} missing: run `python3 models/fetch_smollm2.py`",
+        gguf.display()
+    );
+    let dir = std::env::temp_dir().join(format!("flare-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let keys_file = dir.join("keys.toml");
+    std::fs::write(
+        &keys_file,
+        "[[keys]]\nid = \"batch\"\nkey = \"sk-batch\"\npriority = 5\n\n\
+         [[keys]]\nid = \"interactive\"\nkey = \"sk-interactive\"\npriority = -1\n",
+    )
+    .unwrap();
+    let keys_arg = keys_file.to_str().unwrap();
+
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_flare"))
+        .arg("serve")
+        .arg(&gguf)
+        .args(["--api-keys", keys_arg, "--port", &free_port().to_string()])
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(err.contains("--scheduling-policy priority"), "{err}");
+
+    let server = FlareProcess::start(
+        &gguf,
+        &[
+            "--served-model-name",
+            "smollm2",
+            "--api-keys",
+            keys_arg,
+            "--scheduling-policy",
+            "priority",
+            "--max-num-seqs",
+            "1",
+            "--max-model-len",
+            "1024",
+            "--kv-cache-memory",
+            "67108864",
+        ],
+        &[],
+    )
+    .await;
+    let c = client();
+    let url = format!("{}/v1/completions", server.base);
+    // Holds the only running place until dropped.
+    let blocker = c
+        .post(&url)
+        .bearer_auth("sk-batch")
+        .json(
+            &json!({"model": "smollm2", "prompt": "Once upon a time", "max_tokens": 900,
+            "ignore_eos": true, "stream": true}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(blocker.status().as_u16(), 200);
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    let reqs = [
+        ("batch-0", "sk-batch", 0),
+        ("interactive-3", "sk-interactive", 3),
+        ("interactive-0", "sk-interactive", 0),
+    ];
+    for (i, (name, key, prio)) in reqs.into_iter().enumerate() {
+        let (c2, url, order) = (c.clone(), url.clone(), order.clone());
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"model": "smollm2", "prompt": "Hello", "max_tokens": 2,
+                "priority": prio});
+            let r = send(&c2, &url, key, body).await;
+            assert_eq!(r.status, 200, "{name}: {:?}", r.body);
+            order.lock().unwrap().push(name);
+        }));
+        // Each is queued before the next is sent.
+        loop {
+            let m = metrics(&c, &server).await;
+            if metric(&m, "flare:num_requests_waiting").unwrap() as usize == i + 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    drop(blocker);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        *order.lock().unwrap(),
+        vec!["interactive-0", "interactive-3", "batch-0"]
+    );
+    wait_idle(&c, &server, Duration::from_secs(30)).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The OpenAPI document says what the server does: security only with keys, and the ranges

@@ -98,6 +98,7 @@ pub fn run(args: ServeArgs, path: &Path) -> Result<()> {
         responses_store_size: args.responses_store_size,
         header_read_timeout: Duration::from_secs(args.header_read_timeout.max(1)),
         body_read_timeout: Duration::from_secs(args.body_read_timeout.max(1)),
+        write_stall_timeout: Duration::from_secs(args.write_stall_timeout.max(1)),
         log_requests: args.log_requests,
     };
     // A bad entry (unknown dtype, device, parser) fails that model alone, as a bad path does.

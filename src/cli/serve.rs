@@ -73,6 +73,10 @@ pub struct ServeArgs {
     /// Seconds a client may take to send a request body; then it gets 408.
     #[arg(long, default_value_t = 30)]
     pub body_read_timeout: u64,
+    /// Seconds a client may go without accepting any response bytes (a stream it stopped
+    /// reading); then the connection is closed and its request aborted.
+    #[arg(long, default_value_t = 60)]
+    pub write_stall_timeout: u64,
     /// Log one line per finished request (target `flare::requests`): id, API key id, model,
     /// finish reason, prompt/cached/completion tokens, latency. Never prompt or output text.
     #[arg(long)]
@@ -134,6 +138,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         responses_store_size: args.responses_store_size,
         header_read_timeout: Duration::from_secs(args.header_read_timeout.max(1)),
         body_read_timeout: Duration::from_secs(args.body_read_timeout.max(1)),
+        write_stall_timeout: Duration::from_secs(args.write_stall_timeout.max(1)),
         log_requests: args.log_requests,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -211,7 +216,19 @@ async fn serve(args: ServeArgs, engine_args: EngineArgs, config: ServerConfig) -
     let drained = server.await??;
     if let Some(engine) = state.engine().cloned() {
         if drained {
-            tokio::task::spawn_blocking(move || engine.shutdown()).await?;
+            let stats = tokio::task::spawn_blocking(move || {
+                engine.shutdown();
+                engine.stats()
+            })
+            .await?;
+            // What an operator (and the fault runs) check after a drain: nothing left behind.
+            tracing::info!(
+                "stopped: {} requests running, {} waiting, {} KV blocks in use",
+                stats.scheduler.num_running,
+                stats.scheduler.num_waiting,
+                stats.num_blocks - stats.num_free_blocks
+            );
+            return Ok(());
         }
     }
     tracing::info!("stopped");

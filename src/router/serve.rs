@@ -135,6 +135,7 @@ pub async fn serve(
     };
     let limits = crate::server::conn::Limits {
         header_read_timeout: front.gate.config.header_read_timeout,
+        write_stall_timeout: front.gate.config.write_stall_timeout,
     };
     let server =
         crate::server::conn::serve_connections(listener, router(front.clone()), limits, signal);

@@ -2,7 +2,8 @@
 //! a request's headers within `header_read_timeout` of the connection waiting for them (on a
 //! new connection, and between requests on a kept-alive one), else the connection is closed.
 //! A slowloris client trickling header bytes, or one holding an idle connection, is cut off
-//! while the others are served.
+//! while the others are served. A client that stops reading its response for
+//! `write_stall_timeout` is cut off too (`write_stall`).
 //!
 //! On shutdown, listening stops; a connection that never got a request through (nothing sent,
 //! or headers still trickling in) is closed at once, since nothing of it was admitted; every
@@ -23,10 +24,14 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tower::ServiceExt;
 
+use super::write_stall::WriteStallGuard;
+
 /// Per-connection limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub header_read_timeout: Duration,
+    /// A write blocked this long (the client reads nothing) ends the connection.
+    pub write_stall_timeout: Duration,
 }
 
 /// How long to back off when `accept` fails (out of file descriptors, say), so the loop does
@@ -107,6 +112,7 @@ async fn serve_one(
             request
         }
     });
+    let stream = WriteStallGuard::new(stream, limits.write_stall_timeout);
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
     tokio::pin!(conn);

@@ -24,6 +24,7 @@ mod structured;
 mod tools;
 mod validate;
 pub mod wire;
+pub mod write_stall;
 
 pub use error::ApiError;
 // For the gRPC service (crate::grpc): the HTTP API's own path to the engine.

@@ -71,6 +71,7 @@ pub async fn serve(
     };
     let limits = conn::Limits {
         header_read_timeout: state.config.header_read_timeout,
+        write_stall_timeout: state.config.write_stall_timeout,
     };
     let server = conn::serve_connections(listener, router(state), limits, signal);
     let drained = tokio::select! {

@@ -49,6 +49,9 @@ pub struct ServerConfig {
     pub header_read_timeout: std::time::Duration,
     /// A request body that takes longer to arrive gets 408.
     pub body_read_timeout: std::time::Duration,
+    /// A connection whose client accepts no response bytes for this long is closed (its
+    /// request aborted): a client that never reads cannot hold a request's output and slot.
+    pub write_stall_timeout: std::time::Duration,
     /// `--log-requests`: one `flare::requests` line per finished engine request (ids, key id,
     /// token counts, latency; never prompt or output text).
     pub log_requests: bool,
@@ -71,6 +74,7 @@ impl Default for ServerConfig {
             responses_store_size: 1024,
             header_read_timeout: std::time::Duration::from_secs(10),
             body_read_timeout: std::time::Duration::from_secs(30),
+            write_stall_timeout: std::time::Duration::from_secs(60),
             log_requests: false,
         }
     }

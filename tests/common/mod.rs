@@ -121,6 +121,23 @@ pub fn mock_engine(opts: &MockOpts) -> (EngineHandle, Arc<Tokenizer>) {
     (handle, tok)
 }
 
+/// Anything the tests reach over HTTP: the in-process [`TestServer`], or a `flare serve` child.
+pub trait ServerUrl {
+    fn url(&self, path: &str) -> String;
+}
+
+impl ServerUrl for TestServer {
+    fn url(&self, path: &str) -> String {
+        TestServer::url(self, path)
+    }
+}
+
+impl ServerUrl for process::FlareProcess {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
 pub struct TestServer {
     pub base: String,
     pub state: Arc<AppState>,
@@ -246,14 +263,14 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
     found
 }
 
-pub async fn metrics(c: &reqwest::Client, server: &TestServer) -> String {
+pub async fn metrics(c: &reqwest::Client, server: &impl ServerUrl) -> String {
     let (s, text) = get(c, &server.url("/metrics")).await;
     assert_eq!(s, 200);
     text
 }
 
 /// Polls /metrics until no request runs or waits and no KV block is held.
-pub async fn wait_idle(c: &reqwest::Client, server: &TestServer, limit: Duration) -> Duration {
+pub async fn wait_idle(c: &reqwest::Client, server: &impl ServerUrl, limit: Duration) -> Duration {
     let start = Instant::now();
     loop {
         let m = metrics(c, server).await;

@@ -3,7 +3,7 @@
 
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub fn free_port() -> u16 {
@@ -31,16 +31,38 @@ impl Drop for FlareProcess {
 impl FlareProcess {
     /// `flare serve MODEL --port P ARGS...` (offline, quiet), once /health says 200.
     pub async fn start(model: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
+        Self::start_with_stderr(model, args, envs, Stdio::inherit()).await
+    }
+
+    /// As [`Self::start`], with the server's log (stderr) written to `log`. `envs` come last,
+    /// so they may override `RUST_LOG`.
+    pub async fn start_logged(
+        model: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        log: &Path,
+    ) -> Self {
+        let file = std::fs::File::create(log).expect("server log file");
+        Self::start_with_stderr(model, args, envs, Stdio::from(file)).await
+    }
+
+    async fn start_with_stderr(
+        model: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> Self {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_flare"))
             .arg("serve")
             .arg(model)
             .args(["--port", &port.to_string()])
             .args(args)
-            .envs(envs.iter().copied())
             .env("HF_HUB_OFFLINE", "1")
             .env("RUST_LOG", "flare=warn")
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("flare binary");
         let mut p = Self {
@@ -64,6 +86,36 @@ impl FlareProcess {
                 "not healthy after 3 minutes"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Sends `kill -SIG` (e.g. "TERM") to the server.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{sig}"), self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    /// Waits for the process to exit, at most `limit` (then panics).
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.exited() {
+                return s;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "flare serve did not exit in {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
