@@ -517,6 +517,14 @@ fn half_precision_dtypes_track_the_reference() {
             .fold(0.0, f32::max);
         assert!(worst < tol, "{dtype:?}: max abs diff {worst}");
         assert!(worst > 0.0, "{dtype:?} computed in f32?");
+        // Batch invariance holds in half precision too (`cpu::dense` widens the weights).
+        let kv = model.new_kv_cache(64, BLOCK, dtype).unwrap();
+        let prompts: Vec<&[u32]> = fx.prompts.iter().map(Vec::as_slice).collect();
+        let together = run_chunked(model.as_ref(), &kv, &prompts, |_| 3);
+        for (i, batched) in together.iter().enumerate() {
+            let alone = &run_chunked(model.as_ref(), &kv, &prompts[i..i + 1], |_| 3)[0];
+            assert!(alone == batched, "{dtype:?}: prompt {i} alone vs batched");
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! Dense f32 `y = x @ Wᵀ` on the CPU, for any number of rows, with every output's arithmetic
+//! Dense `y = x @ Wᵀ` on the CPU (f32, bf16 or f16 weights, f32 arithmetic), for any number of rows, with every output's arithmetic
 //! independent of the row count, the tile it lands in and the thread count.
 //!
 //! candle's gemm picks its path by M (a dot-product loop for one row, packed panels for many),
@@ -7,6 +7,10 @@
 //! one fused multiply-add chain over `k` in order, `acc = fma(x[r, j], w[c, j], acc)`, starting
 //! from zero. The AVX-512 path, the AVX2 path and the portable one perform that same chain, so
 //! all three give the same bits.
+//!
+//! Half-precision weights are widened to f32 in registers (exactly), so they cost no more
+//! memory than candle's own storage and compute what candle's f32 path would on the widened
+//! values.
 //!
 //! The weight is packed once at load into panels of [`LANES`] output columns, `k`-major
 //! (`panel[j][lane]`), so that one vector load gives `w[c..c + 16, j]`: a tile of `R` rows by
@@ -58,21 +62,86 @@ fn runs_here(isa: Isa) -> bool {
     }
 }
 
-/// A `[n, k]` f32 weight packed into `ceil(n / 16)` panels of `[k][16]` (missing columns of
-/// the last panel are zeros and never written out).
-#[derive(Debug)]
-pub struct DenseWeight {
-    n: usize,
-    k: usize,
-    panels: Vec<f32>,
+/// A weight element: f32, or a half type widened exactly to f32 on load.
+pub trait Elem: Copy + Default + Send + Sync + std::fmt::Debug + 'static {
+    fn to_f32(self) -> f32;
+    /// 16 elements at `p` as f32 (AVX-512F).
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
+    /// 8 elements at `p` as f32 (AVX2, F16C).
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
 }
 
-impl DenseWeight {
+impl Elem for f32 {
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        std::arch::x86_64::_mm512_loadu_ps(p)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        std::arch::x86_64::_mm256_loadu_ps(p)
+    }
+}
+
+impl Elem for half::bf16 {
+    fn to_f32(self) -> f32 {
+        half::bf16::to_f32(self)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        let h = _mm256_loadu_si256(p as *const __m256i);
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        let h = _mm_loadu_si128(p as *const __m128i);
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+    }
+}
+
+impl Elem for half::f16 {
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+}
+
+/// A `[n, k]` weight packed into `ceil(n / 16)` panels of `[k][16]` (missing columns of
+/// the last panel are zeros and never written out).
+#[derive(Debug)]
+pub struct DenseWeight<T: Elem = f32> {
+    n: usize,
+    k: usize,
+    panels: Vec<T>,
+}
+
+impl<T: Elem> DenseWeight<T> {
     /// Packs a row-major `[n, k]` weight.
-    pub fn pack(w: &[f32], n: usize, k: usize) -> Self {
+    pub fn pack(w: &[T], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k, "dense: w is not [n, k]");
         let np = n.div_ceil(LANES);
-        let mut panels = vec![0f32; np * k * LANES];
+        let mut panels = vec![T::default(); np * k * LANES];
         panels
             .par_chunks_mut(k * LANES)
             .enumerate()
@@ -96,8 +165,8 @@ impl DenseWeight {
     }
 
     /// The unpacked `[n, k]` weight.
-    pub fn unpack(&self) -> Vec<f32> {
-        let mut w = vec![0f32; self.n * self.k];
+    pub fn unpack(&self) -> Vec<T> {
+        let mut w = vec![T::default(); self.n * self.k];
         for (c, row) in w.chunks_exact_mut(self.k).enumerate() {
             let panel = self.panel(c / LANES);
             for (j, v) in row.iter_mut().enumerate() {
@@ -107,7 +176,7 @@ impl DenseWeight {
         w
     }
 
-    fn panel(&self, p: usize) -> &[f32] {
+    fn panel(&self, p: usize) -> &[T] {
         &self.panels[p * self.k * LANES..(p + 1) * self.k * LANES]
     }
 
@@ -175,13 +244,13 @@ struct SendPtr(*mut f32);
 unsafe impl Sync for SendPtr {}
 unsafe impl Send for SendPtr {}
 
-struct Job<'a> {
-    w: &'a DenseWeight,
+struct Job<'a, T: Elem> {
+    w: &'a DenseWeight<T>,
     x: &'a [f32],
     out: *mut f32,
 }
 
-impl Job<'_> {
+impl<T: Elem> Job<'_, T> {
     /// Outputs of rows `[r, r + rows)` and panels `[p, p + panels)`.
     ///
     /// # Safety
@@ -190,30 +259,30 @@ impl Job<'_> {
         macro_rules! rows_panels {
             ($($f:ident)::+, $rows:expr, $panels:expr) => {
                 match ($rows, $panels) {
-                    (6, 4) => $($f)::+::<6, 4>(self, r, p),
-                    (5, 4) => $($f)::+::<5, 4>(self, r, p),
-                    (4, 4) => $($f)::+::<4, 4>(self, r, p),
-                    (3, 4) => $($f)::+::<3, 4>(self, r, p),
-                    (2, 4) => $($f)::+::<2, 4>(self, r, p),
-                    (1, 4) => $($f)::+::<1, 4>(self, r, p),
-                    (6, 3) => $($f)::+::<6, 3>(self, r, p),
-                    (5, 3) => $($f)::+::<5, 3>(self, r, p),
-                    (4, 3) => $($f)::+::<4, 3>(self, r, p),
-                    (3, 3) => $($f)::+::<3, 3>(self, r, p),
-                    (2, 3) => $($f)::+::<2, 3>(self, r, p),
-                    (1, 3) => $($f)::+::<1, 3>(self, r, p),
-                    (6, 2) => $($f)::+::<6, 2>(self, r, p),
-                    (5, 2) => $($f)::+::<5, 2>(self, r, p),
-                    (4, 2) => $($f)::+::<4, 2>(self, r, p),
-                    (3, 2) => $($f)::+::<3, 2>(self, r, p),
-                    (2, 2) => $($f)::+::<2, 2>(self, r, p),
-                    (1, 2) => $($f)::+::<1, 2>(self, r, p),
-                    (6, _) => $($f)::+::<6, 1>(self, r, p),
-                    (5, _) => $($f)::+::<5, 1>(self, r, p),
-                    (4, _) => $($f)::+::<4, 1>(self, r, p),
-                    (3, _) => $($f)::+::<3, 1>(self, r, p),
-                    (2, _) => $($f)::+::<2, 1>(self, r, p),
-                    (_, _) => $($f)::+::<1, 1>(self, r, p),
+                    (6, 4) => $($f)::+::<T, 6, 4>(self, r, p),
+                    (5, 4) => $($f)::+::<T, 5, 4>(self, r, p),
+                    (4, 4) => $($f)::+::<T, 4, 4>(self, r, p),
+                    (3, 4) => $($f)::+::<T, 3, 4>(self, r, p),
+                    (2, 4) => $($f)::+::<T, 2, 4>(self, r, p),
+                    (1, 4) => $($f)::+::<T, 1, 4>(self, r, p),
+                    (6, 3) => $($f)::+::<T, 6, 3>(self, r, p),
+                    (5, 3) => $($f)::+::<T, 5, 3>(self, r, p),
+                    (4, 3) => $($f)::+::<T, 4, 3>(self, r, p),
+                    (3, 3) => $($f)::+::<T, 3, 3>(self, r, p),
+                    (2, 3) => $($f)::+::<T, 2, 3>(self, r, p),
+                    (1, 3) => $($f)::+::<T, 1, 3>(self, r, p),
+                    (6, 2) => $($f)::+::<T, 6, 2>(self, r, p),
+                    (5, 2) => $($f)::+::<T, 5, 2>(self, r, p),
+                    (4, 2) => $($f)::+::<T, 4, 2>(self, r, p),
+                    (3, 2) => $($f)::+::<T, 3, 2>(self, r, p),
+                    (2, 2) => $($f)::+::<T, 2, 2>(self, r, p),
+                    (1, 2) => $($f)::+::<T, 1, 2>(self, r, p),
+                    (6, _) => $($f)::+::<T, 6, 1>(self, r, p),
+                    (5, _) => $($f)::+::<T, 5, 1>(self, r, p),
+                    (4, _) => $($f)::+::<T, 4, 1>(self, r, p),
+                    (3, _) => $($f)::+::<T, 3, 1>(self, r, p),
+                    (2, _) => $($f)::+::<T, 2, 1>(self, r, p),
+                    (_, _) => $($f)::+::<T, 1, 1>(self, r, p),
                 }
             };
         }
@@ -230,7 +299,7 @@ impl Job<'_> {
         self.x[r * self.w.k..].as_ptr()
     }
 
-    fn panel(&self, p: usize) -> *const f32 {
+    fn panel(&self, p: usize) -> *const T {
         self.w.panel(p).as_ptr()
     }
 
@@ -248,7 +317,7 @@ impl Job<'_> {
 }
 
 /// The reference chain, also the path for CPUs without AVX2.
-unsafe fn tile_portable(job: &Job, r: usize, rows: usize, p: usize, panels: usize) {
+unsafe fn tile_portable<T: Elem>(job: &Job<T>, r: usize, rows: usize, p: usize, panels: usize) {
     let k = job.w.k;
     let mut acc = vec![[0f32; LANES]; rows * panels];
     for j in 0..k {
@@ -258,7 +327,7 @@ unsafe fn tile_portable(job: &Job, r: usize, rows: usize, p: usize, panels: usiz
                 let w = std::slice::from_raw_parts(job.panel(p + q).add(j * LANES), LANES);
                 let a = &mut acc[i * panels + q];
                 for l in 0..LANES {
-                    a[l] = xv.mul_add(w[l], a[l]);
+                    a[l] = xv.mul_add(w[l].to_f32(), a[l]);
                 }
             }
         }
@@ -272,21 +341,21 @@ unsafe fn tile_portable(job: &Job, r: usize, rows: usize, p: usize, panels: usiz
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Job, LANES};
+    use super::{Elem, Job, LANES};
     use std::arch::x86_64::*;
 
     #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) unsafe fn tile_avx512<const R: usize, const P: usize>(
-        job: &Job,
+    pub(super) unsafe fn tile_avx512<T: Elem, const R: usize, const P: usize>(
+        job: &Job<T>,
         r: usize,
         p: usize,
     ) {
         let k = job.w.k;
         let xs: [*const f32; R] = std::array::from_fn(|i| job.row(r + i));
-        let ws: [*const f32; P] = std::array::from_fn(|q| job.panel(p + q));
+        let ws: [*const T; P] = std::array::from_fn(|q| job.panel(p + q));
         let mut acc = [[_mm512_setzero_ps(); P]; R];
         for j in 0..k {
-            let wv: [__m512; P] = std::array::from_fn(|q| _mm512_loadu_ps(ws[q].add(j * LANES)));
+            let wv: [__m512; P] = std::array::from_fn(|q| T::load16(ws[q].add(j * LANES)));
             for i in 0..R {
                 let xv = _mm512_set1_ps(*xs[i].add(j));
                 for q in 0..P {
@@ -304,7 +373,11 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile_avx2<const R: usize, const P: usize>(job: &Job, r: usize, p: usize) {
+    pub(super) unsafe fn tile_avx2<T: Elem, const R: usize, const P: usize>(
+        job: &Job<T>,
+        r: usize,
+        p: usize,
+    ) {
         // Sixteen registers: tiles wider than 2 rows x 2 panels spill, so they go in pieces.
         let mut i = 0;
         while i < R {
@@ -313,10 +386,10 @@ mod x86 {
             while q < P {
                 let panels = (P - q).min(2);
                 match (rows, panels) {
-                    (2, 2) => tile_avx2_small::<2, 2>(job, r + i, p + q),
-                    (2, _) => tile_avx2_small::<2, 1>(job, r + i, p + q),
-                    (_, 2) => tile_avx2_small::<1, 2>(job, r + i, p + q),
-                    _ => tile_avx2_small::<1, 1>(job, r + i, p + q),
+                    (2, 2) => tile_avx2_small::<T, 2, 2>(job, r + i, p + q),
+                    (2, _) => tile_avx2_small::<T, 2, 1>(job, r + i, p + q),
+                    (_, 2) => tile_avx2_small::<T, 1, 2>(job, r + i, p + q),
+                    _ => tile_avx2_small::<T, 1, 1>(job, r + i, p + q),
                 }
                 q += panels;
             }
@@ -325,16 +398,19 @@ mod x86 {
     }
 
     #[inline(always)]
-    unsafe fn tile_avx2_small<const R: usize, const P: usize>(job: &Job, r: usize, p: usize) {
+    unsafe fn tile_avx2_small<T: Elem, const R: usize, const P: usize>(
+        job: &Job<T>,
+        r: usize,
+        p: usize,
+    ) {
         let k = job.w.k;
         let xs: [*const f32; R] = std::array::from_fn(|i| job.row(r + i));
-        let ws: [*const f32; P] = std::array::from_fn(|q| job.panel(p + q));
+        let ws: [*const T; P] = std::array::from_fn(|q| job.panel(p + q));
         let mut lo = [[_mm256_setzero_ps(); P]; R];
         let mut hi = [[_mm256_setzero_ps(); P]; R];
         for j in 0..k {
-            let w0: [__m256; P] = std::array::from_fn(|q| _mm256_loadu_ps(ws[q].add(j * LANES)));
-            let w1: [__m256; P] =
-                std::array::from_fn(|q| _mm256_loadu_ps(ws[q].add(j * LANES + 8)));
+            let w0: [__m256; P] = std::array::from_fn(|q| T::load8(ws[q].add(j * LANES)));
+            let w1: [__m256; P] = std::array::from_fn(|q| T::load8(ws[q].add(j * LANES + 8)));
             for i in 0..R {
                 let xv = _mm256_set1_ps(*xs[i].add(j));
                 for q in 0..P {
@@ -435,6 +511,44 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Half-precision weights: the same in-order chain over the exactly widened values, on
+    /// every path, alone or batched.
+    #[test]
+    fn half_weights_are_widened_exactly_on_every_path() {
+        let (n, k, m) = (40, 48, 9);
+        let w32 = values(n * k, 3);
+        let x = values(m * k, 4);
+        let bf: Vec<half::bf16> = w32.iter().map(|&v| half::bf16::from_f32(v)).collect();
+        let hf: Vec<half::f16> = w32.iter().map(|&v| half::f16::from_f32(v)).collect();
+        let widened = [
+            bf.iter().map(|v| v.to_f32()).collect::<Vec<_>>(),
+            hf.iter().map(|v| v.to_f32()).collect::<Vec<_>>(),
+        ];
+        for (half, wide) in widened.iter().enumerate() {
+            let want = DenseWeight::pack(wide, n, k);
+            let mut expect = vec![0f32; m * n];
+            want.matmul_with(Isa::Portable, &x, m, &mut expect);
+            for isa in paths() {
+                let mut got = vec![0f32; m * n];
+                match half {
+                    0 => DenseWeight::pack(&bf, n, k).matmul_with(isa, &x, m, &mut got),
+                    _ => DenseWeight::pack(&hf, n, k).matmul_with(isa, &x, m, &mut got),
+                }
+                assert_eq!(got, expect, "{isa:?} half type {half}");
+                let mut row = vec![0f32; n];
+                match half {
+                    0 => DenseWeight::pack(&bf, n, k).matmul_with(isa, &x[k..2 * k], 1, &mut row),
+                    _ => DenseWeight::pack(&hf, n, k).matmul_with(isa, &x[k..2 * k], 1, &mut row),
+                }
+                assert_eq!(
+                    row[..],
+                    expect[n..2 * n],
+                    "{isa:?} half type {half}, row alone"
+                );
             }
         }
     }

@@ -23,8 +23,8 @@ enum Weight {
     /// Kept quantized on the GPU (`quant::device` layouts, `ops::qgemm` kernels); the op
     /// quantizes activations itself where the format says so.
     Device(Arc<QuantWeight>),
-    /// An f32 weight on the CPU, packed for `cpu::dense` (batch-invariant rows).
-    Dense(Arc<DenseWeight>),
+    /// A dense weight on the CPU, packed for `cpu::dense` (batch-invariant rows).
+    Dense(Arc<PackedDense>),
 }
 
 #[derive(Debug, Clone)]
@@ -54,7 +54,7 @@ impl Linear {
                     None => Weight::Candle(weight),
                 }
             }
-            QMatMul::Tensor(w) if dense_f32(w) => match pack_dense(w) {
+            QMatMul::Tensor(w) if dense_on_cpu(w) => match PackedDense::pack(w) {
                 Ok(p) => Weight::Dense(Arc::new(p)),
                 Err(_) => Weight::Candle(weight),
             },
@@ -183,26 +183,68 @@ impl Linear {
     }
 }
 
-/// Whether dense f32 weights on the CPU use `cpu::dense` (on unless `FLARE_CPU_DENSE=off`):
-/// candle's gemm changes a row's arithmetic with the row count, ours does not.
+/// Whether dense f32/bf16/f16 weights on the CPU use `cpu::dense` (on unless
+/// `FLARE_CPU_DENSE=off`): candle's gemm changes a row's arithmetic with the row count, ours
+/// does not.
 fn use_dense_kernel() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("FLARE_CPU_DENSE").map_or(true, |v| v != "off" && v != "0"))
 }
 
-/// An f32 weight on the CPU: packed for our batch-invariant kernel.
-fn dense_f32(w: &Tensor) -> bool {
-    w.device().is_cpu() && w.dtype() == DType::F32 && w.rank() == 2 && use_dense_kernel()
+/// A dense f32/bf16/f16 weight on the CPU: packed for our batch-invariant kernel.
+fn dense_on_cpu(w: &Tensor) -> bool {
+    w.device().is_cpu()
+        && matches!(w.dtype(), DType::F32 | DType::BF16 | DType::F16)
+        && w.rank() == 2
+        && use_dense_kernel()
 }
 
-fn pack_dense(w: &Tensor) -> Result<DenseWeight> {
-    let (n, k) = w.dims2()?;
-    let data = w.flatten_all()?.to_vec1::<f32>()?;
-    Ok(DenseWeight::pack(&data, n, k))
+/// A packed weight in its checkpoint's element type (halves are widened in registers).
+#[derive(Debug)]
+enum PackedDense {
+    F32(DenseWeight<f32>),
+    Bf16(DenseWeight<half::bf16>),
+    F16(DenseWeight<half::f16>),
 }
 
-/// `x @ W^T` by [`DenseWeight::matmul`].
-struct DenseMatmul(Arc<DenseWeight>);
+impl PackedDense {
+    fn pack(w: &Tensor) -> Result<Self> {
+        let (n, k) = w.dims2()?;
+        let flat = w.flatten_all()?;
+        Ok(match w.dtype() {
+            DType::BF16 => Self::Bf16(DenseWeight::pack(&flat.to_vec1()?, n, k)),
+            DType::F16 => Self::F16(DenseWeight::pack(&flat.to_vec1()?, n, k)),
+            _ => Self::F32(DenseWeight::pack(&flat.to_vec1()?, n, k)),
+        })
+    }
+
+    fn out_features(&self) -> usize {
+        match self {
+            Self::F32(w) => w.out_features(),
+            Self::Bf16(w) => w.out_features(),
+            Self::F16(w) => w.out_features(),
+        }
+    }
+
+    fn in_features(&self) -> usize {
+        match self {
+            Self::F32(w) => w.in_features(),
+            Self::Bf16(w) => w.in_features(),
+            Self::F16(w) => w.in_features(),
+        }
+    }
+
+    fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        match self {
+            Self::F32(w) => w.matmul(x, m, out),
+            Self::Bf16(w) => w.matmul(x, m, out),
+            Self::F16(w) => w.matmul(x, m, out),
+        }
+    }
+}
+
+/// `x @ W^T` by [`DenseWeight::matmul`], in f32.
+struct DenseMatmul(Arc<PackedDense>);
 
 impl CustomOp1 for DenseMatmul {
     fn name(&self) -> &'static str {
