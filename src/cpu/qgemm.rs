@@ -377,7 +377,7 @@ impl QWeight {
         if m == 0 || self.n == 0 {
             return;
         }
-        let acts = QActs::quantize(x, m, self.k);
+        let acts = QActs::quantize(x, m, self.k, kernel != Kernel::Reference);
         let panels = self.n.div_ceil(PANEL);
         let threads = rayon::current_num_threads().max(1);
         // Panel chunks: a few per thread to balance, fewer when there is little work (a
@@ -398,6 +398,7 @@ impl QWeight {
         } else {
             (0..chunks).into_par_iter().for_each(run);
         }
+        acts.recycle();
     }
 
     /// Computes every row for the columns of `panels`, writing into `out` (`[m, n]`).
