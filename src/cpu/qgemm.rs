@@ -45,6 +45,8 @@ pub const BLOCK: usize = 32;
 pub const PANEL: usize = 16;
 /// Activation rows that share one load of a weight group.
 const ROWS: usize = 4;
+/// Activation rows per pass over a task's panels (a multiple of [`ROWS`]).
+const ROW_CHUNK: usize = 128;
 /// Bytes of one repacked block of a panel, and f32 scales per block of a panel.
 const Q4_PANEL_BYTES: usize = PANEL * BLOCK / 2;
 const Q8_PANEL_BYTES: usize = PANEL * BLOCK;
@@ -80,8 +82,11 @@ pub struct QWeight {
     /// (last panel) are zero codes with zero scales.
     codes: Vec<u8>,
     /// Per panel block: Q4 `[d; 16], [m; 16]`; Q8 `[d0; 16], [d1; 16]` (elements 0..16 and
-    /// 16..32; `d1 = d0` unless `halves`).
+    /// 16..32; `d1 = d0` unless `halves`). Empty when `scales16` holds them.
     scales: Vec<f32>,
+    /// The same scales as f16 when every one of them is exactly an f16 (Q4_0, Q4_1, Q8_0 and
+    /// Q5_0 store f16 scales): a third less memory traffic per Q4 block, same values.
+    scales16: Vec<f16>,
     source: GgmlDType,
 }
 
@@ -169,7 +174,26 @@ impl QWeight {
             k,
             codes: vec![0; blocks * bytes],
             scales: vec![0.0; blocks * PANEL_SCALES],
+            scales16: Vec::new(),
             source,
+        }
+    }
+
+    /// Switches to f16 scales if that loses nothing (after the last `put`).
+    fn compact_scales(mut self) -> Self {
+        let exact = |v: &f32| f16::from_f32(*v).to_f32().to_bits() == v.to_bits();
+        if self.scales.iter().all(exact) {
+            self.scales16 = self.scales.iter().map(|v| f16::from_f32(*v)).collect();
+            self.scales = Vec::new();
+        }
+        self
+    }
+
+    fn scale(&self, at: usize) -> f32 {
+        if self.scales16.is_empty() {
+            self.scales[at]
+        } else {
+            self.scales16[at].to_f32()
         }
     }
 
@@ -212,8 +236,8 @@ impl QWeight {
                 _ => src[at],
             };
         }
-        let sc = &self.scales[blk * PANEL_SCALES..(blk + 1) * PANEL_SCALES];
-        (q, [sc[c], sc[PANEL + c]])
+        let at = blk * PANEL_SCALES + c;
+        (q, [self.scale(at), self.scale(at + PANEL)])
     }
 
     /// Repacks a GGUF weight `[n, k]`; `None` for a type or shape the kernels do not cover
@@ -321,7 +345,7 @@ impl QWeight {
                 _ => unreachable!(),
             }
         }
-        Some(w)
+        Some(w.compact_scales())
     }
 
     pub fn out_features(&self) -> usize {
@@ -357,7 +381,7 @@ impl QWeight {
                 col += 1;
             }
         }
-        Some(out)
+        Some(out.compact_scales())
     }
 
     /// `x: [m, k]` row-major f32 -> `out: [m, n]`. Runs on the current rayon pool.
@@ -413,24 +437,29 @@ impl QWeight {
         out: *mut f32,
     ) {
         let mut tile = [[0f32; PANEL]; ROWS];
-        for p in panels {
-            let c0 = p * PANEL;
-            let cols = (self.n - c0).min(PANEL);
-            let mut r = 0;
-            while r < a.m {
-                let rows = (a.m - r).min(ROWS);
-                match kernel {
-                    Kernel::Reference => reference::tile(self, p, a, r, rows, &mut tile),
-                    #[cfg(target_arch = "x86_64")]
-                    _ => x86::tile(kernel, self, p, a, r, rows, &mut tile),
-                    #[cfg(not(target_arch = "x86_64"))]
-                    _ => unreachable!("qgemm SIMD kernels need x86-64"),
+        // Rows in chunks whose quantized activations stay in L2 while every panel of this
+        // task passes over them (a long prompt's rows do not fit).
+        for r0 in (0..a.m).step_by(ROW_CHUNK) {
+            let r1 = (r0 + ROW_CHUNK).min(a.m);
+            for p in panels.clone() {
+                let c0 = p * PANEL;
+                let cols = (self.n - c0).min(PANEL);
+                let mut r = r0;
+                while r < r1 {
+                    let rows = (r1 - r).min(ROWS);
+                    match kernel {
+                        Kernel::Reference => reference::tile(self, p, a, r, rows, &mut tile),
+                        #[cfg(target_arch = "x86_64")]
+                        _ => x86::tile(kernel, self, p, a, r, rows, &mut tile),
+                        #[cfg(not(target_arch = "x86_64"))]
+                        _ => unreachable!("qgemm SIMD kernels need x86-64"),
+                    }
+                    for (i, vals) in tile[..rows].iter().enumerate() {
+                        let dst = out.add((r + i) * self.n + c0);
+                        std::ptr::copy_nonoverlapping(vals.as_ptr(), dst, cols);
+                    }
+                    r += rows;
                 }
-                for (i, vals) in tile[..rows].iter().enumerate() {
-                    let dst = out.add((r + i) * self.n + c0);
-                    std::ptr::copy_nonoverlapping(vals.as_ptr(), dst, cols);
-                }
-                r += rows;
             }
         }
     }

@@ -24,11 +24,15 @@ pub(super) unsafe fn tile(
 ) {
     macro_rules! by_rows {
         ($f:ident) => {
-            match rows {
-                4 => $f::<4>(w, p, a, r, tile),
-                3 => $f::<3>(w, p, a, r, tile),
-                2 => $f::<2>(w, p, a, r, tile),
-                _ => $f::<1>(w, p, a, r, tile),
+            match (rows, w.scales16.is_empty()) {
+                (4, true) => $f::<4, false>(w, p, a, r, tile),
+                (3, true) => $f::<3, false>(w, p, a, r, tile),
+                (2, true) => $f::<2, false>(w, p, a, r, tile),
+                (_, true) => $f::<1, false>(w, p, a, r, tile),
+                (4, false) => $f::<4, true>(w, p, a, r, tile),
+                (3, false) => $f::<3, true>(w, p, a, r, tile),
+                (2, false) => $f::<2, true>(w, p, a, r, tile),
+                (_, false) => $f::<1, true>(w, p, a, r, tile),
             }
         };
     }
@@ -61,6 +65,30 @@ impl<const R: usize> Rows<R> {
     }
 }
 
+/// Eight scales from `at` (f16 converted exactly, or f32).
+#[inline(always)]
+unsafe fn scales8<const F16: bool>(w: &QWeight, at: usize) -> __m256 {
+    if F16 {
+        _mm256_cvtph_ps(_mm_loadu_si128(
+            w.scales16.as_ptr().add(at) as *const __m128i
+        ))
+    } else {
+        _mm256_loadu_ps(w.scales.as_ptr().add(at))
+    }
+}
+
+/// Sixteen scales from `at`.
+#[inline(always)]
+unsafe fn scales16<const F16: bool>(w: &QWeight, at: usize) -> __m512 {
+    if F16 {
+        _mm512_cvtph_ps(_mm256_loadu_si256(
+            w.scales16.as_ptr().add(at) as *const __m256i
+        ))
+    } else {
+        _mm512_loadu_ps(w.scales.as_ptr().add(at))
+    }
+}
+
 /// Four activation bytes, as one i32 to broadcast.
 #[inline(always)]
 unsafe fn four(q: *const i8) -> i32 {
@@ -69,7 +97,7 @@ unsafe fn four(q: *const i8) -> i32 {
 
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::needless_range_loop)] // `i` indexes rows of several arrays
-unsafe fn avx2_q4<const R: usize>(
+unsafe fn avx2_q4<const R: usize, const F16: bool>(
     w: &QWeight,
     p: usize,
     a: &QActs,
@@ -102,8 +130,8 @@ unsafe fn avx2_q4<const R: usize>(
                     part[i] = _mm256_add_epi16(part[i], s);
                 }
             }
-            let sp = w.scales.as_ptr().add(blk * PANEL_SCALES + 8 * h);
-            let (dw, mw) = (_mm256_loadu_ps(sp), _mm256_loadu_ps(sp.add(PANEL)));
+            let sp = blk * PANEL_SCALES + 8 * h;
+            let (dw, mw) = (scales8::<F16>(w, sp), scales8::<F16>(w, sp + PANEL));
             for i in 0..R {
                 let isum = _mm256_madd_epi16(part[i], ones);
                 let s = _mm256_mul_ps(dw, _mm256_set1_ps(*rows.d[i].add(b)));
@@ -119,7 +147,7 @@ unsafe fn avx2_q4<const R: usize>(
 
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::needless_range_loop)]
-unsafe fn avx2_q8<const R: usize>(
+unsafe fn avx2_q8<const R: usize, const F16: bool>(
     w: &QWeight,
     p: usize,
     a: &QActs,
@@ -146,12 +174,12 @@ unsafe fn avx2_q8<const R: usize>(
                     *s = _mm256_add_epi32(*s, _mm256_madd_epi16(prod, ones));
                 }
             }
-            let sp = w.scales.as_ptr().add(blk * PANEL_SCALES + 8 * h);
-            let d0 = _mm256_loadu_ps(sp);
+            let sp = blk * PANEL_SCALES + 8 * h;
+            let d0 = scales8::<F16>(w, sp);
             for i in 0..R {
                 let da = _mm256_set1_ps(*rows.d[i].add(b));
                 if w.halves {
-                    let d1 = _mm256_loadu_ps(sp.add(PANEL));
+                    let d1 = scales8::<F16>(w, sp + PANEL);
                     let f0 = _mm256_cvtepi32_ps(isum[0][i]);
                     acc[i] = _mm256_fmadd_ps(f0, _mm256_mul_ps(d0, da), acc[i]);
                     let f1 = _mm256_cvtepi32_ps(isum[1][i]);
@@ -170,7 +198,7 @@ unsafe fn avx2_q8<const R: usize>(
 
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vnni")]
 #[allow(clippy::needless_range_loop)]
-unsafe fn vnni_q4<const R: usize>(
+unsafe fn vnni_q4<const R: usize, const F16: bool>(
     w: &QWeight,
     p: usize,
     a: &QActs,
@@ -184,7 +212,8 @@ unsafe fn vnni_q4<const R: usize>(
     for b in 0..kb {
         let blk = p * kb + b;
         let wp = w.codes.as_ptr().add(blk * Q4_PANEL_BYTES);
-        let mut isum = [_mm512_setzero_si512(); R];
+        // Low and high nibbles in two dependency chains (integer sums: any order is exact).
+        let mut isum = [[_mm512_setzero_si512(); R]; 2];
         for j in 0..4 {
             let v = _mm512_loadu_si512(wp.add(j * 4 * PANEL) as *const _);
             let lo = _mm512_and_si512(v, low);
@@ -193,12 +222,13 @@ unsafe fn vnni_q4<const R: usize>(
                 let qa = rows.q[i].add(b * BLOCK);
                 let al = _mm512_set1_epi32(four(qa.add(4 * j)));
                 let ah = _mm512_set1_epi32(four(qa.add(16 + 4 * j)));
-                isum[i] = _mm512_dpbusd_epi32(isum[i], lo, al);
-                isum[i] = _mm512_dpbusd_epi32(isum[i], hi, ah);
+                isum[0][i] = _mm512_dpbusd_epi32(isum[0][i], lo, al);
+                isum[1][i] = _mm512_dpbusd_epi32(isum[1][i], hi, ah);
             }
         }
-        let sp = w.scales.as_ptr().add(blk * PANEL_SCALES);
-        let (dw, mw) = (_mm512_loadu_ps(sp), _mm512_loadu_ps(sp.add(PANEL)));
+        let isum: [__m512i; R] = std::array::from_fn(|i| _mm512_add_epi32(isum[0][i], isum[1][i]));
+        let sp = blk * PANEL_SCALES;
+        let (dw, mw) = (scales16::<F16>(w, sp), scales16::<F16>(w, sp + PANEL));
         for i in 0..R {
             let s = _mm512_mul_ps(dw, _mm512_set1_ps(*rows.d[i].add(b)));
             acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i]), s, acc[i]);
@@ -212,7 +242,7 @@ unsafe fn vnni_q4<const R: usize>(
 
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vnni")]
 #[allow(clippy::needless_range_loop)]
-unsafe fn vnni_q8<const R: usize>(
+unsafe fn vnni_q8<const R: usize, const F16: bool>(
     w: &QWeight,
     p: usize,
     a: &QActs,
@@ -238,12 +268,12 @@ unsafe fn vnni_q8<const R: usize>(
                 *s = _mm512_dpbusd_epi32(*s, v, qa);
             }
         }
-        let sp = w.scales.as_ptr().add(blk * PANEL_SCALES);
-        let d0 = _mm512_loadu_ps(sp);
+        let sp = blk * PANEL_SCALES;
+        let d0 = scales16::<F16>(w, sp);
         for i in 0..R {
             let da = _mm512_set1_ps(*rows.d[i].add(b));
             if w.halves {
-                let d1 = _mm512_loadu_ps(sp.add(PANEL));
+                let d1 = scales16::<F16>(w, sp + PANEL);
                 let f0 = _mm512_cvtepi32_ps(isum[0][i]);
                 acc[i] = _mm512_fmadd_ps(f0, _mm512_mul_ps(d0, da), acc[i]);
                 let f1 = _mm512_cvtepi32_ps(isum[1][i]);
