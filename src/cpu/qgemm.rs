@@ -45,6 +45,10 @@ pub const BLOCK: usize = 32;
 pub const PANEL: usize = 16;
 /// Activation rows that share one load of a weight group.
 const ROWS: usize = 4;
+/// Least work per parallel task, in panel blocks × rows (about 80 KB of Q4 weights at one
+/// row): a decode step's small products split into fewer tasks than rayon would spend on
+/// scheduling them.
+const MIN_TASK_WORK: usize = 256;
 /// Activation rows per pass over a task's panels (a multiple of [`ROWS`]).
 const ROW_CHUNK: usize = 128;
 /// Bytes of one repacked block of a panel, and f32 scales per block of a panel.
@@ -407,7 +411,8 @@ impl QWeight {
         // Panel chunks: a few per thread to balance, fewer when there is little work (a
         // decode step's small matrices). Only the split of work changes with the thread
         // count, never an output's arithmetic.
-        let tasks = if threads == 1 { 1 } else { threads * 4 };
+        let work = panels * (self.k / BLOCK) * m;
+        let tasks = (work / MIN_TASK_WORK).clamp(1, threads * 4);
         let per = panels.div_ceil(tasks).max(1);
         let ptr = SendPtr(out.as_mut_ptr());
         let run = |chunk: usize| {
