@@ -1,10 +1,11 @@
 //! The CPU quantized GEMM (`flare::cpu::qgemm`): repacking keeps candle's dequantized values,
-//! products agree with an f32 reference within the activation quantization's error bound, and
-//! every row is bit-identical alone or inside batches of 2..64 at 1 and 2 threads.
+//! products agree with an f32 reference within the activation quantization's error bound,
+//! every row is bit-identical alone or inside batches of 2..64 at 1 and 2 threads, and the
+//! AVX2 and AVX-512 VNNI kernels equal the scalar reference bit for bit.
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use flare::cpu::qgemm::{available, QWeight};
+use flare::cpu::qgemm::{available, avx512_vnni_available, Kernel, QWeight};
 
 const TYPES: [GgmlDType; 6] = [
     GgmlDType::Q4_0,
@@ -14,6 +15,19 @@ const TYPES: [GgmlDType; 6] = [
     GgmlDType::Q4K,
     GgmlDType::Q6K,
 ];
+
+/// The SIMD kernels this CPU runs.
+fn simd_kernels() -> Vec<Kernel> {
+    let mut k = vec![Kernel::Avx2];
+    if avx512_vnni_available() {
+        k.push(Kernel::Avx512Vnni);
+    }
+    k
+}
+
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
 
 fn pool(threads: usize) -> rayon::ThreadPool {
     rayon::ThreadPoolBuilder::new()
@@ -117,14 +131,17 @@ fn rows_are_bit_identical_alone_and_in_batches_of_2_to_64_at_1_and_2_threads() {
     let (n, k) = (37, 512);
     let m = 64;
     let x = acts(m, k);
-    for dtype in TYPES {
+    for (dtype, kernel) in TYPES
+        .iter()
+        .flat_map(|&t| simd_kernels().into_iter().map(move |k| (t, k)))
+    {
         let (_, p) = weight(dtype, n, k, 3);
         // Each row alone, one thread.
         let alone: Vec<Vec<f32>> = pool(1).install(|| {
             (0..m)
                 .map(|r| {
                     let mut y = vec![0f32; n];
-                    p.matmul(&x[r * k..(r + 1) * k], 1, &mut y);
+                    p.matmul_with(kernel, &x[r * k..(r + 1) * k], 1, &mut y);
                     y
                 })
                 .collect()
@@ -138,7 +155,7 @@ fn rows_are_bit_identical_alone_and_in_batches_of_2_to_64_at_1_and_2_threads() {
                             continue;
                         }
                         let mut y = vec![0f32; batch * n];
-                        p.matmul(&x[start * k..(start + batch) * k], batch, &mut y);
+                        p.matmul_with(kernel, &x[start * k..(start + batch) * k], batch, &mut y);
                         for i in 0..batch {
                             let got = &y[i * n..(i + 1) * n];
                             let want = &alone[start + i];
@@ -146,7 +163,7 @@ fn rows_are_bit_identical_alone_and_in_batches_of_2_to_64_at_1_and_2_threads() {
                                 got.iter()
                                     .zip(want)
                                     .all(|(a, b)| a.to_bits() == b.to_bits()),
-                                "{dtype:?} threads {threads} batch {batch} start {start} row {i}"
+                                "{dtype:?} {kernel:?} threads {threads} batch {batch} start {start} row {i}"
                             );
                         }
                     }
@@ -177,4 +194,87 @@ fn fused_weights_give_each_parts_columns_unchanged() {
     // Different layouts do not fuse.
     let (_, c) = weight(GgmlDType::Q8_0, 4, k, 6);
     assert!(QWeight::concat(&[&a, &c]).is_none());
+}
+
+#[test]
+fn simd_kernels_equal_the_scalar_reference_bit_for_bit() {
+    if !available() {
+        return;
+    }
+    // n not a multiple of the 16-column panel; m not a multiple of the 4-row tile.
+    let (m, n, k) = (7, 37, 512);
+    let x = acts(m, k);
+    for dtype in TYPES {
+        let (_, p) = weight(dtype, n, k, 7);
+        let mut want = vec![0f32; m * n];
+        p.matmul_with(Kernel::Reference, &x, m, &mut want);
+        for kernel in simd_kernels() {
+            let mut got = vec![0f32; m * n];
+            p.matmul_with(kernel, &x, m, &mut got);
+            assert!(same_bits(&got, &want), "{dtype:?} {kernel:?}");
+        }
+        let mut default = vec![0f32; m * n];
+        p.matmul(&x, m, &mut default);
+        assert!(same_bits(&default, &want), "{dtype:?} default kernel");
+    }
+}
+
+#[test]
+fn full_range_q8_codes_do_not_saturate() {
+    if !available() {
+        return;
+    }
+    // Q8_0 blocks with every code value, -128 and 127 included (ggml's quantizer never writes
+    // -128, other writers may), against activations at both ends of their range.
+    let (m, n, k) = (3, 20, 256);
+    let mut raw = Vec::new();
+    for c in 0..n {
+        for b in 0..k / 32 {
+            raw.extend_from_slice(&half::f16::from_f32(0.01 * (1 + c % 3) as f32).to_le_bytes());
+            for e in 0..32 {
+                let code = if (c + b) % 2 == 0 {
+                    -128i8
+                } else {
+                    ((c * 31 + b * 7 + e * 13) % 256) as u8 as i8
+                };
+                raw.push(code as u8);
+            }
+        }
+    }
+    let p = QWeight::from_raw(candle_core::quantized::GgmlDType::Q8_0, &raw, n, k).unwrap();
+    let mut x = vec![0f32; m * k];
+    for (i, v) in x.iter_mut().enumerate() {
+        *v = match i / k {
+            0 => 1.0,
+            1 => -1.0,
+            _ => {
+                if i % 2 == 0 {
+                    1.0
+                } else {
+                    -1.0
+                }
+            }
+        };
+    }
+    let w = p.dequantize();
+    let mut want = vec![0f32; m * n];
+    p.matmul_with(Kernel::Reference, &x, m, &mut want);
+    for r in 0..m {
+        for c in 0..n {
+            // Activations of +-1 quantize exactly, so the product is exact up to f32 rounding.
+            let exact: f64 = (0..k)
+                .map(|e| x[r * k + e] as f64 * w[c * k + e] as f64)
+                .sum();
+            let got = want[r * n + c] as f64;
+            assert!(
+                (got - exact).abs() <= 1e-4 * exact.abs().max(1.0),
+                "({r},{c}) {got} vs {exact}"
+            );
+        }
+    }
+    for kernel in simd_kernels() {
+        let mut got = vec![0f32; m * n];
+        p.matmul_with(kernel, &x, m, &mut got);
+        assert!(same_bits(&got, &want), "{kernel:?}");
+    }
 }

@@ -1,30 +1,60 @@
 //! Batched quantized GEMM on the CPU: `y[m, n] = x[m, k] · W[n, k]ᵀ` for GGUF weights.
 //!
 //! Weights are repacked at load into one of two layouts made of 32-element blocks (the
-//! activation block size), column by column:
+//! activation block size):
 //! - [`Layout::Q4`] (Q4_0, Q4_1, Q4_K): 4-bit codes `q` in 0..16 with an f32 scale `d` and
 //!   offset `m` per block, `w = d·q + m` (Q4_0: `m = -8d`; Q4_K: `d·sc`, `-dmin·mn`);
-//! - [`Layout::Q8`] (Q8_0, Q5_0, Q6_K): signed 8-bit codes with one f32 scale per 16 elements
-//!   (Q8_0 and Q5_0 repeat their block scale, Q5_0's codes are `q - 16`; Q6_K's codes are `q - 32` under `d·sc`).
+//! - [`Layout::Q8`] (Q8_0, Q5_0, Q6_K): signed 8-bit codes with one f32 scale per block, or
+//!   (Q6_K) one per 16 elements (Q5_0's codes are `q - 16`, Q6_K's `q - 32` under `d·sc`).
+//!
+//! **Panels: SIMD lanes are output columns.** Columns are grouped in panels of [`PANEL`] = 16,
+//! and inside a panel each block is stored as groups of 4 consecutive k-elements of every
+//! column (group `j` = 64 bytes, column `c` at bytes `4c..4c+4`). One `dpbusd` of a group with
+//! 4 broadcast activation bytes adds to each column's lane its own 4-element dot product, so
+//! after a block's groups every i32 lane holds the exact integer block dot of its column; one
+//! convert and one fused multiply-add by `d_w·d_a` (plus one for the Q4 offset `m_w·d_a·Σqa`)
+//! fold it into the column's f32 accumulator. No horizontal sums; a weight group loaded and
+//! unpacked once serves [`ROWS`] activation rows. AVX-512 VNNI handles a whole panel per
+//! vector, AVX2 each half of 8 columns.
 //!
 //! Activations are quantized once per call to 8-bit blocks of 32 (`a = d_a·qa`, round to
-//! nearest) and every weight block read is used for up to [`ROWS`] activation rows.
+//! nearest even) by [`acts`].
 //!
-//! **Batch invariance by construction.** Each output `y[r, c]` is computed by one thread, from
-//! row `r`'s own quantized blocks only, with the same instruction sequence whatever the number
-//! of rows, the row tile it lands in and the thread count: an 8-lane f32 accumulator takes one
-//! fused multiply-add per block in block order, then a fixed horizontal sum. The AVX-512 VNNI
-//! path (chosen at run time) computes the same exact integer block sums as the AVX2 path (no
-//! i16 saturation is reachable with these code ranges), so both give identical bits.
+//! **Batch invariance by construction.** Each output `y[r, c]` is computed from row `r`'s own
+//! quantized blocks only, in one f32 lane that sees the same sequence of operations whatever
+//! the number of rows, the row tile it lands in, the thread count, and the kernel: integer
+//! block sums are exact (no i16 saturation is reachable: Q8 codes go through the sign trick on
+//! AVX2 and a +128 bias with exact integer correction on VNNI), and the float steps per block
+//! are the same `mul`, `cvt` and `fma` in every kernel, including [`Kernel::Reference`], a
+//! scalar model of one lane that the tests compare bit for bit.
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 use rayon::prelude::*;
 
+mod acts;
+mod reference;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use acts::QActs;
+
 /// Elements per block (weights and activations).
 pub const BLOCK: usize = 32;
-/// Activation rows that share one read of a weight block.
+/// Output columns per repacked panel.
+pub const PANEL: usize = 16;
+/// Activation rows that share one load of a weight group.
 const ROWS: usize = 4;
+/// Least work per parallel task, in panel blocks × rows (about 80 KB of Q4 weights at one
+/// row): a decode step's small products split into fewer tasks than rayon would spend on
+/// scheduling them.
+const MIN_TASK_WORK: usize = 256;
+/// Activation rows per pass over a task's panels (a multiple of [`ROWS`]).
+const ROW_CHUNK: usize = 128;
+/// Bytes of one repacked block of a panel, and f32 scales per block of a panel.
+const Q4_PANEL_BYTES: usize = PANEL * BLOCK / 2;
+const Q8_PANEL_BYTES: usize = PANEL * BLOCK;
+const PANEL_SCALES: usize = 2 * PANEL;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
@@ -32,17 +62,35 @@ pub enum Layout {
     Q8,
 }
 
+/// Which implementation computes a product. All give identical bits; the choice only
+/// changes speed (tests compare them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// Scalar model of one SIMD lane (tests).
+    Reference,
+    /// AVX2 + FMA, 8 columns per vector.
+    Avx2,
+    /// AVX-512 (F, BW) with VNNI, 16 columns per vector.
+    Avx512Vnni,
+}
+
 /// A repacked weight `[n, k]` (`k` a multiple of 32).
 #[derive(Debug)]
 pub struct QWeight {
     layout: Layout,
+    /// Q8 with one scale per 16 elements (Q6_K); otherwise one per block.
+    halves: bool,
     n: usize,
     k: usize,
-    /// Q4: 16 bytes per block (byte `i`: element `i` low nibble, element `i + 16` high);
-    /// Q8: 32 bytes per block. Column `c`, block `b` at `(c * kb + b)`.
+    /// Panel `p`, block `b` at `(p * kb + b)` × the layout's panel bytes; columns past `n`
+    /// (last panel) are zero codes with zero scales.
     codes: Vec<u8>,
-    /// Q4: `[d, m]` per block; Q8: `[d0, d1]` (elements 0..16 and 16..32) per block.
-    scales: Vec<[f32; 2]>,
+    /// Per panel block: Q4 `[d; 16], [m; 16]`; Q8 `[d0; 16], [d1; 16]` (elements 0..16 and
+    /// 16..32; `d1 = d0` unless `halves`). Empty when `scales16` holds them.
+    scales: Vec<f32>,
+    /// The same scales as f16 when every one of them is exactly an f16 (Q4_0, Q4_1, Q8_0 and
+    /// Q5_0 store f16 scales): a third less memory traffic per Q4 block, same values.
+    scales16: Vec<f16>,
     source: GgmlDType,
 }
 
@@ -58,14 +106,32 @@ pub fn available() -> bool {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-fn has_vnni() -> bool {
-    use std::sync::OnceLock;
-    static V: OnceLock<bool> = OnceLock::new();
-    *V.get_or_init(|| {
-        std::env::var("FLARE_CPU_NO_VNNI").is_err()
+/// Whether the AVX-512 VNNI kernel can run here (regardless of `FLARE_CPU_NO_VNNI`).
+pub fn avx512_vnni_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        available()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512vnni")
-            && is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The kernel [`QWeight::matmul`] uses: AVX-512 VNNI where the CPU has it and
+/// `FLARE_CPU_NO_VNNI` is unset, else AVX2.
+pub fn best_kernel() -> Kernel {
+    use std::sync::OnceLock;
+    static K: OnceLock<Kernel> = OnceLock::new();
+    *K.get_or_init(|| {
+        if std::env::var("FLARE_CPU_NO_VNNI").is_err() && avx512_vnni_available() {
+            Kernel::Avx512Vnni
+        } else {
+            Kernel::Avx2
+        }
     })
 }
 
@@ -85,7 +151,99 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
+/// Where element `e` (0..32) of panel column `c` lives inside a panel block: byte index, and
+/// for Q4 whether it is the high nibble.
+fn code_at(layout: Layout, c: usize, e: usize) -> (usize, bool) {
+    match layout {
+        // Group j holds elements 4j..4j+4 (low nibbles) and 16+4j..16+4j+4 (high).
+        Layout::Q4 => {
+            let (hi, e) = (e >= 16, e % 16);
+            ((e / 4) * 4 * PANEL + 4 * c + e % 4, hi)
+        }
+        Layout::Q8 => ((e / 4) * 4 * PANEL + 4 * c + e % 4, false),
+    }
+}
+
 impl QWeight {
+    fn empty(layout: Layout, halves: bool, n: usize, k: usize, source: GgmlDType) -> Self {
+        let blocks = n.div_ceil(PANEL) * (k / BLOCK);
+        let bytes = match layout {
+            Layout::Q4 => Q4_PANEL_BYTES,
+            Layout::Q8 => Q8_PANEL_BYTES,
+        };
+        Self {
+            layout,
+            halves,
+            n,
+            k,
+            codes: vec![0; blocks * bytes],
+            scales: vec![0.0; blocks * PANEL_SCALES],
+            scales16: Vec::new(),
+            source,
+        }
+    }
+
+    /// Switches to f16 scales if that loses nothing (after the last `put`).
+    fn compact_scales(mut self) -> Self {
+        let exact = |v: &f32| f16::from_f32(*v).to_f32().to_bits() == v.to_bits();
+        if self.scales.iter().all(exact) {
+            self.scales16 = self.scales.iter().map(|v| f16::from_f32(*v)).collect();
+            self.scales = Vec::new();
+        }
+        self
+    }
+
+    fn scale(&self, at: usize) -> f32 {
+        if self.scales16.is_empty() {
+            self.scales[at]
+        } else {
+            self.scales16[at].to_f32()
+        }
+    }
+
+    fn panel_bytes(&self) -> usize {
+        match self.layout {
+            Layout::Q4 => Q4_PANEL_BYTES,
+            Layout::Q8 => Q8_PANEL_BYTES,
+        }
+    }
+
+    /// Stores column `col`'s block `b`: codes (Q4: 0..16; Q8: i8 as u8) and its two scales.
+    fn put(&mut self, col: usize, b: usize, q: &[u8; 32], s: [f32; 2]) {
+        let kb = self.k / BLOCK;
+        let (p, c) = (col / PANEL, col % PANEL);
+        let blk = p * kb + b;
+        let bytes = self.panel_bytes();
+        let dst = &mut self.codes[blk * bytes..(blk + 1) * bytes];
+        for (e, &v) in q.iter().enumerate() {
+            let (at, hi) = code_at(self.layout, c, e);
+            dst[at] |= if hi { v << 4 } else { v };
+        }
+        let sc = &mut self.scales[blk * PANEL_SCALES..(blk + 1) * PANEL_SCALES];
+        sc[c] = s[0];
+        sc[PANEL + c] = s[1];
+    }
+
+    /// Column `col`'s block `b` as [`Self::put`] took it.
+    fn get(&self, col: usize, b: usize) -> ([u8; 32], [f32; 2]) {
+        let kb = self.k / BLOCK;
+        let (p, c) = (col / PANEL, col % PANEL);
+        let blk = p * kb + b;
+        let bytes = self.panel_bytes();
+        let src = &self.codes[blk * bytes..(blk + 1) * bytes];
+        let mut q = [0u8; 32];
+        for (e, v) in q.iter_mut().enumerate() {
+            let (at, hi) = code_at(self.layout, c, e);
+            *v = match (self.layout, hi) {
+                (Layout::Q4, true) => src[at] >> 4,
+                (Layout::Q4, false) => src[at] & 0xF,
+                _ => src[at],
+            };
+        }
+        let at = blk * PANEL_SCALES + c;
+        (q, [self.scale(at), self.scale(at + PANEL)])
+    }
+
     /// Repacks a GGUF weight `[n, k]`; `None` for a type or shape the kernels do not cover
     /// (the caller keeps candle's matmul for those).
     pub fn from_qtensor(t: &QTensor) -> Option<Self> {
@@ -111,25 +269,13 @@ impl QWeight {
             return None;
         }
         let kb = k / BLOCK;
-        let code_bytes = if layout == Layout::Q4 { 16 } else { 32 };
-        let mut codes = vec![0u8; n * kb * code_bytes];
-        let mut scales = vec![[0f32; 2]; n * kb];
+        let mut w = Self::empty(layout, dtype == Q6K, n, k, dtype);
         // One 32-element block at a time: (codes as 0..16 or i8, two scales).
         let mut q = [0u8; 32];
         for (i, src) in data.chunks_exact(per_block).enumerate() {
             let first = i * span / BLOCK; // index of the first 32-block this source block covers
-            let mut emit = |b: usize, q: &[u8; 32], s: [f32; 2]| {
-                let at = first + b;
-                scales[at] = s;
-                let dst = &mut codes[at * code_bytes..(at + 1) * code_bytes];
-                if layout == Layout::Q4 {
-                    for j in 0..16 {
-                        dst[j] = q[j] | (q[j + 16] << 4);
-                    }
-                } else {
-                    dst.copy_from_slice(q);
-                }
-            };
+            let (col, b0) = (first / kb, first % kb);
+            let mut emit = |b: usize, q: &[u8; 32], s: [f32; 2]| w.put(col, b0 + b, q, s);
             match dtype {
                 Q4_0 | Q4_1 => {
                     let d = f16_at(src, 0);
@@ -203,14 +349,7 @@ impl QWeight {
                 _ => unreachable!(),
             }
         }
-        Some(Self {
-            layout,
-            n,
-            k,
-            codes,
-            scales,
-            source: dtype,
-        })
+        Some(w.compact_scales())
     }
 
     pub fn out_features(&self) -> usize {
@@ -229,79 +368,104 @@ impl QWeight {
         let first = parts.first()?;
         if parts
             .iter()
-            .any(|p| p.k != first.k || p.layout != first.layout)
+            .any(|p| p.k != first.k || p.layout != first.layout || p.halves != first.halves)
         {
             return None;
         }
-        Some(QWeight {
-            layout: first.layout,
-            n: parts.iter().map(|p| p.n).sum(),
-            k: first.k,
-            codes: parts.iter().flat_map(|p| p.codes.iter().copied()).collect(),
-            scales: parts
-                .iter()
-                .flat_map(|p| p.scales.iter().copied())
-                .collect(),
-            source: first.source,
-        })
+        let n = parts.iter().map(|p| p.n).sum();
+        let kb = first.k / BLOCK;
+        let mut out = Self::empty(first.layout, first.halves, n, first.k, first.source);
+        let mut col = 0;
+        for p in parts {
+            for c in 0..p.n {
+                for b in 0..kb {
+                    let (q, s) = p.get(c, b);
+                    out.put(col, b, &q, s);
+                }
+                col += 1;
+            }
+        }
+        Some(out.compact_scales())
     }
 
     /// `x: [m, k]` row-major f32 -> `out: [m, n]`. Runs on the current rayon pool.
     pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        self.matmul_with(best_kernel(), x, m, out)
+    }
+
+    /// [`Self::matmul`] with a chosen kernel (panics if this CPU cannot run it).
+    pub fn matmul_with(&self, kernel: Kernel, x: &[f32], m: usize, out: &mut [f32]) {
         assert_eq!(x.len(), m * self.k, "qgemm: x is not [m, k]");
         assert_eq!(out.len(), m * self.n, "qgemm: out is not [m, n]");
+        match kernel {
+            Kernel::Reference => {}
+            Kernel::Avx2 => assert!(available(), "qgemm: AVX2 kernel on a CPU without it"),
+            Kernel::Avx512Vnni => assert!(avx512_vnni_available(), "qgemm: no AVX-512 VNNI"),
+        }
         if m == 0 || self.n == 0 {
             return;
         }
-        let acts = QActs::quantize(x, m, self.k);
+        let acts = QActs::quantize(x, m, self.k, kernel != Kernel::Reference);
+        let panels = self.n.div_ceil(PANEL);
         let threads = rayon::current_num_threads().max(1);
-        // Column chunks: enough tasks to balance, each a multiple of 4 columns. Only the split
-        // of work changes with the thread count, never an output's arithmetic.
-        let per = (self.n.div_ceil(threads * 8)).next_multiple_of(4).max(4);
+        // Panel chunks: a few per thread to balance, fewer when there is little work (a
+        // decode step's small matrices). Only the split of work changes with the thread
+        // count, never an output's arithmetic.
+        let work = panels * (self.k / BLOCK) * m;
+        let tasks = (work / MIN_TASK_WORK).clamp(1, threads * 4);
+        let per = panels.div_ceil(tasks).max(1);
         let ptr = SendPtr(out.as_mut_ptr());
-        let n = self.n;
-        (0..n.div_ceil(per)).into_par_iter().for_each(|chunk| {
+        let run = |chunk: usize| {
             let ptr = &ptr;
-            let (c0, c1) = (chunk * per, ((chunk + 1) * per).min(n));
-            let mut r = 0;
-            while r < m {
-                let rows = (m - r).min(ROWS);
-                for c in c0..c1 {
-                    let mut vals = [0f32; ROWS];
-                    self.column(c, &acts, r, rows, &mut vals);
-                    for (i, v) in vals[..rows].iter().enumerate() {
-                        // SAFETY: (r + i, c) is inside [m, n] and written by this task only.
-                        unsafe { *ptr.0.add((r + i) * n + c) = *v };
-                    }
-                }
-                r += rows;
-            }
-        });
+            let (p0, p1) = (chunk * per, ((chunk + 1) * per).min(panels));
+            // SAFETY: each task writes the columns of its own panels only, inside [m, n].
+            unsafe { self.panels(kernel, &acts, p0..p1, ptr.0) };
+        };
+        let chunks = panels.div_ceil(per);
+        if chunks == 1 {
+            run(0);
+        } else {
+            (0..chunks).into_par_iter().for_each(run);
+        }
+        acts.recycle();
     }
 
-    fn column(&self, c: usize, a: &QActs, r: usize, rows: usize, vals: &mut [f32; ROWS]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let vnni = has_vnni();
-            // SAFETY: `available()` gated the construction of every QWeight that reaches here
-            // (Linear only repacks when it holds); the VNNI path only when the CPU has it.
-            unsafe {
-                match (rows, vnni) {
-                    (4, false) => x86::column::<4, false>(self, c, a, r, vals),
-                    (4, true) => x86::column::<4, true>(self, c, a, r, vals),
-                    (3, false) => x86::column::<3, false>(self, c, a, r, vals),
-                    (3, true) => x86::column::<3, true>(self, c, a, r, vals),
-                    (2, false) => x86::column::<2, false>(self, c, a, r, vals),
-                    (2, true) => x86::column::<2, true>(self, c, a, r, vals),
-                    (_, false) => x86::column::<1, false>(self, c, a, r, vals),
-                    (_, true) => x86::column::<1, true>(self, c, a, r, vals),
+    /// Computes every row for the columns of `panels`, writing into `out` (`[m, n]`).
+    ///
+    /// # Safety
+    /// `out` points to `m × n` writable floats that no one else touches in these columns.
+    unsafe fn panels(
+        &self,
+        kernel: Kernel,
+        a: &QActs,
+        panels: std::ops::Range<usize>,
+        out: *mut f32,
+    ) {
+        let mut tile = [[0f32; PANEL]; ROWS];
+        // Rows in chunks whose quantized activations stay in L2 while every panel of this
+        // task passes over them (a long prompt's rows do not fit).
+        for r0 in (0..a.m).step_by(ROW_CHUNK) {
+            let r1 = (r0 + ROW_CHUNK).min(a.m);
+            for p in panels.clone() {
+                let c0 = p * PANEL;
+                let cols = (self.n - c0).min(PANEL);
+                let mut r = r0;
+                while r < r1 {
+                    let rows = (r1 - r).min(ROWS);
+                    match kernel {
+                        Kernel::Reference => reference::tile(self, p, a, r, rows, &mut tile),
+                        #[cfg(target_arch = "x86_64")]
+                        _ => x86::tile(kernel, self, p, a, r, rows, &mut tile),
+                        #[cfg(not(target_arch = "x86_64"))]
+                        _ => unreachable!("qgemm SIMD kernels need x86-64"),
+                    }
+                    for (i, vals) in tile[..rows].iter().enumerate() {
+                        let dst = out.add((r + i) * self.n + c0);
+                        std::ptr::copy_nonoverlapping(vals.as_ptr(), dst, cols);
+                    }
+                    r += rows;
                 }
             }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = (c, a, r, rows, vals);
-            unreachable!("qgemm needs x86-64 (available() is false elsewhere)")
         }
     }
 
@@ -310,201 +474,19 @@ impl QWeight {
         let kb = self.k / BLOCK;
         let mut out = vec![0f32; self.n * self.k];
         for (blk, o) in out.chunks_exact_mut(BLOCK).enumerate() {
-            let [s0, s1] = self.scales[blk];
-            match self.layout {
-                Layout::Q4 => {
-                    let q = &self.codes[blk * 16..blk * 16 + 16];
-                    for j in 0..16 {
-                        o[j] = s0 * (q[j] & 0xF) as f32 + s1;
-                        o[j + 16] = s0 * (q[j] >> 4) as f32 + s1;
-                    }
-                }
-                Layout::Q8 => {
-                    let q = &self.codes[blk * 32..blk * 32 + 32];
-                    for j in 0..32 {
-                        o[j] = if j < 16 { s0 } else { s1 } * (q[j] as i8) as f32;
-                    }
-                }
+            let (q, [s0, s1]) = self.get(blk / kb, blk % kb);
+            for (j, (o, &q)) in o.iter_mut().zip(&q).enumerate() {
+                *o = match self.layout {
+                    Layout::Q4 => s0 * q as f32 + s1,
+                    Layout::Q8 => (if j < 16 { s0 } else { s1 }) * (q as i8) as f32,
+                };
             }
         }
-        debug_assert_eq!(out.len(), self.n * kb * BLOCK);
         out
     }
 }
 
 struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint elements (see `matmul`).
+// SAFETY: tasks write disjoint elements (see `matmul_with`).
 unsafe impl Sync for SendPtr {}
 unsafe impl Send for SendPtr {}
-
-/// Activations quantized to 8-bit blocks of 32: per block `d` and `d · Σqa`.
-struct QActs {
-    kb: usize,
-    q: Vec<i8>,
-    d: Vec<f32>,
-    sum: Vec<f32>,
-}
-
-impl QActs {
-    fn quantize(x: &[f32], m: usize, k: usize) -> Self {
-        let kb = k / BLOCK;
-        let mut q = vec![0i8; m * k];
-        let mut d = vec![0f32; m * kb];
-        let mut sum = vec![0f32; m * kb];
-        type Item<'a> = (((&'a [f32], &'a mut [i8]), &'a mut f32), &'a mut f32);
-        let work = |(((xb, qb), db), sb): Item| {
-            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let scale = amax / 127.0;
-            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-            let mut s = 0i32;
-            for (o, v) in qb.iter_mut().zip(xb) {
-                let r = (v * inv).round() as i32;
-                *o = r as i8;
-                s += r;
-            }
-            *db = scale;
-            *sb = scale * s as f32;
-        };
-        // Each block on its own: the split over threads cannot change a value.
-        if m * k >= 1 << 16 {
-            x.par_chunks_exact(BLOCK)
-                .zip(q.par_chunks_exact_mut(BLOCK))
-                .zip(d.par_iter_mut())
-                .zip(sum.par_iter_mut())
-                .for_each(work);
-        } else {
-            x.chunks_exact(BLOCK)
-                .zip(q.chunks_exact_mut(BLOCK))
-                .zip(d.iter_mut())
-                .zip(sum.iter_mut())
-                .for_each(work);
-        }
-        Self { kb, q, d, sum }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use std::arch::x86_64::*;
-
-    use super::{Layout, QActs, QWeight, BLOCK, ROWS};
-
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        _mm_cvtss_f32(s)
-    }
-
-    /// Σ over pairs of u8·i8 into 8 i32 lanes (lane `j` covers elements `4j..4j+4`).
-    #[inline(always)]
-    unsafe fn dot_u8i8<const VNNI: bool>(u: __m256i, s: __m256i) -> __m256i {
-        if VNNI {
-            _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
-        } else {
-            let p = _mm256_maddubs_epi16(u, s);
-            _mm256_madd_epi16(p, _mm256_set1_epi16(1))
-        }
-    }
-
-    /// Rows `r..r+R` against column `c`; `vals[i]` gets row `r + i`.
-    pub(super) unsafe fn column<const R: usize, const VNNI: bool>(
-        w: &QWeight,
-        c: usize,
-        a: &QActs,
-        r: usize,
-        vals: &mut [f32; ROWS],
-    ) {
-        if VNNI {
-            column_vnni::<R>(w, c, a, r, vals)
-        } else {
-            column_avx2::<R>(w, c, a, r, vals)
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn column_avx2<const R: usize>(
-        w: &QWeight,
-        c: usize,
-        a: &QActs,
-        r: usize,
-        vals: &mut [f32; ROWS],
-    ) {
-        column_body::<R, false>(w, c, a, r, vals)
-    }
-
-    #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
-    unsafe fn column_vnni<const R: usize>(
-        w: &QWeight,
-        c: usize,
-        a: &QActs,
-        r: usize,
-        vals: &mut [f32; ROWS],
-    ) {
-        column_body::<R, true>(w, c, a, r, vals)
-    }
-
-    #[inline(always)]
-    #[allow(clippy::needless_range_loop)] // `i` indexes rows of several arrays
-    unsafe fn column_body<const R: usize, const VNNI: bool>(
-        w: &QWeight,
-        c: usize,
-        a: &QActs,
-        r: usize,
-        vals: &mut [f32; ROWS],
-    ) {
-        let kb = a.kb;
-        let mut acc = [_mm256_setzero_ps(); R];
-        let mut off = [0f32; R];
-        let scales = &w.scales[c * kb..(c + 1) * kb];
-        // Each row's own quantized blocks, scales and sums (pointers, so the per-block address
-        // arithmetic is one add per row).
-        let (mut qp, mut dp, mut sp) = ([a.q.as_ptr(); R], [a.d.as_ptr(); R], [a.sum.as_ptr(); R]);
-        for i in 0..R {
-            let base = (r + i) * kb;
-            qp[i] = qp[i].add(base * BLOCK);
-            dp[i] = dp[i].add(base);
-            sp[i] = sp[i].add(base);
-        }
-        match w.layout {
-            Layout::Q4 => {
-                let codes = w.codes.as_ptr().add(c * kb * 16);
-                let low = _mm_set1_epi8(0xF);
-                for (b, &[d, m]) in scales.iter().enumerate() {
-                    let v = _mm_loadu_si128(codes.add(b * 16) as *const __m128i);
-                    let lo = _mm_and_si128(v, low);
-                    let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), low);
-                    let wq = _mm256_set_m128i(hi, lo);
-                    let dv = _mm256_set1_ps(d);
-                    for i in 0..R {
-                        let x = _mm256_loadu_si256(qp[i].add(b * BLOCK) as *const __m256i);
-                        let p = _mm256_cvtepi32_ps(dot_u8i8::<VNNI>(wq, x));
-                        // d·d_a in every lane: the same product as the scalar one.
-                        let s = _mm256_mul_ps(dv, _mm256_broadcast_ss(&*dp[i].add(b)));
-                        acc[i] = _mm256_fmadd_ps(p, s, acc[i]);
-                        off[i] += m * *sp[i].add(b);
-                    }
-                }
-            }
-            Layout::Q8 => {
-                let codes = w.codes.as_ptr().add(c * kb * 32);
-                for (b, &[d0, d1]) in scales.iter().enumerate() {
-                    let wq = _mm256_loadu_si256(codes.add(b * 32) as *const __m256i);
-                    let wabs = _mm256_sign_epi8(wq, wq);
-                    let dv = _mm256_set_m128(_mm_set1_ps(d1), _mm_set1_ps(d0));
-                    for i in 0..R {
-                        let x = _mm256_loadu_si256(qp[i].add(b * BLOCK) as *const __m256i);
-                        let xs = _mm256_sign_epi8(x, wq);
-                        let p = _mm256_cvtepi32_ps(dot_u8i8::<VNNI>(wabs, xs));
-                        let s = _mm256_mul_ps(dv, _mm256_broadcast_ss(&*dp[i].add(b)));
-                        acc[i] = _mm256_fmadd_ps(p, s, acc[i]);
-                    }
-                }
-            }
-        }
-        for i in 0..R {
-            vals[i] = hsum(acc[i]) + off[i];
-        }
-    }
-}
