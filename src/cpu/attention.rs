@@ -32,28 +32,59 @@ pub fn supports(head_dim: usize) -> bool {
     head_dim > 0 && head_dim.is_multiple_of(8)
 }
 
-/// One work item's attention: the `group` query heads in `q` (`[group, d]`, already scaled)
-/// against the rows of `k` and `v` at element offsets `offs` (in position order), with an
-/// optional per-head sink logit. Writes `[group, d]` to `out`. `offs` must have a length that
-/// is a multiple of 8 (`padded(n)`); entries past `n` may repeat any valid offset.
+/// Positions per context chunk. A query row's attention is computed chunk by chunk over the
+/// absolute positions `[c * CHUNK, (c + 1) * CHUNK)` and the chunk results folded in chunk
+/// order; the chunking depends only on positions, never on the batch or the thread count, so
+/// chunks may run on different threads (decode over a long context) and still give the same
+/// bits as one pass.
+pub const CHUNK: usize = 256;
+
+/// One chunk's unnormalised softmax result per query vector: the largest score `m`, the sum
+/// `l` of `exp(score - m)` (0 when the vector attends to nothing in this chunk) and
+/// `o = Σ exp(score - m) · value` (`[nq, d]`).
+pub struct Partials<'a> {
+    pub m: &'a mut [f32],
+    pub l: &'a mut [f32],
+    pub o: &'a mut [f32],
+}
+
+/// The chunk partials of `nq = ranges.len()` query vectors (`q`: `[nq, d]`, already scaled)
+/// against the K/V rows at element offsets `offs`, which hold absolute positions
+/// `span0 .. span0 + offs.len()` (`span0` and the length multiples of 8; offsets outside the
+/// attended positions must still be valid rows). Query vector `i` attends to the inclusive
+/// range `ranges[i]` of absolute positions (empty when start > end).
 ///
-/// `scores` is scratch of `group * offs.len()` elements.
+/// **Fixed order, whatever the tile.** A score is one 8-lane fused multiply-add chain over the
+/// head dimension then a fixed pairwise lane sum; the softmax sum runs over 8 lanes indexed by
+/// absolute position modulo 8 (positions outside the range are exact zeros) then a fixed
+/// pairwise sum; each output element is one multiply-add chain over the vector's own
+/// positions in order. So a vector's partials are the same bits whichever other query vectors
+/// (rows, heads) share its tile: tiling only changes how often K and V are read.
+///
+/// `scores` is scratch of `nq * offs.len()` elements.
 #[allow(clippy::too_many_arguments)]
-pub fn attend(
+pub fn chunk_partials(
     q: &[f32],
     k: &[f32],
     v: &[f32],
     offs: &[usize],
-    n: usize,
+    span0: usize,
+    ranges: &[(usize, usize)],
     d: usize,
-    sinks: Option<&[f32]>,
     scores: &mut [f32],
-    out: &mut [f32],
+    out: Partials,
 ) {
-    let group = q.len() / d;
+    let nq = ranges.len();
     let np = offs.len();
-    assert!(supports(d) && available() && np.is_multiple_of(8) && n <= np && n > 0);
-    assert!(scores.len() >= group * np && out.len() == group * d);
+    assert!(supports(d) && available() && np.is_multiple_of(8) && span0.is_multiple_of(8));
+    assert!(q.len() == nq * d && scores.len() >= nq * np);
+    assert!(out.m.len() == nq && out.l.len() == nq && out.o.len() == nq * d);
+    for &(a, b) in ranges {
+        assert!(
+            a > b || (a >= span0 && b < span0 + np),
+            "attention: range outside span"
+        );
+    }
     for &o in offs {
         assert!(
             o + d <= k.len() && o + d <= v.len(),
@@ -61,20 +92,43 @@ pub fn attend(
         );
     }
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: `available()` checked AVX2/FMA; offsets were bounds-checked above.
+    // SAFETY: `available()` checked AVX2/FMA; offsets and ranges were checked above.
     unsafe {
-        x86::attend(q, k, v, offs, n, d, sinks, scores, out)
+        x86::chunk_partials(q, k, v, offs, span0, ranges, d, scores, out)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (k, v, sinks, scores, out);
+        let _ = (k, v, scores, out);
         unreachable!()
     }
 }
 
-/// `n` rounded up to whole 8-position tiles.
-pub fn padded(n: usize) -> usize {
-    n.next_multiple_of(8)
+/// Folds one chunk's partials (`m`, `l`, `o`) into a running state (`sm`, `sl`, `acc`) that
+/// holds the chunks before it: `acc = acc · exp(sm - m') + o · exp(m - m')` with
+/// `m' = max(sm, m)`, and the same for `sl`. A state starts as a copy of the first chunk whose
+/// `l` is not zero; the caller skips chunks with `l == 0`.
+pub fn fold(sm: &mut f32, sl: &mut f32, acc: &mut [f32], m: f32, l: f32, o: &[f32]) {
+    assert!(available() && acc.len() == o.len() && acc.len().is_multiple_of(8));
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX2/FMA checked by `available()`; lengths checked above.
+    unsafe {
+        x86::fold(sm, sl, acc, m, l, o)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!()
+}
+
+/// The attention output of a folded state: `acc / sl`, with an optional sink logit that
+/// joins the softmax denominator without a value.
+pub fn finish(sm: f32, sl: f32, acc: &[f32], sink: Option<f32>, out: &mut [f32]) {
+    assert!(available() && acc.len() == out.len() && acc.len().is_multiple_of(8));
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX2/FMA checked by `available()`; lengths checked above.
+    unsafe {
+        x86::finish(sm, sl, acc, sink, out)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!()
 }
 
 /// `exp` of every element (tests; the kernel's own vector `exp`).
@@ -160,86 +214,122 @@ mod x86 {
         _mm256_add_ps(lo, hi)
     }
 
+    /// `exp(x)` of one value (lane 0 of [`exp8`], so the fold uses the kernel's own `exp`).
+    #[inline(always)]
+    unsafe fn exp1(x: f32) -> f32 {
+        _mm256_cvtss_f32(exp8(_mm256_set1_ps(x)))
+    }
+
+    /// Scores of query vectors `qi..qi + QB` against positions `t..t + PB` of the span:
+    /// `QB * PB` accumulators over the head dimension, each K row loaded once for all `QB`
+    /// vectors, then summed 8 at a time by [`transpose_sum`] (the same lane order for every
+    /// score, whatever the block shape).
+    #[inline(always)]
+    unsafe fn score_block<const QB: usize, const PB: usize>(
+        qp: *const f32,
+        kp: *const f32,
+        offs: &[usize],
+        (qi, t, d, np): (usize, usize, usize, usize),
+        scores: *mut f32,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); PB]; QB];
+        let mut rows = [kp; PB];
+        for (p, r) in rows.iter_mut().enumerate() {
+            *r = kp.add(*offs.get_unchecked(t + p));
+        }
+        for c in (0..d).step_by(8) {
+            let mut kv = [_mm256_setzero_ps(); PB];
+            for (p, x) in kv.iter_mut().enumerate() {
+                *x = _mm256_loadu_ps(rows[p].add(c));
+            }
+            for (b, a) in acc.iter_mut().enumerate() {
+                let qv = _mm256_loadu_ps(qp.add((qi + b) * d + c));
+                for p in 0..PB {
+                    a[p] = _mm256_fmadd_ps(qv, kv[p], a[p]);
+                }
+            }
+        }
+        let mut group = [_mm256_setzero_ps(); 8];
+        let mut lanes = [0f32; 8];
+        for i0 in (0..QB * PB).step_by(8) {
+            for (i, g) in group.iter_mut().enumerate() {
+                *g = acc[(i0 + i) / PB][(i0 + i) % PB];
+            }
+            _mm256_storeu_ps(lanes.as_mut_ptr(), transpose_sum(&group));
+            for (i, &x) in lanes.iter().enumerate() {
+                let (b, p) = ((i0 + i) / PB, (i0 + i) % PB);
+                *scores.add((qi + b) * np + t + p) = x;
+            }
+        }
+    }
+
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn attend(
+    pub(super) unsafe fn chunk_partials(
         q: &[f32],
         k: &[f32],
         v: &[f32],
         offs: &[usize],
-        n: usize,
+        span0: usize,
+        ranges: &[(usize, usize)],
         d: usize,
-        sinks: Option<&[f32]>,
         scores: &mut [f32],
-        out: &mut [f32],
+        out: super::Partials,
     ) {
-        let group = q.len() / d;
+        let nq = ranges.len();
         let np = offs.len();
-        let (kp, vp) = (k.as_ptr(), v.as_ptr());
-        // Scores, 8 positions at a time.
-        for g in 0..group {
-            let qg = q.as_ptr().add(g * d);
-            let sg = scores.as_mut_ptr().add(g * np);
-            for t in (0..np).step_by(8) {
-                let mut acc = [_mm256_setzero_ps(); 8];
-                for c in (0..d).step_by(8) {
-                    let qv = _mm256_loadu_ps(qg.add(c));
-                    for (p, a) in acc.iter_mut().enumerate() {
-                        let kv = _mm256_loadu_ps(kp.add(*offs.get_unchecked(t + p) + c));
-                        *a = _mm256_fmadd_ps(qv, kv, *a);
-                    }
-                }
-                _mm256_storeu_ps(sg.add(t), transpose_sum(&acc));
+        let (qp, kp, sp) = (q.as_ptr(), k.as_ptr(), scores.as_mut_ptr());
+        // Scores of the whole span: pairs of query vectors share each K row load.
+        let mut qi = 0;
+        while qi + 2 <= nq {
+            for t in (0..np).step_by(4) {
+                score_block::<2, 4>(qp, kp, offs, (qi, t, d, np), sp);
             }
-            // Padding positions get no probability.
-            for s in &mut scores[g * np + n..(g + 1) * np] {
-                *s = f32::NEG_INFINITY;
+            qi += 2;
+        }
+        if qi < nq {
+            for t in (0..np).step_by(8) {
+                score_block::<1, 8>(qp, kp, offs, (qi, t, d, np), sp);
             }
         }
-        // Softmax numerators in place; `inv[g]` the reciprocal of each head's denominator.
-        let mut inv = [0f32; 64];
-        let mut inv_heap = Vec::new();
-        let inv: &mut [f32] = if group <= 64 {
-            &mut inv[..group]
-        } else {
-            inv_heap.resize(group, 0.0);
-            &mut inv_heap
-        };
-        for g in 0..group {
-            let sg = &mut scores[g * np..(g + 1) * np];
-            let sink = sinks.map(|s| s[g]);
+        // Softmax numerators in place over each vector's own 8-aligned tiles.
+        for (i, &(a, b)) in ranges.iter().enumerate() {
+            if a > b {
+                out.m[i] = f32::NEG_INFINITY;
+                out.l[i] = 0.0;
+                continue;
+            }
+            let (ia, ib) = (a - span0, b - span0);
+            let (t0, t1) = (ia & !7, (ib + 8) & !7);
+            let sg = &mut scores[i * np + t0..i * np + t1];
+            for x in &mut sg[..ia - t0] {
+                *x = f32::NEG_INFINITY;
+            }
+            for x in &mut sg[ib + 1 - t0..] {
+                *x = f32::NEG_INFINITY;
+            }
             let mut mv = _mm256_set1_ps(f32::NEG_INFINITY);
             for c in sg.chunks_exact(8) {
                 mv = _mm256_max_ps(mv, _mm256_loadu_ps(c.as_ptr()));
             }
             let mut lanes = [0f32; 8];
             _mm256_storeu_ps(lanes.as_mut_ptr(), mv);
-            let max = lanes
-                .iter()
-                .fold(sink.unwrap_or(f32::NEG_INFINITY), |a, &b| a.max(b));
-            let m = _mm256_set1_ps(max);
+            let max = lanes.iter().fold(f32::NEG_INFINITY, |x, &y| x.max(y));
+            let mm = _mm256_set1_ps(max);
             let mut sum = _mm256_setzero_ps();
             for c in sg.chunks_exact_mut(8) {
-                let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), m));
+                let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), mm));
                 _mm256_storeu_ps(c.as_mut_ptr(), e);
                 sum = _mm256_add_ps(sum, e);
             }
-            let sink_term = match sink {
-                Some(s) => {
-                    let mut t = [0f32; 8];
-                    t[0] = s - max;
-                    let e = exp8(_mm256_loadu_ps(t.as_ptr()));
-                    _mm256_cvtss_f32(e)
-                }
-                None => 0.0,
-            };
-            inv[g] = 1.0 / (hsum(sum) + sink_term);
+            out.m[i] = max;
+            out.l[i] = hsum(sum);
         }
-        // Weighted sum of values: strips of up to 32 elements for up to 4 heads at once, so
+        // Weighted sum of values: strips of up to 32 elements for up to 4 vectors at once, so
         // each value row is read once per strip and the accumulators stay in registers.
         let mut g0 = 0;
-        while g0 < group {
-            let gs = (group - g0).min(4);
+        while g0 < nq {
+            let gs = (nq - g0).min(4);
             let mut c = 0;
             while c < d {
                 let left = (d - c) / 8;
@@ -247,18 +337,27 @@ mod x86 {
                     1 | 2 => left.min(4),
                     _ => left.min(2),
                 };
-                let args = (scores.as_ptr(), np, vp, offs, n, &*inv, out.as_mut_ptr(), d);
+                let args = Strip {
+                    scores: sp,
+                    np,
+                    vp: v.as_ptr(),
+                    offs,
+                    span0,
+                    ranges,
+                    out: out.o.as_mut_ptr(),
+                    d,
+                };
                 match (gs, w) {
-                    (1, 4) => pv_strip::<1, 4>(g0, c, args),
-                    (1, 2) | (1, 3) => pv_strip::<1, 2>(g0, c, args),
-                    (1, _) => pv_strip::<1, 1>(g0, c, args),
-                    (2, 4) => pv_strip::<2, 4>(g0, c, args),
-                    (2, 2) | (2, 3) => pv_strip::<2, 2>(g0, c, args),
-                    (2, _) => pv_strip::<2, 1>(g0, c, args),
-                    (3, 2) => pv_strip::<3, 2>(g0, c, args),
-                    (3, _) => pv_strip::<3, 1>(g0, c, args),
-                    (_, 2) => pv_strip::<4, 2>(g0, c, args),
-                    (_, _) => pv_strip::<4, 1>(g0, c, args),
+                    (1, 4) => pv_strip::<1, 4>(g0, c, &args),
+                    (1, 2) | (1, 3) => pv_strip::<1, 2>(g0, c, &args),
+                    (1, _) => pv_strip::<1, 1>(g0, c, &args),
+                    (2, 4) => pv_strip::<2, 4>(g0, c, &args),
+                    (2, 2) | (2, 3) => pv_strip::<2, 2>(g0, c, &args),
+                    (2, _) => pv_strip::<2, 1>(g0, c, &args),
+                    (3, 2) => pv_strip::<3, 2>(g0, c, &args),
+                    (3, _) => pv_strip::<3, 1>(g0, c, &args),
+                    (_, 2) => pv_strip::<4, 2>(g0, c, &args),
+                    (_, _) => pv_strip::<4, 1>(g0, c, &args),
                 }
                 c += 8 * if w == 3 { 2 } else { w };
             }
@@ -266,45 +365,97 @@ mod x86 {
         }
     }
 
-    /// Inputs of one strip: scores, their row stride, values, offsets, positions, the
-    /// reciprocal denominators, the output and the head dimension.
-    type StripArgs<'a> = (
-        *const f32,
-        usize,
-        *const f32,
-        &'a [usize],
-        usize,
-        &'a [f32],
-        *mut f32,
-        usize,
-    );
+    /// Inputs of one value strip.
+    struct Strip<'a> {
+        scores: *const f32,
+        np: usize,
+        vp: *const f32,
+        offs: &'a [usize],
+        span0: usize,
+        ranges: &'a [(usize, usize)],
+        out: *mut f32,
+        d: usize,
+    }
 
-    /// Output elements `c..c + 8W` of heads `g0..g0 + G`: one multiply-add chain per element
-    /// over the positions in order, then the softmax denominator.
+    /// Output elements `c..c + 8W` of vectors `g0..g0 + G`: one multiply-add chain per element
+    /// over the vector's own positions in order (positions every vector attends to take the
+    /// branch-free loop; at the edges of causal or windowed rows each vector checks its range).
     #[inline(always)]
-    unsafe fn pv_strip<const G: usize, const W: usize>(g0: usize, c: usize, a: StripArgs) {
-        let (scores, np, vp, offs, n, inv, out, d) = a;
-        let mut acc = [[_mm256_setzero_ps(); W]; G];
-        for j in 0..n {
-            let row = vp.add(*offs.get_unchecked(j) + c);
-            let mut v = [_mm256_setzero_ps(); W];
-            for (x, vx) in v.iter_mut().enumerate() {
-                *vx = _mm256_loadu_ps(row.add(8 * x));
+    unsafe fn pv_strip<const G: usize, const W: usize>(g0: usize, c: usize, a: &Strip) {
+        let rs = &a.ranges[g0..g0 + G];
+        let (mut lo, mut hi, mut all_lo, mut all_hi) = (usize::MAX, 0, 0, usize::MAX);
+        for &(x, y) in rs {
+            if x > y {
+                (all_lo, all_hi) = (1, 0);
+                continue;
             }
-            for (gi, a) in acc.iter_mut().enumerate() {
-                let p = _mm256_broadcast_ss(&*scores.add((g0 + gi) * np + j));
-                for x in 0..W {
-                    a[x] = _mm256_fmadd_ps(p, v[x], a[x]);
+            (lo, hi) = (lo.min(x), hi.max(y));
+            (all_lo, all_hi) = (all_lo.max(x), all_hi.min(y));
+        }
+        let mut acc = [[_mm256_setzero_ps(); W]; G];
+        if lo <= hi {
+            for j in lo..=hi {
+                let idx = j - a.span0;
+                let row = a.vp.add(*a.offs.get_unchecked(idx) + c);
+                let mut v = [_mm256_setzero_ps(); W];
+                for (x, vx) in v.iter_mut().enumerate() {
+                    *vx = _mm256_loadu_ps(row.add(8 * x));
+                }
+                let every = j >= all_lo && j <= all_hi;
+                for (gi, acc) in acc.iter_mut().enumerate() {
+                    if !every && (j < rs[gi].0 || j > rs[gi].1) {
+                        continue;
+                    }
+                    let p = _mm256_broadcast_ss(&*a.scores.add((g0 + gi) * a.np + idx));
+                    for x in 0..W {
+                        acc[x] = _mm256_fmadd_ps(p, v[x], acc[x]);
+                    }
                 }
             }
         }
-        for (gi, a) in acc.iter().enumerate() {
-            let g = g0 + gi;
-            let s = _mm256_set1_ps(inv[g]);
-            let o = out.add(g * d + c);
-            for (x, ax) in a.iter().enumerate() {
-                _mm256_storeu_ps(o.add(8 * x), _mm256_mul_ps(*ax, s));
+        for (gi, acc) in acc.iter().enumerate() {
+            let o = a.out.add((g0 + gi) * a.d + c);
+            for (x, ax) in acc.iter().enumerate() {
+                _mm256_storeu_ps(o.add(8 * x), *ax);
             }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn fold(
+        sm: &mut f32,
+        sl: &mut f32,
+        acc: &mut [f32],
+        m: f32,
+        l: f32,
+        o: &[f32],
+    ) {
+        let mx = sm.max(m);
+        let (a, b) = (exp1(*sm - mx), exp1(m - mx));
+        *sl = *sl * a + l * b;
+        *sm = mx;
+        let (av, bv) = (_mm256_set1_ps(a), _mm256_set1_ps(b));
+        for (x, y) in acc.chunks_exact_mut(8).zip(o.chunks_exact(8)) {
+            let s = _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr()), av);
+            let r = _mm256_fmadd_ps(_mm256_loadu_ps(y.as_ptr()), bv, s);
+            _mm256_storeu_ps(x.as_mut_ptr(), r);
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn finish(sm: f32, sl: f32, acc: &[f32], sink: Option<f32>, out: &mut [f32]) {
+        let (a, l) = match sink {
+            Some(s) => {
+                let mx = sm.max(s);
+                let a = exp1(sm - mx);
+                (a, sl * a + exp1(s - mx))
+            }
+            None => (1.0, sl),
+        };
+        let (av, inv) = (_mm256_set1_ps(a), _mm256_set1_ps(1.0 / l));
+        for (x, y) in out.chunks_exact_mut(8).zip(acc.chunks_exact(8)) {
+            let r = _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(y.as_ptr()), av), inv);
+            _mm256_storeu_ps(x.as_mut_ptr(), r);
         }
     }
 }
