@@ -74,9 +74,44 @@ pub fn chunk_partials(
     scores: &mut [f32],
     out: Partials,
 ) {
+    chunk_partials_with(wide(), q, k, v, offs, span0, ranges, d, scores, out)
+}
+
+/// Whether the kernels may use AVX-512VL's 32 vector registers (same results, fewer loads).
+pub fn wide() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static ON: OnceLock<bool> = OnceLock::new();
+        *ON.get_or_init(|| {
+            is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// [`chunk_partials`] with the register blocking chosen by the caller (`wide` needs
+/// AVX-512VL; tests compare both).
+#[allow(clippy::too_many_arguments)]
+pub fn chunk_partials_with(
+    wide: bool,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    offs: &[usize],
+    span0: usize,
+    ranges: &[(usize, usize)],
+    d: usize,
+    scores: &mut [f32],
+    out: Partials,
+) {
     let nq = ranges.len();
     let np = offs.len();
     assert!(supports(d) && available() && np.is_multiple_of(8) && span0.is_multiple_of(8));
+    assert!(!wide || self::wide(), "AVX-512VL not available");
     assert!(q.len() == nq * d && scores.len() >= nq * np);
     assert!(out.m.len() == nq && out.l.len() == nq && out.o.len() == nq * d);
     for &(a, b) in ranges {
@@ -94,11 +129,15 @@ pub fn chunk_partials(
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `available()` checked AVX2/FMA; offsets and ranges were checked above.
     unsafe {
-        x86::chunk_partials(q, k, v, offs, span0, ranges, d, scores, out)
+        if wide {
+            x86::chunk_partials_wide(q, k, v, offs, span0, ranges, d, scores, out)
+        } else {
+            x86::chunk_partials(q, k, v, offs, span0, ranges, d, scores, out)
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (k, v, scores, out);
+        let _ = (wide, k, v, scores, out);
         unreachable!()
     }
 }
@@ -238,14 +277,14 @@ mod x86 {
             *r = kp.add(*offs.get_unchecked(t + p));
         }
         for c in (0..d).step_by(8) {
-            let mut kv = [_mm256_setzero_ps(); PB];
-            for (p, x) in kv.iter_mut().enumerate() {
-                *x = _mm256_loadu_ps(rows[p].add(c));
+            let mut qv = [_mm256_setzero_ps(); QB];
+            for (b, x) in qv.iter_mut().enumerate() {
+                *x = _mm256_loadu_ps(qp.add((qi + b) * d + c));
             }
-            for (b, a) in acc.iter_mut().enumerate() {
-                let qv = _mm256_loadu_ps(qp.add((qi + b) * d + c));
-                for p in 0..PB {
-                    a[p] = _mm256_fmadd_ps(qv, kv[p], a[p]);
+            for (p, row) in rows.iter().enumerate() {
+                let kv = _mm256_loadu_ps(row.add(c));
+                for b in 0..QB {
+                    acc[b][p] = _mm256_fmadd_ps(qv[b], kv, acc[b][p]);
                 }
             }
         }
@@ -263,6 +302,7 @@ mod x86 {
         }
     }
 
+    /// [`body`] with 16 vector registers.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn chunk_partials(
@@ -276,11 +316,52 @@ mod x86 {
         scores: &mut [f32],
         out: super::Partials,
     ) {
+        body::<false>(q, k, v, offs, span0, ranges, d, scores, out)
+    }
+
+    /// [`body`] with AVX-512VL's 32 vector registers: the same 256-bit operations in the same
+    /// order (so the same bits), in larger register blocks that load each K and V row for
+    /// more query vectors at once.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn chunk_partials_wide(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        offs: &[usize],
+        span0: usize,
+        ranges: &[(usize, usize)],
+        d: usize,
+        scores: &mut [f32],
+        out: super::Partials,
+    ) {
+        body::<true>(q, k, v, offs, span0, ranges, d, scores, out)
+    }
+
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn body<const WIDE: bool>(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        offs: &[usize],
+        span0: usize,
+        ranges: &[(usize, usize)],
+        d: usize,
+        scores: &mut [f32],
+        out: super::Partials,
+    ) {
         let nq = ranges.len();
         let np = offs.len();
         let (qp, kp, sp) = (q.as_ptr(), k.as_ptr(), scores.as_mut_ptr());
-        // Scores of the whole span: pairs of query vectors share each K row load.
+        // Scores of the whole span: several query vectors share each K row load.
         let mut qi = 0;
+        while WIDE && qi + 3 <= nq {
+            for t in (0..np).step_by(8) {
+                score_block::<3, 8>(qp, kp, offs, (qi, t, d, np), sp);
+            }
+            qi += 3;
+        }
         while qi + 2 <= nq {
             for t in (0..np).step_by(4) {
                 score_block::<2, 4>(qp, kp, offs, (qi, t, d, np), sp);
@@ -329,12 +410,13 @@ mod x86 {
         // each value row is read once per strip and the accumulators stay in registers.
         let mut g0 = 0;
         while g0 < nq {
-            let gs = (nq - g0).min(4);
+            let gs = (nq - g0).min(if WIDE { 6 } else { 4 });
             let mut c = 0;
             while c < d {
                 let left = (d - c) / 8;
                 let w = match gs {
                     1 | 2 => left.min(4),
+                    6 if left >= 4 => 4,
                     _ => left.min(2),
                 };
                 let args = Strip {
@@ -348,6 +430,11 @@ mod x86 {
                     d,
                 };
                 match (gs, w) {
+                    (6, 4) => pv_strip::<6, 4>(g0, c, &args),
+                    (6, 2) | (6, 3) => pv_strip::<6, 2>(g0, c, &args),
+                    (6, _) => pv_strip::<6, 1>(g0, c, &args),
+                    (5, 2) | (5, 3) => pv_strip::<5, 2>(g0, c, &args),
+                    (5, _) => pv_strip::<5, 1>(g0, c, &args),
                     (1, 4) => pv_strip::<1, 4>(g0, c, &args),
                     (1, 2) | (1, 3) => pv_strip::<1, 2>(g0, c, &args),
                     (1, _) => pv_strip::<1, 1>(g0, c, &args),
@@ -485,5 +572,101 @@ mod tests {
             }
         }
         assert_eq!(got[20_000], 1.0);
+    }
+
+    /// Deterministic pseudo-random values in [-1, 1).
+    fn noise(n: usize, seed: u64) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// One chunk of query vectors with staggered causal ranges: the partials agree with a
+    /// plain f64 computation (scores, max, sum, weighted values) to 1e-5 relative, and the
+    /// AVX-512VL register blocking gives the same bits as the AVX2 one; each vector's partials
+    /// are the same bits computed alone.
+    #[test]
+    fn chunk_partials_match_reference_and_are_tile_invariant() {
+        if !available() {
+            return;
+        }
+        let (d, rows_in_cache, nq) = (64, 300, 7);
+        let k = noise(rows_in_cache * d, 1);
+        let v = noise(rows_in_cache * d, 2);
+        let q: Vec<f32> = noise(nq * d, 3).iter().map(|x| x * 0.5).collect();
+        let span0 = 256;
+        // Positions 256..300 of the chunk; row i of the cache holds position 256 + (i * 7) % 44.
+        let offs: Vec<usize> = (0..48).map(|i| ((i * 7) % 44 + 256) * d).collect();
+        let ranges: Vec<(usize, usize)> = (0..nq)
+            .map(|i| match i {
+                3 => (290, 280), // attends to nothing in this chunk
+                _ => (256 + i, 285 + 2 * i),
+            })
+            .collect();
+        let run = |wide: bool, qs: &[f32], rs: &[(usize, usize)]| {
+            let n = rs.len();
+            let (mut m, mut l, mut o) = (vec![0f32; n], vec![0f32; n], vec![0f32; n * d]);
+            let mut scores = vec![0f32; n * offs.len()];
+            let out = Partials {
+                m: &mut m,
+                l: &mut l,
+                o: &mut o,
+            };
+            chunk_partials_with(wide, qs, &k, &v, &offs, span0, rs, d, &mut scores, out);
+            (m, l, o)
+        };
+        let (m, l, o) = run(false, &q, &ranges);
+        for (i, &(a, b)) in ranges.iter().enumerate() {
+            if a > b {
+                assert_eq!(l[i], 0.0);
+                continue;
+            }
+            let qi = &q[i * d..(i + 1) * d];
+            let s: Vec<f64> = (a..=b)
+                .map(|p| {
+                    let kr = &k[offs[p - span0]..offs[p - span0] + d];
+                    qi.iter().zip(kr).map(|(x, y)| *x as f64 * *y as f64).sum()
+                })
+                .collect();
+            let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = s.iter().map(|x| (x - mx).exp()).sum();
+            assert!(
+                (m[i] as f64 - mx).abs() < 1e-5 * mx.abs().max(1.0),
+                "max {i}"
+            );
+            assert!((l[i] as f64 - sum).abs() < 1e-5 * sum, "sum {i}");
+            for c in 0..d {
+                let want: f64 = (a..=b)
+                    .map(|p| (s[p - a] - mx).exp() * v[offs[p - span0] + c] as f64)
+                    .sum();
+                let got = o[i * d + c] as f64;
+                assert!(
+                    (got - want).abs() < 1e-5 * sum,
+                    "o {i} {c}: {got} vs {want}"
+                );
+            }
+        }
+        let bits = |x: &[f32]| x.iter().map(|y| y.to_bits()).collect::<Vec<_>>();
+        if wide() {
+            let (m2, l2, o2) = run(true, &q, &ranges);
+            assert_eq!(
+                (bits(&m), bits(&l), bits(&o)),
+                (bits(&m2), bits(&l2), bits(&o2))
+            );
+        }
+        for i in 0..nq {
+            let (m1, l1, o1) = run(false, &q[i * d..(i + 1) * d], &ranges[i..i + 1]);
+            assert_eq!(bits(&l1), bits(&l[i..i + 1]), "alone {i}");
+            if l1[0] != 0.0 {
+                assert_eq!(bits(&m1), bits(&m[i..i + 1]), "alone {i}");
+                assert_eq!(bits(&o1), bits(&o[i * d..(i + 1) * d]), "alone {i}");
+            }
+        }
     }
 }
