@@ -1,13 +1,14 @@
-//! SIMD inner loops of CPU paged attention over an f32 cache (AVX2 + FMA, chosen at run time):
-//! the scores of a group of query heads against the keys of one KV head, the softmax with a
-//! vectorized `exp`, and the probability-weighted sum of the values.
+//! SIMD inner loops of CPU paged attention over an f32 cache (AVX2 + FMA, chosen at run time;
+//! larger register blocks where AVX-512VL is present): one context chunk of a tile of query
+//! vectors (the heads of several query rows that share a KV head), giving each vector's chunk
+//! max, softmax sum and weighted values, and the fold that merges chunks in order.
 //!
 //! **Fixed order.** Every value these produce depends only on the query, the positions it
-//! attends to and their keys and values, never on the batch, the thread or where a position
-//! falls in an 8-wide tile: a score is one 8-lane fused multiply-add chain over the head
-//! dimension then a fixed pairwise sum; the softmax sum runs over 8 lanes in position order
-//! (positions past the end count as exact zeros) then a fixed pairwise sum; each output element
-//! is one multiply-add chain in position order.
+//! attends to and their keys and values, never on the batch, the thread, the tile or the
+//! register blocking: a score is one 8-lane fused multiply-add chain over the head dimension
+//! then a fixed pairwise sum; the softmax sum runs over 8 lanes indexed by absolute position
+//! (positions outside the range count as exact zeros) then a fixed pairwise sum; each output
+//! element is one multiply-add chain in position order; chunks fold in chunk order.
 
 /// Whether this machine runs the kernels (AVX2 and FMA; checked once at run time).
 pub fn available() -> bool {

@@ -313,11 +313,12 @@ fn for_slots(table: &[u32], bs: usize, lo: usize, hi: usize, mut f: impl FnMut(u
 }
 
 impl PagedAttention {
-    /// One work item per (query row, KV head), in parallel over the rayon pool: the item
-    /// computes the outputs of the query heads sharing that KV head, reading each cached key
-    /// and value row once for all of them. Every output comes from one item, whose arithmetic
-    /// depends only on its own query and context, so results do not depend on the batch or
-    /// the thread count.
+    /// f32 caches on a machine with AVX2 take the tiled SIMD path (`tiled.rs`). Otherwise (the
+    /// scalar reference, bf16/f16/FP8 caches): one work item per (query row, KV head), in
+    /// parallel over the rayon pool: the item computes the outputs of the query heads sharing
+    /// that KV head, reading each cached key and value row once for all of them. Every output
+    /// comes from one item, whose arithmetic depends only on its own query and context, so
+    /// results do not depend on the batch or the thread count.
     ///
     /// An FP8 cache's K scale multiplies q with the softmax scale and its V scale multiplies
     /// the output, so each cached element is decoded by one table lookup.
