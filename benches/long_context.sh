@@ -7,6 +7,7 @@
 #   `flare bench latency --input-len CTX`), beside the short-context figure.
 # Usage: benches/long_context.sh [GGUF] [OUTFILE]
 #   PROMPTS="512 1024 2048 4096 8192"  THREADS="1 2"  DEPTHS="16 4000"  PEER=0 (flare only)
+#   FLARE_OLD=path: an A/B, that binary runs right after each run of $FLARE (interleaved)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache=${FLARE_CACHE:-$HOME/.cache/flare}
@@ -18,6 +19,7 @@ depths=${DEPTHS:-16 4000}
 bin=$cache/peers/lcpp/build/bin
 flare=${FLARE:-${CARGO_TARGET_DIR:-target}/release/flare}
 peer=${PEER:-1}
+old=${FLARE_OLD:-}
 kv=(--kv-cache-memory 1000000000)
 {
   echo "# $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty') $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
@@ -30,10 +32,12 @@ kv=(--kv-cache-memory 1000000000)
         echo "## llama.cpp llama-bench, prompt $p, threads $t"
         "$bin/llama-bench" -m "$gguf" -t "$t" -p "$p" -n 0 -r 1 -o md 2>/dev/null | grep -E 'pp[0-9]'
       fi
-      echo "## flare bench latency, prompt $p, threads $t"
-      RAYON_NUM_THREADS=$t RUST_LOG=warn $flare bench latency "$gguf" --input-len "$p" \
-        --output-len 2 --batch-size 1 --num-iters-warmup 0 --num-iters 1 "${kv[@]}" \
-        --max-model-len $((p + 64)) --no-progress 2>&1 | grep -E 'Median prefill|Prefill \(tok'
+      for b in $flare $old; do
+        echo "## flare bench latency, prompt $p, threads $t, binary $b"
+        RAYON_NUM_THREADS=$t RUST_LOG=warn $b bench latency "$gguf" --input-len "$p" \
+          --output-len 2 --batch-size 1 --num-iters-warmup 0 --num-iters 1 "${kv[@]}" \
+          --max-model-len $((p + 64)) --no-progress 2>&1 | grep -E 'Median prefill|Prefill \(tok'
+      done
     done
     for c in $depths; do
       echo "## load: $(uptime)"
@@ -41,10 +45,12 @@ kv=(--kv-cache-memory 1000000000)
         echo "## llama.cpp llama-bench, decode 32 after a context of $c, threads $t"
         "$bin/llama-bench" -m "$gguf" -t "$t" -p 0 -n 32 -d "$c" -r 1 -o md 2>/dev/null | grep -E 'tg[0-9]'
       fi
-      echo "## flare bench latency, decode 64 after a prompt of $c, threads $t"
-      RAYON_NUM_THREADS=$t RUST_LOG=warn $flare bench latency "$gguf" --input-len "$c" \
-        --output-len 64 --batch-size 1 --num-iters-warmup 0 --num-iters 1 "${kv[@]}" \
-        --max-model-len $((c + 128)) --no-progress 2>&1 | grep -E 'Median decode|Decode \(tok'
+      for b in $flare $old; do
+        echo "## flare bench latency, decode 64 after a prompt of $c, threads $t, binary $b"
+        RAYON_NUM_THREADS=$t RUST_LOG=warn $b bench latency "$gguf" --input-len "$c" \
+          --output-len 64 --batch-size 1 --num-iters-warmup 0 --num-iters 1 "${kv[@]}" \
+          --max-model-len $((c + 128)) --no-progress 2>&1 | grep -E 'Median decode|Decode \(tok'
+      done
     done
   done
 } | tee "$out"

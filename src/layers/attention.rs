@@ -16,6 +16,8 @@ use crate::cpu::attention as cpu_attn;
 use crate::kv::Fp8Scales;
 use crate::ops::paged_attention::{cuda_supports, DeviceAttnMeta};
 
+mod tiled;
+
 /// One sequence's part of a step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeqAttn {
@@ -209,9 +211,8 @@ pub fn paged_attention_kv(
     }
 }
 
-/// Per-thread buffers of the CPU kernel: scaled queries, scores, output accumulators, and
-/// the cache offsets of the attended positions.
-type Scratch = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<usize>);
+/// Per-thread buffers of the scalar CPU kernel: scaled queries, scores, output accumulators.
+type Scratch = (Vec<f32>, Vec<f32>, Vec<f32>);
 
 struct PagedAttention {
     meta: AttnMetadata,
@@ -312,11 +313,12 @@ fn for_slots(table: &[u32], bs: usize, lo: usize, hi: usize, mut f: impl FnMut(u
 }
 
 impl PagedAttention {
-    /// One work item per (query row, KV head), in parallel over the rayon pool: the item
-    /// computes the outputs of the query heads sharing that KV head, reading each cached key
-    /// and value row once for all of them. Every output comes from one item, whose arithmetic
-    /// depends only on its own query and context, so results do not depend on the batch or
-    /// the thread count.
+    /// f32 caches on a machine with AVX2 take the tiled SIMD path (`tiled.rs`). Otherwise (the
+    /// scalar reference, bf16/f16/FP8 caches): one work item per (query row, KV head), in
+    /// parallel over the rayon pool: the item computes the outputs of the query heads sharing
+    /// that KV head, reading each cached key and value row once for all of them. Every output
+    /// comes from one item, whose arithmetic depends only on its own query and context, so
+    /// results do not depend on the batch or the thread count.
     ///
     /// An FP8 cache's K scale multiplies q with the softmax scale and its V scale multiplies
     /// the output, so each cached element is decoded by one table lookup.
@@ -336,17 +338,18 @@ impl PagedAttention {
             Some(s) => (self.scale * s.k, s.v),
             None => (self.scale, 1.0),
         };
+        // f32 caches with a head dimension of whole vectors take the SIMD kernels.
+        if let (Some(kf), Some(vf)) = (C::as_f32(k), C::as_f32(v)) {
+            if cpu_attn::available() && cpu_attn::supports(d) {
+                return self.run_tiled(q, qd, (kf, vf), kv_heads, q_scale);
+            }
+        }
         let mut out = vec![T::from_f32(0.0); num_tokens * heads * d];
         // Sequence of every row.
         let mut seq_of = vec![0usize; num_tokens];
         for (i, s) in self.meta.seqs.iter().enumerate() {
             seq_of[s.query_start..s.query_start + s.query_len].fill(i);
         }
-        // f32 caches with a head dimension of whole vectors take the SIMD kernels.
-        let simd = match (C::as_f32(k), C::as_f32(v)) {
-            (Some(k), Some(v)) if cpu_attn::available() && cpu_attn::supports(d) => Some((k, v)),
-            _ => None,
-        };
         let work = |scratch: &mut Scratch, (item, o): (usize, &mut [T])| {
             let (row, kvh) = (item / kv_heads, item % kv_heads);
             let s = &self.meta.seqs[seq_of[row]];
@@ -356,29 +359,11 @@ impl PagedAttention {
                 _ => 0,
             };
             let n = pos + 1 - lo;
-            let (qf, scores, acc, offs) = scratch;
+            let (qf, scores, acc) = scratch;
             qf.clear();
             for g in 0..group {
                 let qo = (row * heads + kvh * group + g) * d;
                 qf.extend(q[qo..qo + d].iter().map(|y| y.to_f32() * q_scale));
-            }
-            if let Some((kf, vf)) = simd {
-                offs.clear();
-                for_slots(&s.block_table, bs, lo, pos, |_, slot| {
-                    offs.push((slot * kv_heads + kvh) * d)
-                });
-                offs.resize(cpu_attn::padded(n), offs[0]);
-                scores.resize(group * offs.len(), 0.0);
-                acc.resize(group * d, 0.0);
-                let sinks = self
-                    .sinks
-                    .as_ref()
-                    .map(|s| &s[kvh * group..(kvh + 1) * group]);
-                cpu_attn::attend(qf, kf, vf, offs, n, d, sinks, scores, acc);
-                for (o, a) in o.iter_mut().zip(acc.iter()) {
-                    *o = T::from_f32(*a * v_scale);
-                }
-                return;
             }
             scores.clear();
             scores.resize(group * n, 0.0);
@@ -422,7 +407,7 @@ impl PagedAttention {
                 *o = T::from_f32(*a * v_scale);
             }
         };
-        let init = || (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let init = || (Vec::new(), Vec::new(), Vec::new());
         // Small steps on the calling thread (no fork/join cost); same arithmetic either way.
         if num_tokens
             * heads
@@ -768,6 +753,115 @@ mod tests {
                         }
                     }
                 });
+            }
+        }
+    }
+
+    /// Long contexts (several attention chunks) and prompt chunks longer than a row tile: each
+    /// sequence's rows are bit-identical alone and in batches at 1 and 2 threads, with and
+    /// without a window; a row computed inside a prompt chunk (tiled rows, chunks folded in one
+    /// item) is bit-identical to the same row computed as a decode (one item per chunk, folded
+    /// afterwards); and everything agrees with the tensor-op version.
+    #[test]
+    fn cpu_kernel_long_context_tiles_and_chunks_are_invariant() {
+        let dev = Device::Cpu;
+        let (bs, kvh, heads, d) = (16, 3, 9, 64);
+        let n_seqs = 12;
+        let ctx = |i: usize| 200 + 97 * i;
+        let qlen = |i: usize| [1, 3, 8, 9, 21][i % 5];
+        // Blocks of sequence i: a scattered permutation of its own range of block ids.
+        let mut first_block = vec![0usize];
+        for i in 0..n_seqs {
+            first_block.push(first_block[i] + ctx(i).div_ceil(bs));
+        }
+        let blocks = first_block[n_seqs];
+        let table = |i: usize| -> Vec<u32> {
+            let n = first_block[i + 1] - first_block[i];
+            (0..n)
+                .map(|b| (first_block[i] + (b * 7 + 3) % n) as u32)
+                .collect()
+        };
+        let k_cache = Tensor::randn(0f32, 1.0, (blocks * bs, kvh, d), &dev).unwrap();
+        let v_cache = Tensor::randn(0f32, 1.0, (blocks * bs, kvh, d), &dev).unwrap();
+        let q_all: Vec<Tensor> = (0..n_seqs)
+            .map(|i| Tensor::randn(0f32, 1.0, (qlen(i), heads, d), &dev).unwrap())
+            .collect();
+        // Runs (sequence, query rows, context) triples as one batch; returns each one's rows.
+        let run = |parts: &[(usize, Tensor, usize)], window: Option<usize>| -> Vec<Vec<f32>> {
+            let mut seqs = Vec::new();
+            let mut start = 0;
+            for (i, q, c) in parts {
+                let n = q.dim(0).unwrap();
+                seqs.push(SeqAttn {
+                    query_start: start,
+                    query_len: n,
+                    context_len: *c,
+                    block_table: table(*i),
+                    prompt_len: 0,
+                });
+                start += n;
+            }
+            let meta = AttnMetadata::new(seqs.clone(), bs, &dev).unwrap();
+            let qs: Vec<&Tensor> = parts.iter().map(|p| &p.1).collect();
+            let q = Tensor::cat(&qs, 0).unwrap();
+            let o = paged_attention(&q, &k_cache, &v_cache, &meta, 0.125, window).unwrap();
+            let r = paged_attention_tensor_ops(&q, &k_cache, &v_cache, &meta, 0.125, window, None)
+                .unwrap();
+            let diff = (&o - r)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 2e-5, "kernel vs tensor ops: {diff}");
+            seqs.iter()
+                .map(|s| {
+                    o.narrow(0, s.query_start, s.query_len)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap()
+                })
+                .collect()
+        };
+        let part = |i: usize| (i, q_all[i].clone(), ctx(i));
+        let same = |a: &[f32], b: &[f32]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+        };
+        for window in [None, Some(300)] {
+            let alone: Vec<Vec<f32>> = (0..n_seqs)
+                .map(|i| run(&[part(i)], window).remove(0))
+                .collect();
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| {
+                    for n in [2, 5, n_seqs] {
+                        let ids: Vec<usize> = (0..n).rev().collect();
+                        let parts: Vec<_> = ids.iter().map(|&i| part(i)).collect();
+                        for (got, &i) in run(&parts, window).iter().zip(&ids) {
+                            assert!(
+                                same(got, &alone[i]),
+                                "window {window:?} threads {threads} batch {n} seq {i}"
+                            );
+                        }
+                    }
+                });
+            }
+            // Rows of 21-token chunks (sequences 4 and 9) again as single-row decodes.
+            for i in [4, 9] {
+                for r in [0, 7, 8, 13, 20] {
+                    let c = ctx(i) - (qlen(i) - 1 - r);
+                    let q = q_all[i].narrow(0, r, 1).unwrap();
+                    let got = run(&[(i, q, c)], window).remove(0);
+                    let want = &alone[i][r * heads * d..(r + 1) * heads * d];
+                    assert!(same(&got, want), "window {window:?} seq {i} row {r}");
+                }
             }
         }
     }
