@@ -55,7 +55,7 @@ fn range_f32(
         None => Ok(default),
         // Within f32's range, as the document states: 1e39 would become infinity in the
         // sampler, and a value just past f32::MAX would round down to it unseen.
-        Some(v) if v.abs() <= f32::MAX as f64 && ok(v) => Ok(v as f32),
+        Some(v) if v.abs() <= f32::MAX as f64 && ok(v) => Ok(to_f32_keeping_sign(v)),
         Some(v) if ok(v) => Err(ApiError::invalid(
             param,
             format!(
@@ -67,6 +67,18 @@ fn range_f32(
             param,
             format!("`{param}` must be {what}; got {v}."),
         )),
+    }
+}
+
+/// `v` as f32, except that a nonzero value below f32's smallest subnormal becomes that
+/// subnormal rather than 0: `top_p` 5e-324 is in (0, 1] and must stay so (as 0 it would ask
+/// the sampler for an empty nucleus).
+fn to_f32_keeping_sign(v: f64) -> f32 {
+    let f = v as f32;
+    if f == 0.0 && v != 0.0 {
+        f32::from_bits(1).copysign(v.signum() as f32)
+    } else {
+        f
     }
 }
 
