@@ -5,6 +5,7 @@ pub mod chat_template;
 pub mod cpu;
 pub mod engine;
 pub mod eval;
+pub mod fuzzing;
 pub mod grpc;
 pub mod guidance;
 pub mod kv;

@@ -25,6 +25,8 @@ pub struct ServedFacts {
     pub tool_parser: bool,
     /// Whether the empty text tokenizes to no token (no BOS is added), so `""` is no prompt.
     pub empty_text_is_empty: bool,
+    /// Whether reasoning is split off (`--reasoning-parser`): Anthropic `thinking` needs it.
+    pub reasoning_parser: bool,
 }
 
 /// The fields that ask for constrained decoding (besides `response_format`).
@@ -44,8 +46,10 @@ const TOKEN_ID_ITEMS: [&str; 3] = [
 ];
 
 /// The request fields naming the model.
-const MODEL_FIELDS: [&str; 3] = [
+const MODEL_FIELDS: [&str; 5] = [
     "/components/schemas/SamplingFields/properties/model",
+    "/components/schemas/ResponsesRequest/properties/model",
+    "/components/schemas/MessagesRequest/properties/model",
     "/components/schemas/TokenizeRequest/properties/model",
     "/components/schemas/DetokenizeRequest/properties/model",
 ];
@@ -110,6 +114,7 @@ pub fn apply(doc: &mut Value, facts: &ServedFacts) -> Result<(), String> {
     }
     tool_fields(doc, facts)?;
     prompt_fields(doc, facts)?;
+    super::openapi_apis::apply(doc, facts)?;
     if !facts.has_chat_template {
         // Every chat request would be refused: the endpoint is not offered, and /tokenize
         // takes only `prompt`.
@@ -270,7 +275,7 @@ fn prompt_fields(doc: &mut Value, facts: &ServedFacts) -> Result<(), String> {
     Ok(())
 }
 
-fn at<'a>(doc: &'a mut Value, pointer: &str) -> Result<&'a mut Value, String> {
+pub(super) fn at<'a>(doc: &'a mut Value, pointer: &str) -> Result<&'a mut Value, String> {
     doc.pointer_mut(pointer)
         .ok_or_else(|| format!("the OpenAPI document has no `{pointer}`"))
 }

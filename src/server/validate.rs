@@ -53,12 +53,32 @@ fn range_f32(
 ) -> Result<f32, ApiError> {
     match value {
         None => Ok(default),
-        // Finite as f32 too: 1e39 would become infinity in the sampler.
-        Some(v) if (v as f32).is_finite() && ok(v) => Ok(v as f32),
+        // Within f32's range, as the document states: 1e39 would become infinity in the
+        // sampler, and a value just past f32::MAX would round down to it unseen.
+        Some(v) if v.abs() <= f32::MAX as f64 && ok(v) => Ok(to_f32_keeping_sign(v)),
+        Some(v) if ok(v) => Err(ApiError::invalid(
+            param,
+            format!(
+                "`{param}` must be at most f32's largest value ({}); got {v}.",
+                f32::MAX
+            ),
+        )),
         Some(v) => Err(ApiError::invalid(
             param,
             format!("`{param}` must be {what}; got {v}."),
         )),
+    }
+}
+
+/// `v` as f32, except that a nonzero value below f32's smallest subnormal becomes that
+/// subnormal rather than 0: `top_p` 5e-324 is in (0, 1] and must stay so (as 0 it would ask
+/// the sampler for an empty nucleus).
+fn to_f32_keeping_sign(v: f64) -> f32 {
+    let f = v as f32;
+    if f == 0.0 && v != 0.0 {
+        f32::from_bits(1).copysign(v.signum() as f32)
+    } else {
+        f
     }
 }
 
@@ -637,6 +657,21 @@ mod tests {
         ] {
             assert!(sampling_params(&bad, 10).is_err(), "{bad:?}");
         }
+    }
+
+    /// The document's bound for temperatures is f32::MAX: the bound itself, as JSON text, is
+    /// read exactly and accepted; the next double past it is refused (it used to round down to
+    /// f32::MAX unseen).
+    #[test]
+    fn temperature_bound_is_f32_max_exactly() {
+        let at_bound: SamplingFields =
+            serde_json::from_str(r#"{"temperature": 3.4028234663852886e38}"#).unwrap();
+        assert_eq!(at_bound.temperature, Some(f32::MAX as f64));
+        assert!(sampling_params(&at_bound, 10).is_ok());
+        let past: SamplingFields =
+            serde_json::from_str(r#"{"temperature": 3.402823466385289e38}"#).unwrap();
+        assert!(past.temperature.unwrap() > f32::MAX as f64);
+        assert!(sampling_params(&past, 10).is_err());
     }
 
     /// Conversations with tools, calls and results render exactly as transformers'

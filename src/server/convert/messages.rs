@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use super::{message, push_call, rename_param};
+use super::{message, objects_only, push_call, rename_param};
 use crate::server::error::ApiError;
 use crate::server::wire::{
     ChatCompletionRequest, ChatMessageIn, MessagesRequest, SamplingFields, StopField,
@@ -141,13 +141,19 @@ fn tools(tools: &[Value]) -> Result<Vec<Value>, ApiError> {
         .iter()
         .enumerate()
         .map(|(i, t)| {
-            match t.get("type").and_then(Value::as_str) {
-                None | Some("custom") => {}
+            // Client tools have no type or `custom`; anything else (a server tool such as
+            // `web_search_20250305`, or a type that is not even a string) is refused.
+            match t.get("type") {
+                None | Some(Value::Null) => {}
+                Some(Value::String(s)) if s == "custom" => {}
                 Some(other) => {
                     return Err(invalid(
                         &format!("tools[{i}].type"),
                         format!(
-                            "Only client tools (with `input_schema`) are supported; got `{other}`."
+                            "Only client tools (with `input_schema`) are supported; got `{}`.",
+                            other
+                                .as_str()
+                                .map_or_else(|| other.to_string(), String::from)
                         ),
                     ))
                 }
@@ -249,6 +255,20 @@ pub fn wants_thinking(req: &MessagesRequest) -> Result<bool, ApiError> {
     }
 }
 
+/// On /v1/messages, asking for reasoning needs the server's `--reasoning-parser`.
+pub fn check_thinking_served(
+    req: &MessagesRequest,
+    reasoning_served: bool,
+) -> Result<(), ApiError> {
+    if wants_thinking(req)? && !reasoning_served {
+        return Err(invalid(
+            "thinking",
+            "`thinking` needs a reasoning model served with --reasoning-parser.",
+        ));
+    }
+    Ok(())
+}
+
 /// The chat request for `req`. `count_only`: for count_tokens (no `max_tokens` needed).
 pub fn to_chat(req: &MessagesRequest, count_only: bool) -> Result<ChatCompletionRequest, ApiError> {
     for (name, on) in [
@@ -268,10 +288,21 @@ pub fn to_chat(req: &MessagesRequest, count_only: bool) -> Result<ChatCompletion
             ));
         }
     }
+    objects_only(&[
+        ("output_config", req.output_config.as_ref()),
+        ("metadata", req.metadata.as_ref()),
+    ])?;
     if !count_only && req.max_tokens.is_none() {
         return Err(invalid("max_tokens", "`max_tokens` is required."));
     }
     wants_thinking(req)?;
+    // Anthropic's `top_k` is at least 0 (the chat path also takes vLLM's -1).
+    if let Some(k) = req.top_k.filter(|&k| k < 0) {
+        return Err(invalid(
+            "top_k",
+            format!("`top_k` must be at least 0; got {k}."),
+        ));
+    }
     let (tool_choice, parallel_tool_calls) = tool_choice(req.tool_choice.as_ref())?;
     Ok(ChatCompletionRequest {
         messages: messages(req)?,
@@ -373,6 +404,18 @@ mod tests {
             (
                 json!({"max_tokens": 5, "messages": msgs, "tool_choice": {"type": "tool"}}),
                 "tool_choice.name",
+            ),
+            (
+                json!({"max_tokens": 5, "messages": msgs, "tools": [{"type": 5, "name": "w"}]}),
+                "tools[0].type",
+            ),
+            (
+                json!({"max_tokens": 5, "messages": msgs, "top_k": -1}),
+                "top_k",
+            ),
+            (
+                json!({"max_tokens": 5, "messages": msgs, "output_config": [null]}),
+                "output_config",
             ),
             (json!({"max_tokens": 5, "messages": []}), "messages"),
             (

@@ -44,6 +44,20 @@ pub fn flat_tool_param(p: &str, parameters: &str) -> Option<String> {
     Some(format!("tools[{i}].{field}"))
 }
 
+/// Fields documented as objects whose members are read with `.get()`, which finds nothing in a
+/// string or a list: anything but an object (or null) is refused rather than read as empty.
+pub fn objects_only(fields: &[(&str, Option<&serde_json::Value>)]) -> Result<(), ApiError> {
+    for (name, v) in fields {
+        if v.is_some_and(|v| !v.is_object() && !v.is_null()) {
+            return Err(ApiError::invalid(
+                name,
+                format!("`{name}` must be an object."),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A plain chat message.
 pub fn message(role: &str, text: String) -> ChatMessageIn {
     ChatMessageIn {

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use super::{message, push_call, rename_param};
+use super::{message, objects_only, push_call, rename_param};
 use crate::server::error::ApiError;
 use crate::server::wire::{ChatCompletionRequest, ChatMessageIn, ResponsesRequest, SamplingFields};
 
@@ -252,6 +252,12 @@ fn tool_choice(choice: Option<&Value>) -> Result<Option<Value>, ApiError> {
 
 /// The chat request for `req`, after the stored `history` (of `previous_response_id`).
 pub fn to_chat(req: &ResponsesRequest, history: Vec<ChatMessageIn>) -> Result<Converted, ApiError> {
+    objects_only(&[
+        ("text", req.text.as_ref()),
+        ("reasoning", req.reasoning.as_ref()),
+        ("metadata", req.metadata.as_ref()),
+        ("stream_options", req.stream_options.as_ref()),
+    ])?;
     refuse_unimplemented(req)?;
     let mut conversation = history;
     let input = req
@@ -363,6 +369,7 @@ mod tests {
                 "input[0].content[0].type",
             ),
             (json!({}), "input"),
+            (json!({"input": "hi", "text": "plain"}), "text"),
             (
                 json!({"input": "hi", "text": {"format": {"type": "yaml"}}}),
                 "text.format.type",

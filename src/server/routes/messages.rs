@@ -57,12 +57,7 @@ pub async fn create_message(
     let arrival = Instant::now();
     let guard = key.map(|Extension(g)| g);
     let chat_req = convert_messages::to_chat(&req, false)?;
-    if convert_messages::wants_thinking(&req)? && state.loaded()?.reasoning_parser.is_none() {
-        return Err(ApiError::invalid(
-            "thinking",
-            "`thinking` needs a reasoning model served with --reasoning-parser.",
-        ));
-    }
+    convert_messages::check_thinking_served(&req, state.loaded()?.reasoning_parser.is_some())?;
     let started = chat::start(&state, guard.as_ref(), chat_req, arrival)
         .await
         .map_err(convert_messages::rename)?;
@@ -102,6 +97,9 @@ pub async fn create_message(
         (status = 200, description = "The prompt's token count (the `usage.input_tokens` plus `cache_read_input_tokens` of the same request)", body = CountTokensResponse),
         (status = 400, description = "Bad parameters or malformed JSON", body = AnthropicErrorResponse),
         (status = 401, description = "Missing or wrong API key", body = AnthropicErrorResponse),
+        (status = 404, description = "Unknown model", body = AnthropicErrorResponse),
+        (status = 413, description = "Body too large", body = AnthropicErrorResponse),
+        (status = 503, description = "Model not loaded yet, or shutting down", body = AnthropicErrorResponse),
     ),
     security(("bearer" = []))
 )]

@@ -65,6 +65,7 @@ pub async fn openapi(State(state): State<Arc<AppState>>) -> Response {
                 .tokenizer
                 .encode("", true)
                 .is_ok_and(|ids| ids.is_empty()),
+            reasoning_parser: loaded.reasoning_parser.is_some(),
         };
         if let Err(e) = openapi_constraints::apply(&mut doc, &facts) {
             return ApiError::Engine(format!("building the OpenAPI document: {e}")).into_response();

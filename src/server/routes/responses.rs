@@ -131,7 +131,7 @@ pub async fn delete_response(
     }))
 }
 
-fn not_found(id: &str, param: &str) -> ApiError {
+pub(crate) fn not_found(id: &str, param: &str) -> ApiError {
     ApiError::NotFound {
         message: format!("No response with id `{id}` is stored (unknown, deleted or expired)."),
         param: Some(param.into()),
