@@ -139,22 +139,21 @@ fn main() {
     }
 }
 
-/// The few-rows dense kernel against candle's matmul on one MLP-sized weight.
+/// The batch-invariant dense kernel against candle's matmul on one MLP-sized weight.
 fn kernel(reps: usize) {
     let (n, k) = (1536, 576);
     let w = candle_core::Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
     let wv = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    for m in 1..=flare::cpu::dense::MAX_ROWS {
+    let packed = flare::cpu::dense::DenseWeight::pack(&wv, n, k);
+    for m in [1, 2, 4, 8, 16, 64] {
         let x = candle_core::Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
         let xv = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let mut out = vec![0f32; m * n];
-        let ours = median_ms(reps * 10, || {
-            flare::cpu::dense::matmul_few_rows(&xv, m, &wv, n, &mut out)
-        });
+        let ours = median_ms(reps * 10, || packed.matmul(&xv, m, &mut out));
         let wt = w.t().unwrap();
         let candle = median_ms(reps * 10, || {
             let _ = x.matmul(&wt).unwrap();
         });
-        println!("kernel [{m},{k}]x[{n},{k}]^T: few-rows {ours:.3} ms, candle {candle:.3} ms");
+        println!("kernel [{m},{k}]x[{n},{k}]^T: dense {ours:.3} ms, candle {candle:.3} ms");
     }
 }

@@ -65,10 +65,16 @@ fn runs_here(isa: Isa) -> bool {
 /// A weight element: f32, or a half type widened exactly to f32 on load.
 pub trait Elem: Copy + Default + Send + Sync + std::fmt::Debug + 'static {
     fn to_f32(self) -> f32;
-    /// 16 elements at `p` as f32 (AVX-512F).
+    /// 16 elements at `p` as f32.
+    ///
+    /// # Safety
+    /// `p` points to 16 readable elements; the caller runs with AVX-512F enabled.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
-    /// 8 elements at `p` as f32 (AVX2, F16C).
+    /// 8 elements at `p` as f32.
+    ///
+    /// # Safety
+    /// `p` points to 8 readable elements; the caller runs with AVX2 and F16C enabled.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
 }
@@ -340,6 +346,7 @@ unsafe fn tile_portable<T: Elem>(job: &Job<T>, r: usize, rows: usize, p: usize, 
 }
 
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)] // `i`/`q` index the register tile and the pointer arrays
 mod x86 {
     use super::{Elem, Job, LANES};
     use std::arch::x86_64::*;
