@@ -98,10 +98,15 @@ impl Linear {
     }
 
     /// The `[out, in]` weight when it is a plain dense tensor (not quantized, and no
-    /// activation quantization a fused consumer would skip).
-    pub fn dense_weight(&self) -> Option<&Tensor> {
+    /// activation quantization a fused consumer would skip). A weight packed for the CPU
+    /// kernel is unpacked into a new tensor.
+    pub fn dense_weight(&self) -> Option<Tensor> {
+        if self.act.is_some() {
+            return None;
+        }
         match &self.weight {
-            Weight::Candle(QMatMul::Tensor(w)) if self.act.is_none() => Some(w),
+            Weight::Candle(QMatMul::Tensor(w)) => Some(w.clone()),
+            Weight::Dense(w) => w.unpack().ok(),
             _ => None,
         }
     }
@@ -231,6 +236,17 @@ impl PackedDense {
             Self::F32(w) => w.in_features(),
             Self::Bf16(w) => w.in_features(),
             Self::F16(w) => w.in_features(),
+        }
+    }
+
+    /// The `[out, in]` weight as a CPU tensor of its own dtype.
+    fn unpack(&self) -> Result<Tensor> {
+        let (n, k) = (self.out_features(), self.in_features());
+        let cpu = &candle_core::Device::Cpu;
+        match self {
+            Self::F32(w) => Tensor::from_vec(w.unpack(), (n, k), cpu),
+            Self::Bf16(w) => Tensor::from_vec(w.unpack(), (n, k), cpu),
+            Self::F16(w) => Tensor::from_vec(w.unpack(), (n, k), cpu),
         }
     }
 

@@ -133,8 +133,8 @@ impl SparseMoe {
             if e.activation != activation || biases.iter().any(|b| b.is_some() != with_bias) {
                 return Ok(false);
             }
-            gate_up.push(Tensor::cat(&[g, u], 0)?);
-            down.push(d.clone());
+            gate_up.push(Tensor::cat(&[&g, &u], 0)?);
+            down.push(d);
             if let [Some(bg), Some(bu), Some(bd)] = biases {
                 gate_up_bias.push(Tensor::cat(&[bg, bu], 0)?);
                 down_bias.push(bd.clone());
