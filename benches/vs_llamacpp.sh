@@ -11,6 +11,7 @@
 #   THREADS="1 2"        thread counts (default 1 2)
 #   BATCHES="8 32"       batch sizes for the throughput rows (default 8 32; empty to skip)
 #   BUILD_ONLY=1         build the peer and flare, run nothing
+#   FLARE=PATH           measure this flare binary instead of building the checkout's
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:-smollm2}
@@ -28,12 +29,19 @@ batches=${BATCHES-8 32}
 peers=$cache/peers/lcpp
 bin=$peers/build/bin
 
-# Not -march=native: on this VM the CPU reports AMX but the kernel does not grant it, so
-# llama.cpp's native build dies with SIGILL in its AMX kernels (tilezero). The same AVX-512
-# levels without AMX, as listed in the flags line of the output.
+# Not -march=native: on the Xeon VMs the CPU reports AMX but the kernel does not grant it, so
+# llama.cpp's native build dies with SIGILL in its AMX kernels (tilezero). Instead the SIMD
+# levels this CPU has (AVX-512 ones only where /proc/cpuinfo lists them: the AMD EPYC VMs have
+# AVX2 only), never AMX; the flags line of the output lists them.
 targets="llama-bench llama-batched-bench llama-perplexity"
 have_all() { for t in $targets; do [ -x "$bin/$t" ] || return 1; done; }
-if ! have_all || [ "$(cat "$peers/build/.flare-flags" 2>/dev/null)" != noamx ]; then
+cpu_flags=$(grep -m1 flags /proc/cpuinfo)
+has() { [[ " $cpu_flags " == *" $1 "* ]] && echo ON || echo OFF; }
+simd=(-DGGML_AVX512="$(has avx512f)" -DGGML_AVX512_VBMI="$(has avx512vbmi)"
+  -DGGML_AVX512_VNNI="$(has avx512_vnni)" -DGGML_AVX512_BF16="$(has avx512_bf16)"
+  -DGGML_AVX_VNNI="$(has avx_vnni)")
+stamp="noamx ${simd[*]}"
+if ! have_all || [ "$(cat "$peers/build/.flare-flags" 2>/dev/null)" != "$stamp" ]; then
   [ -x "$peers/bin/cmake" ] || { python3 -m venv "$peers" && "$peers/bin/pip" install -q cmake ninja scikit-build-core; }
   [ -f "$peers"/llama_cpp_python-0.3.36.tar.gz ] || "$peers/bin/pip" download -q --no-deps \
     --no-binary llama-cpp-python --no-build-isolation -d "$peers" llama-cpp-python==0.3.36
@@ -42,15 +50,14 @@ if ! have_all || [ "$(cat "$peers/build/.flare-flags" 2>/dev/null)" != noamx ]; 
   PATH=$peers/bin:$PATH cmake -S "$src" -B "$peers/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_TOOLS=ON \
     -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
-    -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON \
-    -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF >/dev/null
+    "${simd[@]}" -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF >/dev/null
   # shellcheck disable=SC2086
   PATH=$peers/bin:$PATH cmake --build "$peers/build" -j2 --target $targets >/dev/null
-  echo noamx > "$peers/build/.flare-flags"
+  echo "$stamp" > "$peers/build/.flare-flags"
 fi
-cargo build --release -q
+[ -n "${FLARE:-}" ] || cargo build --release -q
 [ -n "${BUILD_ONLY:-}" ] && exit 0
-flare=${CARGO_TARGET_DIR:-target}/release/flare
+flare=${FLARE:-${CARGO_TARGET_DIR:-target}/release/flare}
 kv=(--kv-cache-memory 1000000000)
 
 {

@@ -3,6 +3,7 @@
 use candle_core::{Result, Tensor};
 
 use super::linear::Linear;
+use crate::cpu;
 use crate::models::config::Activation;
 use crate::ops;
 use crate::ops::moe::{FusedExperts, Routing};
@@ -46,7 +47,8 @@ impl GatedMlp {
         }
     }
 
-    /// `x: [tokens, hidden] -> [tokens, hidden]`; SiLU-mul is one fused kernel on CUDA.
+    /// `x: [tokens, hidden] -> [tokens, hidden]`; the gated activation is one fused kernel on
+    /// CUDA (SiLU) and on the CPU (SiLU, GELU-tanh; f32).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (gate, up) = match &self.proj {
             GateUp::Separate { gate, up } => (gate.forward(x)?, up.forward(x)?),
@@ -56,17 +58,27 @@ impl GatedMlp {
                 (y.narrow(last, 0, *inter)?, y.narrow(last, *inter, *inter)?)
             }
         };
-        let h = match self.activation {
-            Activation::Silu if x.device().is_cuda() => ops::activation::silu_mul(&gate, &up)?,
-            Activation::Silu => (candle_nn::ops::silu(&gate)? * up)?,
-            // candle's `gelu` is the tanh approximation.
-            Activation::GeluTanh => (gate.gelu()? * up)?,
-            Activation::ClampedSwiglu { alpha, limit } => {
-                let (alpha, limit) = (alpha as f64, limit as f64);
-                let g = gate.minimum(limit)?;
-                let glu = (&g * candle_nn::ops::sigmoid(&(&g * alpha)?)?)?;
-                ((up.clamp(-limit, limit)? + 1.0)? * glu)?
+        let cpu_gate = match self.activation {
+            Activation::Silu => Some(cpu::activation::Gate::Silu),
+            Activation::GeluTanh => Some(cpu::activation::Gate::GeluTanh),
+            _ => None,
+        };
+        let h = match (self.activation, cpu_gate) {
+            (Activation::Silu, _) if x.device().is_cuda() => ops::activation::silu_mul(&gate, &up)?,
+            (_, Some(kind)) if cpu::activation::handles(&gate) => {
+                cpu::activation::gated_mul(kind, &gate, &up)?
             }
+            (act, _) => match act {
+                Activation::Silu => (candle_nn::ops::silu(&gate)? * up)?,
+                // candle's `gelu` is the tanh approximation.
+                Activation::GeluTanh => (gate.gelu()? * up)?,
+                Activation::ClampedSwiglu { alpha, limit } => {
+                    let (alpha, limit) = (alpha as f64, limit as f64);
+                    let g = gate.minimum(limit)?;
+                    let glu = (&g * candle_nn::ops::sigmoid(&(&g * alpha)?)?)?;
+                    ((up.clamp(-limit, limit)? + 1.0)? * glu)?
+                }
+            },
         };
         self.down.forward(&h)
     }

@@ -1,6 +1,6 @@
 //! Choosing the token: greedy argmax, and inverse-CDF draws that spend one uniform number.
 
-use super::vmath;
+use crate::cpu::vmath;
 
 /// Blocks of the row whose sums the draw skips over without walking them one by one.
 const DRAW_BLOCK: usize = 1024;

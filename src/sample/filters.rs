@@ -4,7 +4,7 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
 use super::logprobs::by_value_desc;
-use super::vmath;
+use crate::cpu::vmath;
 
 /// The random-sampling options, as `keep_candidates` applies them (in this order).
 #[derive(Debug, Clone, Copy)]

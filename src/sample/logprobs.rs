@@ -2,7 +2,7 @@
 
 use std::cmp::Ordering;
 
-use super::vmath;
+use crate::cpu::vmath;
 
 /// `log(sum(exp(logits)))`, shifted by the max for stability; `scratch` holds the
 /// exponentials so that the exp loop and the sum both vectorize.

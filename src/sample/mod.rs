@@ -10,7 +10,6 @@ mod logprobs;
 mod penalties;
 pub mod philox;
 mod stop;
-mod vmath;
 
 use rand::Rng;
 
