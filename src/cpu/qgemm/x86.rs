@@ -36,9 +36,26 @@ pub(super) unsafe fn tile(
             }
         };
     }
+    // The Q8 kernel also takes `halves` as a constant, so that one set of integer sums is live
+    // at a time (AVX2 has 16 registers; two sets spilled).
+    macro_rules! q8_by_rows {
+        ($halves:literal) => {
+            match (rows, w.scales16.is_empty()) {
+                (4, true) => avx2_q8::<4, false, $halves>(w, p, a, r, tile),
+                (3, true) => avx2_q8::<3, false, $halves>(w, p, a, r, tile),
+                (2, true) => avx2_q8::<2, false, $halves>(w, p, a, r, tile),
+                (_, true) => avx2_q8::<1, false, $halves>(w, p, a, r, tile),
+                (4, false) => avx2_q8::<4, true, $halves>(w, p, a, r, tile),
+                (3, false) => avx2_q8::<3, true, $halves>(w, p, a, r, tile),
+                (2, false) => avx2_q8::<2, true, $halves>(w, p, a, r, tile),
+                (_, false) => avx2_q8::<1, true, $halves>(w, p, a, r, tile),
+            }
+        };
+    }
     match (kernel, w.layout) {
         (Kernel::Avx2, Layout::Q4) => by_rows!(avx2_q4),
-        (Kernel::Avx2, Layout::Q8) => by_rows!(avx2_q8),
+        (Kernel::Avx2, Layout::Q8) if w.halves => q8_by_rows!(true),
+        (Kernel::Avx2, Layout::Q8) => q8_by_rows!(false),
         (Kernel::Avx512Vnni, Layout::Q4) => by_rows!(vnni_q4),
         (Kernel::Avx512Vnni, Layout::Q8) => by_rows!(vnni_q8),
         (Kernel::Reference, _) => unreachable!("the reference kernel is not SIMD"),
@@ -147,13 +164,14 @@ unsafe fn avx2_q4<const R: usize, const F16: bool>(
 
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::needless_range_loop)]
-unsafe fn avx2_q8<const R: usize, const F16: bool>(
+unsafe fn avx2_q8<const R: usize, const F16: bool, const HALVES: bool>(
     w: &QWeight,
     p: usize,
     a: &QActs,
     r: usize,
     tile: &mut [[f32; PANEL]; ROWS],
 ) {
+    debug_assert_eq!(HALVES, w.halves);
     let kb = a.kb;
     let rows = Rows::<R>::new(a, r);
     let ones = _mm256_set1_epi16(1);
@@ -162,31 +180,28 @@ unsafe fn avx2_q8<const R: usize, const F16: bool>(
         for b in 0..kb {
             let blk = p * kb + b;
             let wp = w.codes.as_ptr().add(blk * Q8_PANEL_BYTES + 32 * h);
-            let mut isum = [[_mm256_setzero_si256(); R]; 2];
-            for j in 0..8 {
-                // Sign trick: |w| (u8, up to 128) · ±a, pairs up to 32512: no saturation.
-                let v = _mm256_loadu_si256(wp.add(j * 4 * PANEL) as *const __m256i);
-                let wabs = _mm256_abs_epi8(v);
-                for i in 0..R {
-                    let qa = _mm256_set1_epi32(four(rows.q[i].add(b * BLOCK + 4 * j)));
-                    let prod = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(qa, v));
-                    let s = &mut isum[j / 4][i];
-                    *s = _mm256_add_epi32(*s, _mm256_madd_epi16(prod, ones));
-                }
-            }
+            // Elements 0..16 and 16..32 folded one after the other when they have their own
+            // scales (Q6_K), else one integer sum for the block: either way one set of sums
+            // is live at a time.
             let sp = blk * PANEL_SCALES + 8 * h;
-            let d0 = scales8::<F16>(w, sp);
-            for i in 0..R {
-                let da = _mm256_set1_ps(*rows.d[i].add(b));
-                if w.halves {
-                    let d1 = scales8::<F16>(w, sp + PANEL);
-                    let f0 = _mm256_cvtepi32_ps(isum[0][i]);
-                    acc[i] = _mm256_fmadd_ps(f0, _mm256_mul_ps(d0, da), acc[i]);
-                    let f1 = _mm256_cvtepi32_ps(isum[1][i]);
-                    acc[i] = _mm256_fmadd_ps(f1, _mm256_mul_ps(d1, da), acc[i]);
-                } else {
-                    let f = _mm256_cvtepi32_ps(_mm256_add_epi32(isum[0][i], isum[1][i]));
-                    acc[i] = _mm256_fmadd_ps(f, _mm256_mul_ps(d0, da), acc[i]);
+            for part in 0..(if HALVES { 2 } else { 1 }) {
+                let mut isum = [_mm256_setzero_si256(); R];
+                let js = if HALVES { 4 * part..4 * part + 4 } else { 0..8 };
+                for j in js {
+                    // Sign trick: |w| (u8, up to 128) · ±a, pairs up to 32512: no saturation.
+                    let v = _mm256_loadu_si256(wp.add(j * 4 * PANEL) as *const __m256i);
+                    let wabs = _mm256_abs_epi8(v);
+                    for i in 0..R {
+                        let qa = _mm256_set1_epi32(four(rows.q[i].add(b * BLOCK + 4 * j)));
+                        let prod = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(qa, v));
+                        isum[i] = _mm256_add_epi32(isum[i], _mm256_madd_epi16(prod, ones));
+                    }
+                }
+                let dw = scales8::<F16>(w, sp + PANEL * part);
+                for i in 0..R {
+                    let da = _mm256_set1_ps(*rows.d[i].add(b));
+                    let f = _mm256_cvtepi32_ps(isum[i]);
+                    acc[i] = _mm256_fmadd_ps(f, _mm256_mul_ps(dw, da), acc[i]);
                 }
             }
         }
