@@ -407,10 +407,12 @@ mod moe {
                 }
                 let g = gate.forward(&x).unwrap();
                 let u = up.forward(&x).unwrap();
-                let h = match act {
-                    Activation::Silu => (candle_nn::ops::silu(&g).unwrap() * u).unwrap(),
-                    _ => (g.gelu().unwrap() * u).unwrap(),
+                // The same activation kernel as the MLP's, on the separate maps' outputs.
+                let kind = match act {
+                    Activation::Silu => flare::cpu::activation::Gate::Silu,
+                    _ => flare::cpu::activation::Gate::GeluTanh,
                 };
+                let h = flare::cpu::activation::gated_mul(kind, &g, &u).unwrap();
                 let want = down
                     .forward(&h)
                     .unwrap()
