@@ -61,7 +61,7 @@ flare=${FLARE:-${CARGO_TARGET_DIR:-target}/release/flare}
 kv=(--kv-cache-memory 1000000000)
 
 {
-  echo "# $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty') $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
+  echo "# $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty') binary $flare $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
   echo "# flags: $(grep -m1 flags /proc/cpuinfo | tr ' ' '\n' | grep -E '^avx|vnni|fma|amx' | sort -u | tr '\n' ' ')"
   echo "# model: $gguf; prompts: $prompts; threads: $threads; batches: $batches"
   for p in $prompts; do
