@@ -32,7 +32,7 @@ fn silu(x: f32) -> f32 {
 #[inline(always)]
 fn gelu_tanh(x: f32) -> f32 {
     // 2·√(2/π): `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))` as `x·σ(2u)`.
-    const TWO_SQRT_2_OVER_PI: f32 = 1.595_769_1;
+    const TWO_SQRT_2_OVER_PI: f32 = 1.595_769;
     let t = TWO_SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x);
     x / (1.0 + vmath::exp(-t))
 }
