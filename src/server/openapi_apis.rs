@@ -369,7 +369,11 @@ fn messages(doc: &mut Value, facts: &ServedFacts) -> Result<(), String> {
             },
         }),
     );
-    let choice = |kind: &str| json!({"type": "object", "required": ["type"], "properties": {"type": {"const": kind}}});
+    let parallel = json!({"type": ["boolean", "null"]});
+    let choice = |kind: &str| {
+        json!({"type": "object", "required": ["type"], "properties": {
+            "type": {"const": kind}, "disable_parallel_tool_use": parallel}})
+    };
     let none = choice("none");
     props.insert(
         "tool_choice".into(),
@@ -381,7 +385,8 @@ fn messages(doc: &mut Value, facts: &ServedFacts) -> Result<(), String> {
                 named: json!({
                     "type": "object",
                     "required": ["type", "name"],
-                    "properties": {"type": {"const": "tool"}, "name": {"type": "string"}},
+                    "properties": {"type": {"const": "tool"}, "name": {"type": "string"},
+                        "disable_parallel_tool_use": parallel},
                 }),
             },
             facts,

@@ -22,40 +22,26 @@ pub(super) unsafe fn tile(
     rows: usize,
     tile: &mut [[f32; PANEL]; ROWS],
 ) {
+    // Const generics per call: rows, f16 scales, and (the AVX2 Q8 kernel) `halves`, so that
+    // one set of integer sums is live at a time (AVX2 has 16 registers; two sets spilled).
     macro_rules! by_rows {
-        ($f:ident) => {
+        ($f:ident $(, $halves:literal)?) => {
             match (rows, w.scales16.is_empty()) {
-                (4, true) => $f::<4, false>(w, p, a, r, tile),
-                (3, true) => $f::<3, false>(w, p, a, r, tile),
-                (2, true) => $f::<2, false>(w, p, a, r, tile),
-                (_, true) => $f::<1, false>(w, p, a, r, tile),
-                (4, false) => $f::<4, true>(w, p, a, r, tile),
-                (3, false) => $f::<3, true>(w, p, a, r, tile),
-                (2, false) => $f::<2, true>(w, p, a, r, tile),
-                (_, false) => $f::<1, true>(w, p, a, r, tile),
-            }
-        };
-    }
-    // The Q8 kernel also takes `halves` as a constant, so that one set of integer sums is live
-    // at a time (AVX2 has 16 registers; two sets spilled).
-    macro_rules! q8_by_rows {
-        ($halves:literal) => {
-            match (rows, w.scales16.is_empty()) {
-                (4, true) => avx2_q8::<4, false, $halves>(w, p, a, r, tile),
-                (3, true) => avx2_q8::<3, false, $halves>(w, p, a, r, tile),
-                (2, true) => avx2_q8::<2, false, $halves>(w, p, a, r, tile),
-                (_, true) => avx2_q8::<1, false, $halves>(w, p, a, r, tile),
-                (4, false) => avx2_q8::<4, true, $halves>(w, p, a, r, tile),
-                (3, false) => avx2_q8::<3, true, $halves>(w, p, a, r, tile),
-                (2, false) => avx2_q8::<2, true, $halves>(w, p, a, r, tile),
-                (_, false) => avx2_q8::<1, true, $halves>(w, p, a, r, tile),
+                (4, true) => $f::<4, false $(, $halves)?>(w, p, a, r, tile),
+                (3, true) => $f::<3, false $(, $halves)?>(w, p, a, r, tile),
+                (2, true) => $f::<2, false $(, $halves)?>(w, p, a, r, tile),
+                (_, true) => $f::<1, false $(, $halves)?>(w, p, a, r, tile),
+                (4, false) => $f::<4, true $(, $halves)?>(w, p, a, r, tile),
+                (3, false) => $f::<3, true $(, $halves)?>(w, p, a, r, tile),
+                (2, false) => $f::<2, true $(, $halves)?>(w, p, a, r, tile),
+                (_, false) => $f::<1, true $(, $halves)?>(w, p, a, r, tile),
             }
         };
     }
     match (kernel, w.layout) {
         (Kernel::Avx2, Layout::Q4) => by_rows!(avx2_q4),
-        (Kernel::Avx2, Layout::Q8) if w.halves => q8_by_rows!(true),
-        (Kernel::Avx2, Layout::Q8) => q8_by_rows!(false),
+        (Kernel::Avx2, Layout::Q8) if w.halves => by_rows!(avx2_q8, true),
+        (Kernel::Avx2, Layout::Q8) => by_rows!(avx2_q8, false),
         (Kernel::Avx512Vnni, Layout::Q4) => by_rows!(vnni_q4),
         (Kernel::Avx512Vnni, Layout::Q8) => by_rows!(vnni_q8),
         (Kernel::Reference, _) => unreachable!("the reference kernel is not SIMD"),

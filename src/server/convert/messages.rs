@@ -178,10 +178,16 @@ fn tool_choice(choice: Option<&Value>) -> Result<(Option<Value>, Option<bool>), 
     let Some(c) = choice.filter(|c| !c.is_null()) else {
         return Ok((None, None));
     };
-    let parallel = c
-        .get("disable_parallel_tool_use")
-        .and_then(Value::as_bool)
-        .map(|d| !d);
+    let parallel = match c.get("disable_parallel_tool_use") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(d)) => Some(!d),
+        Some(_) => {
+            return Err(invalid(
+                "tool_choice.disable_parallel_tool_use",
+                "`tool_choice.disable_parallel_tool_use` must be a boolean.",
+            ))
+        }
+    };
     let chat = match c.get("type").and_then(Value::as_str) {
         Some("auto") => json!("auto"),
         Some("any") => json!("required"),
@@ -404,6 +410,11 @@ mod tests {
             (
                 json!({"max_tokens": 5, "messages": msgs, "tool_choice": {"type": "tool"}}),
                 "tool_choice.name",
+            ),
+            (
+                json!({"max_tokens": 5, "messages": msgs,
+                    "tool_choice": {"type": "any", "disable_parallel_tool_use": "yes"}}),
+                "tool_choice.disable_parallel_tool_use",
             ),
             (
                 json!({"max_tokens": 5, "messages": msgs, "tools": [{"type": 5, "name": "w"}]}),
