@@ -194,6 +194,17 @@ fn fused_weights_give_each_parts_columns_unchanged() {
     // Different layouts do not fuse.
     let (_, c) = weight(GgmlDType::Q8_0, 4, k, 6);
     assert!(QWeight::concat(&[&a, &c]).is_none());
+    // Q5_0 beside Q8_0 (one layout, different code ranges): each part's columns unchanged.
+    let (_, d) = weight(GgmlDType::Q5_0, 12, k, 7);
+    let fused = QWeight::concat(&[&d, &c]).unwrap();
+    let (mut yd, mut yc) = (vec![0f32; m * 12], vec![0f32; m * 4]);
+    d.matmul(&x, m, &mut yd);
+    c.matmul(&x, m, &mut yc);
+    fused.matmul(&x, m, &mut yf);
+    for r in 0..m {
+        assert_eq!(&yf[r * 16..r * 16 + 12], &yd[r * 12..r * 12 + 12]);
+        assert_eq!(&yf[r * 16 + 12..r * 16 + 16], &yc[r * 4..r * 4 + 4]);
+    }
 }
 
 #[test]
@@ -226,7 +237,7 @@ fn full_range_q8_codes_do_not_saturate() {
     }
     // Q8_0 blocks with every code value, -128 and 127 included (ggml's quantizer never writes
     // -128, other writers may), against activations at both ends of their range.
-    let (m, n, k) = (3, 20, 256);
+    let (n, k) = (20, 256);
     let mut raw = Vec::new();
     for c in 0..n {
         for b in 0..k / 32 {
@@ -241,7 +252,39 @@ fn full_range_q8_codes_do_not_saturate() {
             }
         }
     }
-    let p = QWeight::from_raw(candle_core::quantized::GgmlDType::Q8_0, &raw, n, k).unwrap();
+    extremes_are_exact(GgmlDType::Q8_0, &raw, n, k);
+}
+
+#[test]
+fn extreme_q5_0_and_q6_k_codes_do_not_saturate() {
+    if !available() {
+        return;
+    }
+    // Codes only at the ends of their ranges (-16/15, -32/31: every code byte and high bit
+    // all zeros or all ones), the worst case for the AVX2 kernel's biased i16 sums.
+    let (n, k) = (20, 256);
+    let ends = |i: usize| if (i * 7 + i / 5) % 3 == 0 { 0x00 } else { 0xFF };
+    let mut q5 = Vec::new();
+    for blk in 0..n * k / 32 {
+        q5.extend_from_slice(&half::f16::from_f32(0.01 * (1 + blk % 3) as f32).to_le_bytes());
+        q5.extend((0..20).map(|i| ends(blk * 20 + i)));
+    }
+    extremes_are_exact(GgmlDType::Q5_0, &q5, n, k);
+    let mut q6 = Vec::new();
+    for blk in 0..n * k / 256 {
+        q6.extend((0..192).map(|i| ends(blk * 192 + i)));
+        q6.extend((0..16).map(|i| (i as i8 - 8 + blk as i8 % 3) as u8));
+        q6.extend_from_slice(&half::f16::from_f32(0.001).to_le_bytes());
+    }
+    extremes_are_exact(GgmlDType::Q6K, &q6, n, k);
+}
+
+/// Rows of all +1, all -1 and alternating ±1 (they quantize exactly, to ±127) against raw
+/// ggml blocks: the reference equals the exact product up to f32 rounding, and every SIMD
+/// kernel equals the reference bit for bit.
+fn extremes_are_exact(dtype: GgmlDType, raw: &[u8], n: usize, k: usize) {
+    let m = 3;
+    let p = QWeight::from_raw(dtype, raw, n, k).unwrap();
     let mut x = vec![0f32; m * k];
     for (i, v) in x.iter_mut().enumerate() {
         *v = match i / k {
@@ -261,20 +304,19 @@ fn full_range_q8_codes_do_not_saturate() {
     p.matmul_with(Kernel::Reference, &x, m, &mut want);
     for r in 0..m {
         for c in 0..n {
-            // Activations of +-1 quantize exactly, so the product is exact up to f32 rounding.
             let exact: f64 = (0..k)
                 .map(|e| x[r * k + e] as f64 * w[c * k + e] as f64)
                 .sum();
             let got = want[r * n + c] as f64;
             assert!(
                 (got - exact).abs() <= 1e-4 * exact.abs().max(1.0),
-                "({r},{c}) {got} vs {exact}"
+                "{dtype:?} ({r},{c}) {got} vs {exact}"
             );
         }
     }
     for kernel in simd_kernels() {
         let mut got = vec![0f32; m * n];
         p.matmul_with(kernel, &x, m, &mut got);
-        assert!(same_bits(&got, &want), "{kernel:?}");
+        assert!(same_bits(&got, &want), "{dtype:?} {kernel:?}");
     }
 }

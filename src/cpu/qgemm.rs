@@ -80,6 +80,10 @@ pub struct QWeight {
     layout: Layout,
     /// Q8 with one scale per 16 elements (Q6_K); otherwise one per block.
     halves: bool,
+    /// Q8 whose codes all lie in `-bias..bias` (16: Q5_0, 32: Q6_K), else 0. The AVX2 kernel
+    /// then multiplies the unsigned `code + bias` directly, several groups summed in i16 before
+    /// widening, and subtracts `bias·Σqa` exactly: fewer operations than the sign trick.
+    bias: u8,
     n: usize,
     k: usize,
     /// Panel `p`, block `b` at `(p * kb + b)` × the layout's panel bytes; columns past `n`
@@ -174,6 +178,7 @@ impl QWeight {
         Self {
             layout,
             halves,
+            bias: 0,
             n,
             k,
             codes: vec![0; blocks * bytes],
@@ -189,6 +194,21 @@ impl QWeight {
         if self.scales.iter().all(exact) {
             self.scales16 = self.scales.iter().map(|v| f16::from_f32(*v)).collect();
             self.scales = Vec::new();
+        }
+        self
+    }
+
+    /// Sets [`Self::bias`] from the codes themselves (after the last `put`), so a fused
+    /// weight whose parts differ gets the bias that all of them allow.
+    fn with_bias(mut self) -> Self {
+        if self.layout == Layout::Q8 {
+            let (lo, hi) = self.codes.iter().fold((0i8, 0i8), |(lo, hi), &c| {
+                (lo.min(c as i8), hi.max(c as i8))
+            });
+            self.bias = [16, 32]
+                .into_iter()
+                .find(|&b| lo >= -b && hi < b)
+                .map_or(0, |b| b as u8);
         }
         self
     }
@@ -349,7 +369,7 @@ impl QWeight {
                 _ => unreachable!(),
             }
         }
-        Some(w.compact_scales())
+        Some(w.compact_scales().with_bias())
     }
 
     pub fn out_features(&self) -> usize {
@@ -385,7 +405,7 @@ impl QWeight {
                 col += 1;
             }
         }
-        Some(out.compact_scales())
+        Some(out.compact_scales().with_bias())
     }
 
     /// `x: [m, k]` row-major f32 -> `out: [m, n]`. Runs on the current rayon pool.

@@ -23,25 +23,32 @@ pub(super) unsafe fn tile(
     tile: &mut [[f32; PANEL]; ROWS],
 ) {
     // Const generics per call: rows, f16 scales, and (the AVX2 Q8 kernel) `halves`, so that
-    // one set of integer sums is live at a time (AVX2 has 16 registers; two sets spilled).
+    // one set of integer sums is live at a time (AVX2 has 16 registers; two sets spilled), and
+    // the code bias.
     macro_rules! by_rows {
-        ($f:ident $(, $halves:literal)?) => {
+        ($f:ident $(, $c:literal)*) => {
             match (rows, w.scales16.is_empty()) {
-                (4, true) => $f::<4, false $(, $halves)?>(w, p, a, r, tile),
-                (3, true) => $f::<3, false $(, $halves)?>(w, p, a, r, tile),
-                (2, true) => $f::<2, false $(, $halves)?>(w, p, a, r, tile),
-                (_, true) => $f::<1, false $(, $halves)?>(w, p, a, r, tile),
-                (4, false) => $f::<4, true $(, $halves)?>(w, p, a, r, tile),
-                (3, false) => $f::<3, true $(, $halves)?>(w, p, a, r, tile),
-                (2, false) => $f::<2, true $(, $halves)?>(w, p, a, r, tile),
-                (_, false) => $f::<1, true $(, $halves)?>(w, p, a, r, tile),
+                (4, true) => $f::<4, false $(, $c)*>(w, p, a, r, tile),
+                (3, true) => $f::<3, false $(, $c)*>(w, p, a, r, tile),
+                (2, true) => $f::<2, false $(, $c)*>(w, p, a, r, tile),
+                (_, true) => $f::<1, false $(, $c)*>(w, p, a, r, tile),
+                (4, false) => $f::<4, true $(, $c)*>(w, p, a, r, tile),
+                (3, false) => $f::<3, true $(, $c)*>(w, p, a, r, tile),
+                (2, false) => $f::<2, true $(, $c)*>(w, p, a, r, tile),
+                (_, false) => $f::<1, true $(, $c)*>(w, p, a, r, tile),
             }
         };
     }
     match (kernel, w.layout) {
         (Kernel::Avx2, Layout::Q4) => by_rows!(avx2_q4),
-        (Kernel::Avx2, Layout::Q8) if w.halves => by_rows!(avx2_q8, true),
-        (Kernel::Avx2, Layout::Q8) => by_rows!(avx2_q8, false),
+        // A bias of 32 also covers codes in -16..16 (Q6_K with small codes).
+        (Kernel::Avx2, Layout::Q8) => match (w.halves, w.bias) {
+            (false, 16) => by_rows!(avx2_q8, false, 16),
+            (false, 32) => by_rows!(avx2_q8, false, 32),
+            (false, _) => by_rows!(avx2_q8, false, 0),
+            (true, 16 | 32) => by_rows!(avx2_q8, true, 32),
+            (true, _) => by_rows!(avx2_q8, true, 0),
+        },
         (Kernel::Avx512Vnni, Layout::Q4) => by_rows!(vnni_q4),
         (Kernel::Avx512Vnni, Layout::Q8) => by_rows!(vnni_q8),
         (Kernel::Reference, _) => unreachable!("the reference kernel is not SIMD"),
@@ -150,7 +157,7 @@ unsafe fn avx2_q4<const R: usize, const F16: bool>(
 
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::needless_range_loop)]
-unsafe fn avx2_q8<const R: usize, const F16: bool, const HALVES: bool>(
+unsafe fn avx2_q8<const R: usize, const F16: bool, const HALVES: bool, const BIAS: u8>(
     w: &QWeight,
     p: usize,
     a: &QActs,
@@ -158,9 +165,19 @@ unsafe fn avx2_q8<const R: usize, const F16: bool, const HALVES: bool>(
     tile: &mut [[f32; PANEL]; ROWS],
 ) {
     debug_assert_eq!(HALVES, w.halves);
+    debug_assert!(BIAS == 0 || BIAS >= w.bias && w.bias > 0);
     let kb = a.kb;
     let rows = Rows::<R>::new(a, r);
     let ones = _mm256_set1_epi16(1);
+    let bias = _mm256_set1_epi8(BIAS as i8);
+    // Groups summed in i16 with biased codes: a pair of (code + bias) in 0..2·bias times
+    // |qa| <= 127 stays within 2·(2·bias - 1)·127, so 4 groups at bias 16 (31496) and 2 at
+    // bias 32 (32004) cannot saturate.
+    let span = match BIAS {
+        0 => 1,
+        16 => 4,
+        _ => 2,
+    };
     for h in 0..2 {
         let mut acc = [_mm256_setzero_ps(); R];
         for b in 0..kb {
@@ -171,16 +188,39 @@ unsafe fn avx2_q8<const R: usize, const F16: bool, const HALVES: bool>(
             // is live at a time.
             let sp = blk * PANEL_SCALES + 8 * h;
             for part in 0..(if HALVES { 2 } else { 1 }) {
-                let mut isum = [_mm256_setzero_si256(); R];
+                // Biased codes: start from -bias·Σqa over this part's elements (exact).
+                let mut isum: [__m256i; R] = std::array::from_fn(|i| {
+                    if BIAS == 0 {
+                        return _mm256_setzero_si256();
+                    }
+                    let s = *rows.sums[i].add(b);
+                    let s = if HALVES { s[part] } else { s[0] + s[1] };
+                    _mm256_set1_epi32(-(BIAS as i32) * s)
+                });
                 let js = if HALVES { 4 * part..4 * part + 4 } else { 0..8 };
-                for j in js {
-                    // Sign trick: |w| (u8, up to 128) · ±a, pairs up to 32512: no saturation.
-                    let v = _mm256_loadu_si256(wp.add(j * 4 * PANEL) as *const __m256i);
-                    let wabs = _mm256_abs_epi8(v);
-                    for i in 0..R {
-                        let qa = _mm256_set1_epi32(four(rows.q[i].add(b * BLOCK + 4 * j)));
-                        let prod = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(qa, v));
-                        isum[i] = _mm256_add_epi32(isum[i], _mm256_madd_epi16(prod, ones));
+                for g in js.step_by(span) {
+                    if BIAS == 0 {
+                        // Sign trick: |w| (u8, up to 128) · ±a, pairs up to 32512: no saturation.
+                        let v = _mm256_loadu_si256(wp.add(g * 4 * PANEL) as *const __m256i);
+                        let wabs = _mm256_abs_epi8(v);
+                        for i in 0..R {
+                            let qa = _mm256_set1_epi32(four(rows.q[i].add(b * BLOCK + 4 * g)));
+                            let prod = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(qa, v));
+                            isum[i] = _mm256_add_epi32(isum[i], _mm256_madd_epi16(prod, ones));
+                        }
+                    } else {
+                        let mut part16 = [_mm256_setzero_si256(); R];
+                        for j in g..g + span {
+                            let v = _mm256_loadu_si256(wp.add(j * 4 * PANEL) as *const __m256i);
+                            let u = _mm256_add_epi8(v, bias);
+                            for i in 0..R {
+                                let qa = _mm256_set1_epi32(four(rows.q[i].add(b * BLOCK + 4 * j)));
+                                part16[i] = _mm256_add_epi16(part16[i], _mm256_maddubs_epi16(u, qa));
+                            }
+                        }
+                        for i in 0..R {
+                            isum[i] = _mm256_add_epi32(isum[i], _mm256_madd_epi16(part16[i], ones));
+                        }
                     }
                 }
                 let dw = scales8::<F16>(w, sp + PANEL * part);
