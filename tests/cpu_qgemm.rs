@@ -263,7 +263,13 @@ fn extreme_q5_0_and_q6_k_codes_do_not_saturate() {
     // Codes only at the ends of their ranges (-16/15, -32/31: every code byte and high bit
     // all zeros or all ones), the worst case for the AVX2 kernel's biased i16 sums.
     let (n, k) = (20, 256);
-    let ends = |i: usize| if (i * 7 + i / 5) % 3 == 0 { 0x00 } else { 0xFF };
+    let ends = |i: usize| {
+        if (i * 7 + i / 5).is_multiple_of(3) {
+            0x00
+        } else {
+            0xFF
+        }
+    };
     let mut q5 = Vec::new();
     for blk in 0..n * k / 32 {
         q5.extend_from_slice(&half::f16::from_f32(0.01 * (1 + blk % 3) as f32).to_le_bytes());

@@ -215,7 +215,8 @@ unsafe fn avx2_q8<const R: usize, const F16: bool, const HALVES: bool, const BIA
                             let u = _mm256_add_epi8(v, bias);
                             for i in 0..R {
                                 let qa = _mm256_set1_epi32(four(rows.q[i].add(b * BLOCK + 4 * j)));
-                                part16[i] = _mm256_add_epi16(part16[i], _mm256_maddubs_epi16(u, qa));
+                                part16[i] =
+                                    _mm256_add_epi16(part16[i], _mm256_maddubs_epi16(u, qa));
                             }
                         }
                         for i in 0..R {
