@@ -398,61 +398,76 @@ impl ModelRunner for CandleRunner {
                 return Ok(result);
             }
         }
-        let mut result = ModelRunnerOutput::default();
-        let logits = logits.to_vec2::<f32>()?;
-        let mut logits = logits.iter();
+        // Sequences sample independently (each from its own rows with its own RNG and grammar),
+        // so they run in parallel on the pool and their results are gathered in batch order:
+        // the same tokens as one after another, without leaving the pool idle behind the
+        // engine thread while a large vocabulary is scanned row by row.
+        let vocab = logits.dim(1)?;
+        // The rows are read in place where the logits are one contiguous f32 CPU buffer (a
+        // copy of them was a visible share of a large-vocabulary step).
+        let (storage, layout) = logits.storage_and_layout();
+        let copied;
+        let flat: &[f32] = match (&*storage, layout.contiguous_offsets()) {
+            (candle_core::Storage::Cpu(cpu), Some((start, end)))
+                if logits.dtype() == DType::F32 =>
+            {
+                &cpu.as_slice::<f32>()?[start..end]
+            }
+            _ => {
+                copied = logits.flatten_all()?.to_vec1::<f32>()?;
+                &copied
+            }
+        };
+        let mut states: HashMap<SeqId, &mut SeqSampling> =
+            self.seqs.iter_mut().map(|(id, s)| (*id, s)).collect();
+        let mut jobs = Vec::new();
+        let mut next_row = 0;
         for s in out.seqs.iter().filter(|s| s.samples_this_step) {
-            let rows: Vec<&[f32]> = logits
-                .by_ref()
-                .take(s.num_logit_rows())
-                .map(Vec::as_slice)
+            let rows: Vec<&[f32]> = (next_row..next_row + s.num_logit_rows())
+                .map(|r| &flat[r * vocab..(r + 1) * vocab])
                 .collect();
-            let state = self
-                .seqs
-                .get_mut(&s.id)
+            next_row += s.num_logit_rows();
+            let state = states
+                .remove(&s.id)
                 .with_context(|| format!("sequence {} was never added", s.id))?;
             let seq = seqs
                 .sequence(s.id)
                 .with_context(|| format!("sequence {} is not live", s.id))?;
-            state.started = true;
-            if let Some(fault) = rows.iter().find_map(|r| logits_fault(r)) {
-                result.failed.push((s.id, fault));
-                continue;
-            }
-            let ctx = SampleContext {
+            jobs.push(SampleJob {
+                id: s.id,
+                drafts: s.spec_token_ids(),
+                rows,
+                state,
                 prompt_tokens: seq.prompt_tokens(),
                 output_tokens: seq.output_tokens(),
-                eos_token_ids: &self.eos_token_ids,
-            };
-            let sampled = if let Some(grammar) = state.grammar.as_mut() {
-                let verified = verify_under_grammar(
-                    &mut state.sampler,
-                    grammar,
-                    &rows,
-                    s.spec_token_ids(),
-                    &ctx,
-                    self.accept_rule,
-                );
-                match verified {
-                    Ok((sampled, finished)) => {
-                        if let Some(reason) = finished {
-                            result.grammar_finished.push((s.id, reason));
-                        }
-                        sampled
-                    }
-                    Err(e) => {
-                        end_ungrammatical(s.id, &self.eos_token_ids, e, &mut result);
-                        continue;
-                    }
+            });
+        }
+        let (eos, rule) = (self.eos_token_ids.as_slice(), self.accept_rule);
+        let outcomes: Vec<SampleOutcome> = if jobs.len() > 1 {
+            rayon::scope(|_| jobs.par_iter_mut().map(|j| j.run(eos, rule)).collect())
+        } else {
+            jobs.iter_mut().map(|j| j.run(eos, rule)).collect()
+        };
+        let mut result = ModelRunnerOutput::default();
+        for (job, outcome) in jobs.iter().zip(outcomes) {
+            let id = job.id;
+            let sampled = match outcome {
+                SampleOutcome::Fault(fault) => {
+                    result.failed.push((id, fault));
+                    continue;
                 }
-            } else if s.num_spec_tokens == 0 {
-                vec![state.sampler.sample(rows[0], &ctx)]
-            } else {
-                state
-                    .sampler
-                    .verify_with(&rows, s.spec_token_ids(), &ctx, self.accept_rule)
+                SampleOutcome::Ungrammatical(e) => {
+                    end_ungrammatical(id, eos, e, &mut result);
+                    continue;
+                }
+                SampleOutcome::Sampled(sampled, finished) => {
+                    if let Some(reason) = finished {
+                        result.grammar_finished.push((id, reason));
+                    }
+                    sampled
+                }
             };
-            if state.sampler.params().logprobs.is_some() {
+            if job.state.sampler.params().logprobs.is_some() {
                 let lp = sampled
                     .iter()
                     .map(|t| TokenLogprobs {
@@ -461,11 +476,11 @@ impl ModelRunner for CandleRunner {
                         top: t.top_logprobs.clone(),
                     })
                     .collect();
-                result.logprobs.push((s.id, lp));
+                result.logprobs.push((id, lp));
             }
             result
                 .sampled
-                .push((s.id, sampled.iter().map(|t| t.token).collect()));
+                .push((id, sampled.iter().map(|t| t.token).collect()));
         }
         Ok(result)
     }
@@ -473,6 +488,60 @@ impl ModelRunner for CandleRunner {
 
 /// The grammar cannot go on (its matcher failed): the sequence ends with EOS rather than
 /// free-running.
+/// One sequence's sampling in a step: its logits rows, state and tokens so far.
+struct SampleJob<'a> {
+    id: SeqId,
+    drafts: &'a [u32],
+    rows: Vec<&'a [f32]>,
+    state: &'a mut SeqSampling,
+    prompt_tokens: &'a [u32],
+    output_tokens: &'a [u32],
+}
+
+/// What [`SampleJob::run`] gives: tokens (and whether the grammar ended the sequence), a
+/// numerical fault in the rows, or a grammar that could not go on.
+enum SampleOutcome {
+    Sampled(Vec<SampledToken>, Option<FinishReason>),
+    Fault(String),
+    Ungrammatical(String),
+}
+
+impl SampleJob<'_> {
+    fn run(&mut self, eos_token_ids: &[u32], rule: AcceptRule) -> SampleOutcome {
+        let state = &mut *self.state;
+        state.started = true;
+        if let Some(fault) = self.rows.iter().find_map(|r| logits_fault(r)) {
+            return SampleOutcome::Fault(fault);
+        }
+        let ctx = SampleContext {
+            prompt_tokens: self.prompt_tokens,
+            output_tokens: self.output_tokens,
+            eos_token_ids,
+        };
+        if let Some(grammar) = state.grammar.as_mut() {
+            let verified = verify_under_grammar(
+                &mut state.sampler,
+                grammar,
+                &self.rows,
+                self.drafts,
+                &ctx,
+                rule,
+            );
+            match verified {
+                Ok((sampled, finished)) => SampleOutcome::Sampled(sampled, finished),
+                Err(e) => SampleOutcome::Ungrammatical(e),
+            }
+        } else if self.drafts.is_empty() {
+            SampleOutcome::Sampled(vec![state.sampler.sample(self.rows[0], &ctx)], None)
+        } else {
+            let sampled = state
+                .sampler
+                .verify_with(&self.rows, self.drafts, &ctx, rule);
+            SampleOutcome::Sampled(sampled, None)
+        }
+    }
+}
+
 fn end_ungrammatical(
     id: SeqId,
     eos_token_ids: &[u32],
