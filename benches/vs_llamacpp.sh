@@ -10,6 +10,8 @@
 #   PROMPTS="128 2048"   prompt lengths for the batch-1 rows (default 128)
 #   THREADS="1 2"        thread counts (default 1 2)
 #   BATCHES="8 32"       batch sizes for the throughput rows (default 8 32; empty to skip)
+#   ROUNDS=3             run each throughput pair (llama.cpp, flare) this many times, interleaved
+#                        (default 1): on a noisy VM compare the medians of the per-round ratios
 #   BUILD_ONLY=1         build the peer and flare, run nothing
 #   FLARE=PATH           measure this flare binary instead of building the checkout's
 set -euo pipefail
@@ -75,15 +77,15 @@ kv=(--kv-cache-memory 1000000000)
         "${kv[@]}" --max-model-len $((p + 256)) --no-progress 2>&1 | tail -n 12
     done
   done
-  for b in $batches; do
+  for round in $(seq "${ROUNDS:-1}"); do for b in $batches; do
     t=${threads##* }
     echo "## load: $(uptime)"
-    echo "## llama.cpp llama-batched-bench, batch $b, prompt 128, generate 64, threads $t"
+    echo "## round $round: llama.cpp llama-batched-bench, batch $b, prompt 128, generate 64, threads $t"
     "$bin/llama-batched-bench" -m "$gguf" -t "$t" -c $((b * 192 + 256)) -b 2048 -ub 512 \
       -npp 128 -ntg 64 -npl "$b" 2>/dev/null | grep -E '^\|' || true
-    echo "## flare bench throughput, $b prompts of 128, generate 64, threads $t (RAYON_NUM_THREADS=$t)"
+    echo "## round $round: flare bench throughput, $b prompts of 128, generate 64, threads $t (RAYON_NUM_THREADS=$t)"
     RAYON_NUM_THREADS=$t RUST_LOG=warn $flare bench throughput "$gguf" \
       --input-len 128 --output-len 64 --num-prompts "$b" "${kv[@]}" --max-model-len 512 \
       --no-progress 2>&1 | tail -n 8
-  done
+  done; done
 } | tee "$out"
