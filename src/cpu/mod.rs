@@ -4,5 +4,6 @@
 pub mod activation;
 pub mod attention;
 pub mod dense;
+pub mod pool;
 pub mod qgemm;
 pub mod vmath;

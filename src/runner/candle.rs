@@ -19,6 +19,10 @@ use crate::kv::KvCache;
 use crate::layers::attention::{AttnMetadata, SeqAttn};
 use crate::models::CausalLm;
 
+/// Steps of at most this many tokens (decode, short chunks) keep the pool's workers awake
+/// between ops (`cpu::pool::run_hot`); longer ones have ops long enough to amortize a wake-up.
+const HOT_POOL_MAX_TOKENS: usize = 64;
+
 /// One sequence's share of a step, as the scheduler hands it out.
 #[derive(Debug, Clone, Copy)]
 pub struct StepSeq<'a> {
@@ -115,6 +119,7 @@ impl CandleForward {
             return Ok(None);
         }
         let meta = AttnMetadata::new(metas, self.kv.block_size, device)?;
+        let n_tokens = ids.len();
         let tokens = Tensor::new(ids, device)?;
         let n = rows.len();
         let rows = Tensor::from_vec(rows, n, device)?;
@@ -122,8 +127,11 @@ impl CandleForward {
         // On the CPU the forward runs inside rayon's pool: its many parallel ops then share out
         // work among the pool's threads, instead of each op handing a job from this (non-pool)
         // thread to the pool and sleeping until it ends (two context switches per op, a third
-        // of a SmolLM2 decode step at 1 thread). Only where work runs changes, never its order.
-        let logits = if device.is_cpu() {
+        // of a SmolLM2 decode step at 1 thread), and the other workers stay awake between ops
+        // (`cpu::pool`). Only where work runs changes, never its order.
+        let logits = if device.is_cpu() && n_tokens <= HOT_POOL_MAX_TOKENS {
+            crate::cpu::pool::run_hot(forward)?
+        } else if device.is_cpu() {
             rayon::scope(|_| forward())?
         } else {
             forward()?
