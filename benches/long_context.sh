@@ -6,16 +6,16 @@
 # - decode tok/s after a long context (`llama-bench -n 32 -d CTX` against the decode steps of
 #   `flare bench latency --input-len CTX`), beside the short-context figure.
 # Usage: benches/long_context.sh [GGUF] [OUTFILE]
-#   PROMPTS="512 1024 2048 4096 8192"  THREADS="1 2"  DEPTHS="16 4000"  PEER=0 (flare only)
+#   PROMPTS="512 1024 2048 4096 8192"  THREADS="1 2"  DEPTHS="16 4000" (either empty: skip)  PEER=0 (flare only)
 #   FLARE_OLD=path: an A/B, that binary runs right after each run of $FLARE (interleaved)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache=${FLARE_CACHE:-$HOME/.cache/flare}
 gguf=${1:-$cache/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 out=${2:-benches/results/long-context-$(basename "$gguf" .gguf)-$(date +%Y-%m-%d).txt}
-prompts=${PROMPTS:-512 1024 2048 4096 8192}
+prompts=${PROMPTS-512 1024 2048 4096 8192}
 threads=${THREADS:-1 2}
-depths=${DEPTHS:-16 4000}
+depths=${DEPTHS-16 4000}
 bin=$cache/peers/lcpp/build/bin
 flare=${FLARE:-${CARGO_TARGET_DIR:-target}/release/flare}
 peer=${PEER:-1}
