@@ -178,32 +178,38 @@ fn fused_weights_give_each_parts_columns_unchanged() {
     if !available() {
         return;
     }
-    let (m, k) = (5, 256);
-    let x = acts(m, k);
+    let k = 256;
     let (_, a) = weight(GgmlDType::Q4_1, 12, k, 4);
     let (_, b) = weight(GgmlDType::Q4_1, 4, k, 5);
-    let fused = QWeight::concat(&[&a, &b]).unwrap();
-    let (mut ya, mut yb, mut yf) = (vec![0f32; m * 12], vec![0f32; m * 4], vec![0f32; m * 16]);
-    a.matmul(&x, m, &mut ya);
-    b.matmul(&x, m, &mut yb);
-    fused.matmul(&x, m, &mut yf);
-    for r in 0..m {
-        assert_eq!(&yf[r * 16..r * 16 + 12], &ya[r * 12..r * 12 + 12]);
-        assert_eq!(&yf[r * 16 + 12..r * 16 + 16], &yb[r * 4..r * 4 + 4]);
-    }
+    fused_columns_are_the_parts(&[&a, &b]);
     // Different layouts do not fuse.
     let (_, c) = weight(GgmlDType::Q8_0, 4, k, 6);
     assert!(QWeight::concat(&[&a, &c]).is_none());
-    // Q5_0 beside Q8_0 (one layout, different code ranges): each part's columns unchanged.
+    // Q5_0 beside Q8_0 (one layout, different code ranges).
     let (_, d) = weight(GgmlDType::Q5_0, 12, k, 7);
-    let fused = QWeight::concat(&[&d, &c]).unwrap();
-    let (mut yd, mut yc) = (vec![0f32; m * 12], vec![0f32; m * 4]);
-    d.matmul(&x, m, &mut yd);
-    c.matmul(&x, m, &mut yc);
+    fused_columns_are_the_parts(&[&d, &c]);
+}
+
+/// The fused weight's columns are each part's own outputs, bit for bit.
+fn fused_columns_are_the_parts(parts: &[&QWeight]) {
+    let m = 5;
+    let x = acts(m, parts[0].in_features());
+    let fused = QWeight::concat(parts).unwrap();
+    let n = fused.out_features();
+    let mut yf = vec![0f32; m * n];
     fused.matmul(&x, m, &mut yf);
-    for r in 0..m {
-        assert_eq!(&yf[r * 16..r * 16 + 12], &yd[r * 12..r * 12 + 12]);
-        assert_eq!(&yf[r * 16 + 12..r * 16 + 16], &yc[r * 4..r * 4 + 4]);
+    let mut c0 = 0;
+    for p in parts {
+        let pn = p.out_features();
+        let mut y = vec![0f32; m * pn];
+        p.matmul(&x, m, &mut y);
+        for r in 0..m {
+            assert!(same_bits(
+                &yf[r * n + c0..r * n + c0 + pn],
+                &y[r * pn..(r + 1) * pn]
+            ));
+        }
+        c0 += pn;
     }
 }
 
