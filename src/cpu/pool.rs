@@ -20,10 +20,13 @@ const MAX_SPIN: Duration = Duration::from_millis(50);
 /// Pause instructions between two polls for work (a microsecond or two).
 const BACKOFF_SPINS: usize = 32;
 
-/// Runs `f` on a worker of the current rayon pool (as `rayon::scope` does) while the other
-/// workers spin; returns what `f` returns.
-pub fn run_hot<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    let helpers = rayon::current_num_threads().saturating_sub(1);
+/// Runs `f` on a worker of the current rayon pool (as `rayon::scope` does), with the other
+/// workers spinning while it runs if `keep_awake`; returns what `f` returns.
+pub fn run<R: Send>(f: impl FnOnce() -> R + Send, keep_awake: bool) -> R {
+    let helpers = match keep_awake {
+        true => rayon::current_num_threads().saturating_sub(1),
+        false => 0,
+    };
     let done = AtomicBool::new(false);
     rayon::scope(|s| {
         let owner = rayon::current_thread_index();
@@ -66,7 +69,7 @@ fn spin(done: &AtomicBool, owner: Option<usize>, spawned: Instant) {
 
 #[cfg(test)]
 mod tests {
-    use super::run_hot;
+    use super::run;
     use rayon::prelude::*;
 
     fn work(n: u64) -> u64 {
@@ -85,14 +88,25 @@ mod tests {
     #[test]
     fn returns_what_the_closure_returns_at_any_thread_count() {
         let want = steps();
-        for threads in [1, 2, 3, 4] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            for _ in 0..50 {
-                assert_eq!(pool.install(|| run_hot(steps)), want, "{threads} threads");
+        // On a thread of its own with a deadline, so that a deadlock fails the test.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for threads in [1, 2, 3, 4] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                for i in 0..100 {
+                    let got = pool.install(|| run(steps, i % 2 == 0));
+                    tx.send((threads, got)).unwrap();
+                }
             }
+        });
+        for _ in 0..400 {
+            let (threads, got) = rx
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .expect("run did not return within 60 s (deadlock?)");
+            assert_eq!(got, want, "{threads} threads");
         }
     }
 }

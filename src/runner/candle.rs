@@ -20,7 +20,7 @@ use crate::layers::attention::{AttnMetadata, SeqAttn};
 use crate::models::CausalLm;
 
 /// Steps of at most this many tokens (decode, short chunks) keep the pool's workers awake
-/// between ops (`cpu::pool::run_hot`); longer ones have ops long enough to amortize a wake-up.
+/// between ops (`cpu::pool::run`); longer ones have ops long enough to amortize a wake-up.
 const HOT_POOL_MAX_TOKENS: usize = 64;
 
 /// One sequence's share of a step, as the scheduler hands it out.
@@ -129,10 +129,8 @@ impl CandleForward {
         // thread to the pool and sleeping until it ends (two context switches per op, a third
         // of a SmolLM2 decode step at 1 thread), and the other workers stay awake between ops
         // (`cpu::pool`). Only where work runs changes, never its order.
-        let logits = if device.is_cpu() && n_tokens <= HOT_POOL_MAX_TOKENS {
-            crate::cpu::pool::run_hot(forward)?
-        } else if device.is_cpu() {
-            rayon::scope(|_| forward())?
+        let logits = if device.is_cpu() {
+            crate::cpu::pool::run(forward, n_tokens <= HOT_POOL_MAX_TOKENS)?
         } else {
             forward()?
         };
@@ -494,8 +492,6 @@ impl ModelRunner for CandleRunner {
     }
 }
 
-/// The grammar cannot go on (its matcher failed): the sequence ends with EOS rather than
-/// free-running.
 /// One sequence's sampling in a step: its logits rows, state and tokens so far.
 struct SampleJob<'a> {
     id: SeqId,
@@ -550,6 +546,8 @@ impl SampleJob<'_> {
     }
 }
 
+/// The grammar cannot go on (its matcher failed): the sequence ends with EOS rather than
+/// free-running.
 fn end_ungrammatical(
     id: SeqId,
     eos_token_ids: &[u32],
