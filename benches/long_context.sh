@@ -8,6 +8,8 @@
 # Usage: benches/long_context.sh [GGUF] [OUTFILE]
 #   PROMPTS="512 1024 2048 4096 8192"  THREADS="1 2"  DEPTHS="16 4000" (either empty: skip)  PEER=0 (flare only)
 #   FLARE_OLD=path: an A/B, that binary runs right after each run of $FLARE (interleaved)
+#   FLARE_ARGS / FLARE_OLD_ARGS: extra flags for each (e.g. "--kv-cache-dtype fp16", the cache
+#   type llama.cpp uses by default); FLARE_OLD may be $FLARE itself for an A/B of flags
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache=${FLARE_CACHE:-$HOME/.cache/flare}
@@ -21,10 +23,15 @@ flare=${FLARE:-${CARGO_TARGET_DIR:-target}/release/flare}
 peer=${PEER:-1}
 old=${FLARE_OLD:-}
 kv=(--kv-cache-memory 1000000000)
+read -r -a new_args <<< "${FLARE_ARGS:-}"
+read -r -a old_args <<< "${FLARE_OLD_ARGS:-}"
+# Extra flags of the n-th binary of "$flare $old".
+args_of() { if [ "$1" = 0 ]; then echo "${new_args[@]}"; else echo "${old_args[@]}"; fi; }
 {
   echo "# $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty') $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
   echo "# flags: $(grep -m1 flags /proc/cpuinfo | tr ' ' '\n' | grep -E '^avx|vnni|fma' | sort -u | tr '\n' ' ')"
   echo "# model: $gguf; prompts: $prompts; depths: $depths; threads: $threads"
+  echo "# flare flags: [${FLARE_ARGS:-}]${old:+ old: [${FLARE_OLD_ARGS:-}]}"
   for t in $threads; do
     for p in $prompts; do
       echo "## load: $(uptime)"
@@ -32,9 +39,12 @@ kv=(--kv-cache-memory 1000000000)
         echo "## llama.cpp llama-bench, prompt $p, threads $t"
         "$bin/llama-bench" -m "$gguf" -t "$t" -p "$p" -n 0 -r 1 -o md 2>/dev/null | grep -E 'pp[0-9]'
       fi
+      i=0
       for b in $flare $old; do
-        echo "## flare bench latency, prompt $p, threads $t, binary $b"
-        RAYON_NUM_THREADS=$t RUST_LOG=warn $b bench latency "$gguf" --input-len "$p" \
+        # shellcheck disable=SC2046
+        set -- $(args_of $i); i=$((i + 1))
+        echo "## flare bench latency, prompt $p, threads $t, binary $b $*"
+        RAYON_NUM_THREADS=$t RUST_LOG=warn $b bench latency "$gguf" "$@" --input-len "$p" \
           --output-len 2 --batch-size 1 --num-iters-warmup 0 --num-iters 1 "${kv[@]}" \
           --max-model-len $((p + 64)) --no-progress 2>&1 | grep -E 'Median prefill|Prefill \(tok'
       done
@@ -45,9 +55,12 @@ kv=(--kv-cache-memory 1000000000)
         echo "## llama.cpp llama-bench, decode 32 after a context of $c, threads $t"
         "$bin/llama-bench" -m "$gguf" -t "$t" -p 0 -n 32 -d "$c" -r 1 -o md 2>/dev/null | grep -E 'tg[0-9]'
       fi
+      i=0
       for b in $flare $old; do
-        echo "## flare bench latency, decode 64 after a prompt of $c, threads $t, binary $b"
-        RAYON_NUM_THREADS=$t RUST_LOG=warn $b bench latency "$gguf" --input-len "$c" \
+        # shellcheck disable=SC2046
+        set -- $(args_of $i); i=$((i + 1))
+        echo "## flare bench latency, decode 64 after a prompt of $c, threads $t, binary $b $*"
+        RAYON_NUM_THREADS=$t RUST_LOG=warn $b bench latency "$gguf" "$@" --input-len "$c" \
           --output-len 64 --batch-size 1 --num-iters-warmup 0 --num-iters 1 "${kv[@]}" \
           --max-model-len $((c + 128)) --no-progress 2>&1 | grep -E 'Median decode|Decode \(tok'
       done

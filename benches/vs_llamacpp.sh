@@ -14,6 +14,7 @@
 #                        (default 1): on a noisy VM compare the medians of the per-round ratios
 #   BUILD_ONLY=1         build the peer and flare, run nothing
 #   FLARE=PATH           measure this flare binary instead of building the checkout's
+#   FLARE_ARGS="..."     extra flare flags (e.g. "--kv-cache-dtype fp16", llama.cpp's own cache type)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:-smollm2}
@@ -60,12 +61,14 @@ fi
 [ -n "${FLARE:-}" ] || cargo build --release -q
 [ -n "${BUILD_ONLY:-}" ] && exit 0
 flare=${FLARE:-${CARGO_TARGET_DIR:-target}/release/flare}
-kv=(--kv-cache-memory 1000000000)
+# FLARE_ARGS: extra flare flags, e.g. "--kv-cache-dtype fp16" (llama.cpp's default cache type).
+read -r -a extra <<< "${FLARE_ARGS:-}"
+kv=(--kv-cache-memory 1000000000 "${extra[@]}")
 
 {
   echo "# $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty') binary $flare $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
   echo "# flags: $(grep -m1 flags /proc/cpuinfo | tr ' ' '\n' | grep -E '^avx|vnni|fma|amx' | sort -u | tr '\n' ' ')"
-  echo "# model: $gguf; prompts: $prompts; threads: $threads; batches: $batches"
+  echo "# model: $gguf; prompts: $prompts; threads: $threads; batches: $batches; flare flags: [${FLARE_ARGS:-}]"
   for p in $prompts; do
     for t in $threads; do
       echo "## load: $(uptime)"

@@ -54,9 +54,11 @@ pub struct ModelArgs {
     /// dynamic per-token FP8 activations). Quantized checkpoints are read as they are.
     #[arg(long)]
     pub quantization: Option<String>,
-    /// KV cache element type: auto (the model's dtype) or fp8 / fp8_e4m3 (e4m3 with per-tensor
-    /// scales from the checkpoint's k_scale/v_scale, else 1.0): twice the tokens of bf16 in the
-    /// same --kv-cache-memory.
+    /// KV cache element type: auto (the model's dtype); fp16 or bf16 (half an f32 cache: on
+    /// the CPU, where GGUF models compute in f32, long-context decode reads half the bytes;
+    /// llama.cpp's default is an f16 cache); or fp8 / fp8_e4m3 (e4m3 with per-tensor scales
+    /// from the checkpoint's k_scale/v_scale, else 1.0): twice the tokens of bf16 in the same
+    /// --kv-cache-memory.
     #[arg(long, default_value = "auto")]
     pub kv_cache_dtype: String,
     /// Speculative decoding, vLLM's JSON: {"method": "ngram" | "draft", "model": PATH (draft),

@@ -4,12 +4,19 @@
 use anyhow::bail;
 use candle_core::{DType, Device, Result, Tensor};
 
-/// What the cache stores K and V as (`--kv-cache-dtype`, vLLM's names).
+/// What the cache stores K and V as (`--kv-cache-dtype`, vLLM's names, plus the 16-bit types
+/// llama.cpp's `-ctk`/`-ctv` offer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KvCacheDtype {
     /// The model's activation dtype.
     #[default]
     Auto,
+    /// IEEE half: K and V rounded to nearest on the way in, widened exactly when read. For an
+    /// f32 model on the CPU (GGUF) this halves the bytes a long-context decode step reads;
+    /// llama.cpp's default cache type.
+    Fp16,
+    /// bfloat16, the same way (f32's range, 8 bits of precision).
+    Bf16,
     /// FP8 e4m3 (OCP e4m3fn) bytes with one scale per tensor and layer for K and for V:
     /// `stored = e4m3(x / scale)`, read back as `stored * scale`.
     Fp8E4m3,
@@ -19,9 +26,14 @@ impl KvCacheDtype {
     pub fn parse(s: &str) -> anyhow::Result<Self> {
         Ok(match s {
             "auto" => Self::Auto,
+            "fp16" | "f16" | "float16" | "half" => Self::Fp16,
+            "bf16" | "bfloat16" => Self::Bf16,
             "fp8" | "fp8_e4m3" => Self::Fp8E4m3,
             other => {
-                bail!("unsupported --kv-cache-dtype `{other}` (supported: auto, fp8, fp8_e4m3)")
+                bail!(
+                    "unsupported --kv-cache-dtype `{other}` (supported: auto, fp16, bf16, fp8, \
+                     fp8_e4m3)"
+                )
             }
         })
     }
@@ -31,6 +43,8 @@ impl KvCacheDtype {
     pub fn cache_dtype(self, model_dtype: DType) -> DType {
         match self {
             Self::Auto => model_dtype,
+            Self::Fp16 => DType::F16,
+            Self::Bf16 => DType::BF16,
             Self::Fp8E4m3 => DType::F8E4M3,
         }
     }
@@ -38,6 +52,8 @@ impl KvCacheDtype {
     pub fn name(self) -> &'static str {
         match self {
             Self::Auto => "auto",
+            Self::Fp16 => "fp16",
+            Self::Bf16 => "bf16",
             Self::Fp8E4m3 => "fp8_e4m3",
         }
     }

@@ -110,7 +110,8 @@ impl AttnMetadata {
     ) -> Result<()> {
         let (k, v) = match fp8 {
             Some(s) => (encode_fp8(k, s.k)?, encode_fp8(v, s.v)?),
-            None => (k.clone(), v.clone()),
+            // A cache narrower than the model (`--kv-cache-dtype fp16`) rounds on the way in.
+            None => (k.to_dtype(k_cache.dtype())?, v.to_dtype(v_cache.dtype())?),
         };
         for &(row, slot, n) in &self.slot_runs {
             k_cache.slice_set(&k.narrow(0, row, n)?.contiguous()?, 0, slot)?;
@@ -224,43 +225,56 @@ struct PagedAttention {
 }
 
 trait Element: Copy + Send + Sync {
+    /// What the SIMD kernels read this type as, when they can (f32, f16, bf16; not FP8).
+    type Lane: cpu_attn::CacheLane;
     fn to_f32(self) -> f32;
     fn from_f32(x: f32) -> Self;
-    /// The slice itself when the type is f32 (the SIMD kernels read f32 caches only).
-    fn as_f32(_s: &[Self]) -> Option<&[f32]> {
-        None
-    }
+    /// The slice as SIMD cache lanes, when the kernels read this type.
+    fn as_lanes(s: &[Self]) -> Option<&[Self::Lane]>;
 }
 impl Element for f32 {
+    type Lane = f32;
     fn to_f32(self) -> f32 {
         self
     }
     fn from_f32(x: f32) -> Self {
         x
     }
-    fn as_f32(s: &[Self]) -> Option<&[f32]> {
+    fn as_lanes(s: &[Self]) -> Option<&[f32]> {
         Some(s)
     }
 }
 impl Element for bf16 {
+    type Lane = bf16;
     fn to_f32(self) -> f32 {
         bf16::to_f32(self)
     }
     fn from_f32(x: f32) -> Self {
         bf16::from_f32(x)
     }
+    fn as_lanes(s: &[Self]) -> Option<&[bf16]> {
+        Some(s)
+    }
 }
 impl Element for f16 {
+    type Lane = f16;
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
     }
     fn from_f32(x: f32) -> Self {
         f16::from_f32(x)
     }
+    fn as_lanes(s: &[Self]) -> Option<&[f16]> {
+        Some(s)
+    }
 }
 
 /// An FP8 cache byte: its e4m3 value (the per-tensor scale is applied by the caller).
 impl Element for u8 {
+    type Lane = f32;
+    fn as_lanes(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
     #[inline(always)]
     fn to_f32(self) -> f32 {
         crate::quant::fp8::E4M3_TABLE[self as usize]
@@ -338,8 +352,8 @@ impl PagedAttention {
             Some(s) => (self.scale * s.k, s.v),
             None => (self.scale, 1.0),
         };
-        // f32 caches with a head dimension of whole vectors take the SIMD kernels.
-        if let (Some(kf), Some(vf)) = (C::as_f32(k), C::as_f32(v)) {
+        // f32/f16/bf16 caches with a head dimension of whole vectors take the SIMD kernels.
+        if let (Some(kf), Some(vf)) = (C::as_lanes(k), C::as_lanes(v)) {
             if cpu_attn::available() && cpu_attn::supports(d) {
                 return self.run_tiled(q, qd, (kf, vf), kv_heads, q_scale);
             }
@@ -464,25 +478,33 @@ impl CustomOp3 for PagedAttention {
             candle_core::bail!("paged attention needs contiguous inputs");
         };
         let dims = (t, h, d);
-        let out = match (q, k, v) {
-            (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
-                CpuStorage::F32(self.run(&q[q0..q1], dims, &k[k0..k1], &v[v0..v1], kvh))
-            }
-            (CpuStorage::BF16(q), CpuStorage::BF16(k), CpuStorage::BF16(v)) => {
-                CpuStorage::BF16(self.run(&q[q0..q1], dims, &k[k0..k1], &v[v0..v1], kvh))
-            }
-            (CpuStorage::F16(q), CpuStorage::F16(k), CpuStorage::F16(v)) => {
-                CpuStorage::F16(self.run(&q[q0..q1], dims, &k[k0..k1], &v[v0..v1], kvh))
-            }
-            (q, CpuStorage::U8(k), CpuStorage::U8(v)) if self.fp8.is_some() => {
-                let (k, v) = (&k[k0..k1], &v[v0..v1]);
-                match q {
-                    CpuStorage::F32(q) => CpuStorage::F32(self.run(&q[q0..q1], dims, k, v, kvh)),
-                    CpuStorage::BF16(q) => CpuStorage::BF16(self.run(&q[q0..q1], dims, k, v, kvh)),
-                    CpuStorage::F16(q) => CpuStorage::F16(self.run(&q[q0..q1], dims, k, v, kvh)),
-                    _ => candle_core::bail!("paged attention: unsupported dtype {:?}", q.dtype()),
+        // q's dtype is the model's; the cache may be narrower (`--kv-cache-dtype`).
+        macro_rules! with_cache {
+            ($q:expr, $wrap:path) => {
+                match (k, v) {
+                    (CpuStorage::F32(k), CpuStorage::F32(v)) => {
+                        $wrap(self.run($q, dims, &k[k0..k1], &v[v0..v1], kvh))
+                    }
+                    (CpuStorage::F16(k), CpuStorage::F16(v)) => {
+                        $wrap(self.run($q, dims, &k[k0..k1], &v[v0..v1], kvh))
+                    }
+                    (CpuStorage::BF16(k), CpuStorage::BF16(v)) => {
+                        $wrap(self.run($q, dims, &k[k0..k1], &v[v0..v1], kvh))
+                    }
+                    (CpuStorage::U8(k), CpuStorage::U8(v)) if self.fp8.is_some() => {
+                        $wrap(self.run($q, dims, &k[k0..k1], &v[v0..v1], kvh))
+                    }
+                    _ => candle_core::bail!(
+                        "paged attention: unsupported cache dtype {:?}",
+                        k.dtype()
+                    ),
                 }
-            }
+            };
+        }
+        let out = match q {
+            CpuStorage::F32(q) => with_cache!(&q[q0..q1], CpuStorage::F32),
+            CpuStorage::BF16(q) => with_cache!(&q[q0..q1], CpuStorage::BF16),
+            CpuStorage::F16(q) => with_cache!(&q[q0..q1], CpuStorage::F16),
             _ => candle_core::bail!("paged attention: unsupported dtype {:?}", q.dtype()),
         };
         Ok((out, Shape::from((t, h, d))))
@@ -664,13 +686,24 @@ mod tests {
     /// The parallel CPU kernel: each sequence's rows are bit-identical alone and inside
     /// batches of 2..64 sequences (decodes and prompt chunks mixed), at 1 and 2 threads, and
     /// agree with the tensor-op version.
+    /// The same for f16 and bf16 caches under f32 queries (`--kv-cache-dtype fp16|bf16`).
     #[test]
     fn cpu_kernel_rows_are_batch_and_thread_invariant() {
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            rows_are_batch_and_thread_invariant(dtype);
+        }
+    }
+
+    fn rows_are_batch_and_thread_invariant(cache_dtype: DType) {
         let dev = Device::Cpu;
         let (bs, kvh, heads, d) = (16, 3, 9, 64);
         let blocks = 64 * 4;
-        let k_cache = Tensor::randn(0f32, 1.0, (blocks * bs, kvh, d), &dev).unwrap();
-        let v_cache = Tensor::randn(0f32, 1.0, (blocks * bs, kvh, d), &dev).unwrap();
+        let cache = || {
+            Tensor::randn(0f32, 1.0, (blocks * bs, kvh, d), &dev)
+                .and_then(|t| t.to_dtype(cache_dtype))
+                .unwrap()
+        };
+        let (k_cache, v_cache) = (cache(), cache());
         // Sequence i: context 9 + 5i (< 4 blocks), a decode for even i, a 7-token chunk else;
         // blocks 4i..4i+4 in a scattered order.
         let seq = |i: usize, start: usize| {
@@ -748,7 +781,8 @@ mod tests {
                                 .all(|(a, b)| a.to_bits() == b.to_bits());
                             assert!(
                                 same,
-                                "window {window:?} threads {threads} batch {n} seq {i}"
+                                "{cache_dtype:?} window {window:?} threads {threads} batch {n} \
+                                 seq {i}"
                             );
                         }
                     }

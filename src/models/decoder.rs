@@ -626,7 +626,27 @@ impl CausalLm for Decoder {
 
     fn new_kv_cache(&self, num_blocks: usize, block_size: usize, dtype: DType) -> Result<KvCache> {
         let c = &self.cfg;
+        let narrower = dtype != self.dtype && dtype != DType::F8E4M3;
+        let flag = match dtype {
+            DType::F16 => "fp16",
+            DType::BF16 => "bf16",
+            other => other.as_str(),
+        };
+        if narrower && !self.device.is_cpu() {
+            // The CUDA kernels read a cache of the model's own dtype (or FP8 bytes).
+            anyhow::bail!(
+                "--kv-cache-dtype {flag} with {:?} activations is supported on the CPU only; \
+                 use auto or fp8 on the GPU",
+                self.dtype
+            );
+        }
         if let Some(m) = &c.mla {
+            if narrower {
+                anyhow::bail!(
+                    "--kv-cache-dtype {flag} is not supported for MLA models (the latent cache \
+                     is read in the model's dtype); use auto"
+                );
+            }
             if dtype == DType::F8E4M3 {
                 // The latent cache is read by tensor ops (layers::mla) that know no FP8 bytes.
                 anyhow::bail!(

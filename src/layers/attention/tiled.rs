@@ -1,4 +1,5 @@
-//! The CPU kernel's SIMD path (f32 caches): query rows in tiles, context in chunks.
+//! The CPU kernel's SIMD path (f32, f16 and bf16 caches): query rows in tiles, context in
+//! chunks.
 //!
 //! A work item is a tile of up to [`ROW_TILE`] consecutive query rows of one sequence and one
 //! KV head, so each K/V chunk is read once for all the tile's query heads (prefill), or one
@@ -9,7 +10,7 @@
 //! the same bits alone or in any batch, at any thread count.
 
 use super::{for_slots, Element, PagedAttention};
-use crate::cpu::attention::{self as cpu_attn, Partials, CHUNK};
+use crate::cpu::attention::{self as cpu_attn, CacheLane, Partials, CHUNK};
 
 /// Query rows that share one pass over each K/V chunk.
 const ROW_TILE: usize = 8;
@@ -104,13 +105,12 @@ impl PagedAttention {
         items
     }
 
-    /// SIMD attention over f32 caches; `v_scale` multiplies the output (FP8 never gets here,
-    /// but the caller's contract is the same as the scalar path's).
-    pub(super) fn run_tiled<T: Element>(
+    /// SIMD attention over f32, f16 or bf16 caches (FP8 never gets here).
+    pub(super) fn run_tiled<T: Element, C: CacheLane>(
         &self,
         q: &[T],
         (num_tokens, heads, d): (usize, usize, usize),
-        (k, v): (&[f32], &[f32]),
+        (k, v): (&[C], &[C]),
         kv_heads: usize,
         q_scale: f32,
     ) -> Vec<T> {
@@ -176,11 +176,11 @@ impl PagedAttention {
 
     /// One item: its rows' outputs `[rows, group, d]` (all chunks), or one chunk's partials
     /// `m [nq] ++ l [nq] ++ o [nq, d]`.
-    fn item<T: Element>(
+    fn item<T: Element, C: CacheLane>(
         &self,
         it: &Item,
         q: &[T],
-        (k, v): (&[f32], &[f32]),
+        (k, v): (&[C], &[C]),
         dims: Dims,
         sc: &mut Scratch,
     ) -> Vec<f32> {

@@ -1,10 +1,17 @@
-//! `--kv-cache-dtype fp8`: K and V stored as e4m3 bytes with per-tensor scales in the CPU paged
-//! attention path. The logits match transformers with its K/V rounded through torch's e4m3
-//! cast (within 1e-4), and stay within a stated bound of an f32 cache's; a sequence's logits
-//! alone and batched agree as with any cache; the checkpoint's `k_scale`/`v_scale` are used;
-//! the block pool holds 4x the tokens of an f32 cache and 2x a bf16 one in the same memory;
-//! MLA models and unknown dtypes are refused by name. Also: e4m3 rounding bit for bit against
-//! torch, and the CPU kernel over fp8 bytes against tensor ops over the decoded values.
+//! `--kv-cache-dtype`: K and V stored narrower than the model computes, in the CPU paged
+//! attention path.
+//!
+//! fp8: e4m3 bytes with per-tensor scales. The logits match transformers with its K/V rounded
+//! through torch's e4m3 cast (within 1e-4), and stay within a stated bound of an f32 cache's;
+//! a sequence's logits alone and batched agree as with any cache; the checkpoint's
+//! `k_scale`/`v_scale` are used; the block pool holds 4x the tokens of an f32 cache and 2x a
+//! bf16 one in the same memory; MLA models and unknown dtypes are refused by name. Also: e4m3
+//! rounding bit for bit against torch, and the CPU kernel over fp8 bytes against tensor ops
+//! over the decoded values.
+//!
+//! fp16 and bf16 (an f32 model with a 16-bit cache, llama.cpp's default on GGUF): the logits
+//! match transformers with K/V rounded through torch's float16/bfloat16 casts, alone == batched
+//! bit for bit, twice an f32 cache's tokens; refused for MLA.
 
 use std::path::PathBuf;
 
@@ -111,13 +118,15 @@ fn cache(model: &dyn CausalLm, dtype: KvCacheDtype) -> KvCache {
 }
 
 /// transformers with every cached key (after rotary) and value rounded through torch's
-/// float8_e4m3fn cast (tests/fixtures/make_fp8_kv_reference.py), each prompt alone.
+/// float8_e4m3fn cast (tests/fixtures/make_kv_cache_reference.py), each prompt alone.
 fn fp8_kv_reference(key: &str) -> Vec<Vec<Vec<f32>>> {
-    let v: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("quant/fp8_kv_logits.json")).unwrap(),
-    )
-    .unwrap();
-    serde_json::from_value(v[key].clone()).unwrap()
+    reference("quant/fp8_kv_logits.json", key)
+}
+
+fn reference(file: &str, key: &str) -> Vec<Vec<Vec<f32>>> {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture(file)).unwrap()).unwrap();
+    serde_json::from_value(v[key].clone()).unwrap_or_else(|e| panic!("{file} {key}: {e}"))
 }
 
 /// Within f32 rounding of the reference (an element landing on the other side of an e4m3
@@ -238,6 +247,68 @@ fn checkpoint_kv_scales_are_used() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// A key whose f32 value differs from transformers' in the last bit can round to the other
+/// 16-bit neighbour: one such element moves a tiny model's logits by ~1e-4 of the row's largest.
+const HALF_REFERENCE_TOL: f32 = 3e-4;
+
+/// Llama and Qwen3 with fp16 and bf16 caches under an f32 model, batched and decoded token by
+/// token, against transformers with K/V rounded through torch's casts (the rounding is the
+/// same round-to-nearest-even, and reading widens exactly), far closer than an f32 cache is;
+/// each prompt alone agrees with the batch bit for bit.
+#[test]
+fn half_kv_matches_transformers_with_half_rounded_kv() {
+    for name in ["tiny-llama", "tiny-qwen3"] {
+        let model = load(fixture(name));
+        let f32_kv = logits(
+            model.as_ref(),
+            &cache(model.as_ref(), KvCacheDtype::Auto),
+            &PROMPTS,
+        );
+        for (tag, kv, dtype) in [
+            ("fp16", KvCacheDtype::Fp16, DType::F16),
+            ("bf16", KvCacheDtype::Bf16, DType::BF16),
+        ] {
+            let c = cache(model.as_ref(), kv);
+            assert_eq!(c.layer(0).0.dtype(), dtype);
+            let got = logits(model.as_ref(), &c, &PROMPTS);
+            let want = reference("quant/half_kv_logits.json", &format!("{name}-{tag}"));
+            let err = rel_err(&got, &want);
+            // An f32 cache misses the reference by the rounding itself.
+            let unrounded = rel_err(&f32_kv, &want);
+            eprintln!(
+                "{name}: {tag} KV vs transformers {tag}-rounded KV {err:.3e} (f32 KV: \
+                 {unrounded:.3e})"
+            );
+            assert!(err <= HALF_REFERENCE_TOL, "{name} {tag}: {err} > {HALF_REFERENCE_TOL}");
+            assert!(unrounded > 4.0 * err, "{name} {tag}: the rounding does not show");
+            for (i, p) in PROMPTS.iter().enumerate() {
+                let alone = logits(model.as_ref(), &cache(model.as_ref(), kv), &[p]);
+                assert!(alone[..] == got[i..i + 1], "{name} {tag}: prompt {i} alone vs batched");
+            }
+        }
+    }
+}
+
+/// Gemma 3 (sliding window, head_dim 32) and gpt-oss (attention sinks) take the 16-bit cache
+/// through the same kernels: close to an f32 cache (f16 keeps 11 bits, bf16 8), and not equal.
+#[test]
+fn half_kv_logits_stay_close_to_f32_kv() {
+    for name in ["tiny-gemma3", "tiny-gpt-oss"] {
+        let model = load(fixture(name));
+        let want = logits(
+            model.as_ref(),
+            &cache(model.as_ref(), KvCacheDtype::Auto),
+            &PROMPTS,
+        );
+        for (kv, tol) in [(KvCacheDtype::Fp16, 5e-3), (KvCacheDtype::Bf16, 5e-2)] {
+            let got = logits(model.as_ref(), &cache(model.as_ref(), kv), &PROMPTS);
+            let err = rel_err(&got, &want);
+            eprintln!("{name}: {} KV vs f32 KV {err:.3e}", kv.name());
+            assert!(err <= tol && err > 0.0, "{name} {}: {err}", kv.name());
+        }
+    }
+}
+
 /// The same `--kv-cache-memory` holds 4x the tokens of an f32 cache, 2x a bf16 one.
 #[test]
 fn fp8_kv_capacity_doubles_vs_bf16_and_quadruples_vs_f32() {
@@ -258,6 +329,8 @@ fn fp8_kv_capacity_doubles_vs_bf16_and_quadruples_vs_f32() {
     assert_eq!(bf16_blocks, 2 * f32_blocks);
     assert_eq!(fp8_blocks, 2 * bf16_blocks);
     assert_eq!(blocks(DType::F32, KvCacheDtype::Fp8E4m3), 4 * f32_blocks);
+    assert_eq!(blocks(DType::F32, KvCacheDtype::Fp16), 2 * f32_blocks);
+    assert_eq!(blocks(DType::F32, KvCacheDtype::Bf16), 2 * f32_blocks);
 }
 
 #[test]
@@ -269,6 +342,8 @@ fn unsupported_kv_cache_dtypes_are_refused_by_name() {
         KvCacheDtype::parse("fp8_e4m3").unwrap(),
         KvCacheDtype::Fp8E4m3
     );
+    assert_eq!(KvCacheDtype::parse("fp16").unwrap(), KvCacheDtype::Fp16);
+    assert_eq!(KvCacheDtype::parse("bfloat16").unwrap(), KvCacheDtype::Bf16);
     // MLA's latent cache is read by tensor ops that know no FP8 bytes: a load error.
     let model = load(fixture("tiny-deepseek-v2"));
     let e = model
@@ -277,6 +352,14 @@ fn unsupported_kv_cache_dtypes_are_refused_by_name() {
         .to_string();
     assert!(
         e.contains("--kv-cache-dtype fp8") && e.contains("MLA"),
+        "{e}"
+    );
+    let e = model
+        .new_kv_cache(8, BLOCK, DType::F16)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("--kv-cache-dtype fp16") && e.contains("MLA"),
         "{e}"
     );
 }
