@@ -279,11 +279,20 @@ fn half_kv_matches_transformers_with_half_rounded_kv() {
                 "{name}: {tag} KV vs transformers {tag}-rounded KV {err:.3e} (f32 KV: \
                  {unrounded:.3e})"
             );
-            assert!(err <= HALF_REFERENCE_TOL, "{name} {tag}: {err} > {HALF_REFERENCE_TOL}");
-            assert!(unrounded > 4.0 * err, "{name} {tag}: the rounding does not show");
+            assert!(
+                err <= HALF_REFERENCE_TOL,
+                "{name} {tag}: {err} > {HALF_REFERENCE_TOL}"
+            );
+            assert!(
+                unrounded > 4.0 * err,
+                "{name} {tag}: the rounding does not show"
+            );
             for (i, p) in PROMPTS.iter().enumerate() {
                 let alone = logits(model.as_ref(), &cache(model.as_ref(), kv), &[p]);
-                assert!(alone[..] == got[i..i + 1], "{name} {tag}: prompt {i} alone vs batched");
+                assert!(
+                    alone[..] == got[i..i + 1],
+                    "{name} {tag}: prompt {i} alone vs batched"
+                );
             }
         }
     }

@@ -225,7 +225,7 @@ struct PagedAttention {
 }
 
 trait Element: Copy + Send + Sync {
-    /// What the SIMD kernels read this type as, when they can (f32, f16, bf16; not FP8).
+    /// What the SIMD kernels read this type as (u8: FP8 e4m3 bytes).
     type Lane: cpu_attn::CacheLane;
     fn to_f32(self) -> f32;
     fn from_f32(x: f32) -> Self;
@@ -271,9 +271,9 @@ impl Element for f16 {
 
 /// An FP8 cache byte: its e4m3 value (the per-tensor scale is applied by the caller).
 impl Element for u8 {
-    type Lane = f32;
-    fn as_lanes(_: &[Self]) -> Option<&[f32]> {
-        None
+    type Lane = cpu_attn::E4m3;
+    fn as_lanes(s: &[Self]) -> Option<&[cpu_attn::E4m3]> {
+        Some(cpu_attn::E4m3::lanes(s))
     }
     #[inline(always)]
     fn to_f32(self) -> f32 {
@@ -335,7 +335,8 @@ impl PagedAttention {
     /// results do not depend on the batch or the thread count.
     ///
     /// An FP8 cache's K scale multiplies q with the softmax scale and its V scale multiplies
-    /// the output, so each cached element is decoded by one table lookup.
+    /// the output, so each cached element is decoded on its own (SIMD: bit moves into f16;
+    /// here: one table lookup).
     fn run<T: Element, C: Element>(
         &self,
         q: &[T],
@@ -352,10 +353,10 @@ impl PagedAttention {
             Some(s) => (self.scale * s.k, s.v),
             None => (self.scale, 1.0),
         };
-        // f32/f16/bf16 caches with a head dimension of whole vectors take the SIMD kernels.
+        // Caches with a head dimension of whole vectors take the SIMD kernels.
         if let (Some(kf), Some(vf)) = (C::as_lanes(k), C::as_lanes(v)) {
             if cpu_attn::available() && cpu_attn::supports(d) {
-                return self.run_tiled(q, qd, (kf, vf), kv_heads, q_scale);
+                return self.run_tiled(q, qd, (kf, vf), kv_heads, (q_scale, v_scale));
             }
         }
         let mut out = vec![T::from_f32(0.0); num_tokens * heads * d];

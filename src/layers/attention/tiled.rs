@@ -1,5 +1,5 @@
-//! The CPU kernel's SIMD path (f32, f16 and bf16 caches): query rows in tiles, context in
-//! chunks.
+//! The CPU kernel's SIMD path (f32, f16, bf16 and FP8 caches): query rows in tiles, context
+//! in chunks.
 //!
 //! A work item is a tile of up to [`ROW_TILE`] consecutive query rows of one sequence and one
 //! KV head, so each K/V chunk is read once for all the tile's query heads (prefill), or one
@@ -105,14 +105,16 @@ impl PagedAttention {
         items
     }
 
-    /// SIMD attention over f32, f16 or bf16 caches (FP8 never gets here).
+    /// SIMD attention over f32, f16, bf16 or FP8 caches; `q_scale` scales the queries (the
+    /// softmax scale, times an FP8 cache's K scale) and `v_scale` the outputs (an FP8 cache's
+    /// V scale, else 1).
     pub(super) fn run_tiled<T: Element, C: CacheLane>(
         &self,
         q: &[T],
         (num_tokens, heads, d): (usize, usize, usize),
         (k, v): (&[C], &[C]),
         kv_heads: usize,
-        q_scale: f32,
+        (q_scale, v_scale): (f32, f32),
     ) -> Vec<T> {
         use rayon::prelude::*;
         let dims = Dims {
@@ -137,7 +139,7 @@ impl PagedAttention {
             for (r, x) in rows.chunks_exact(group * d).enumerate() {
                 let o = ((it.row0 + r) * heads + it.kvh * group) * d;
                 for (y, &x) in out[o..o + group * d].iter_mut().zip(x) {
-                    *y = T::from_f32(x);
+                    *y = T::from_f32(x * v_scale);
                 }
             }
         };
