@@ -200,7 +200,15 @@ impl Server {
             Server::Mock(s) => {
                 let engine = s.state.engine().unwrap().clone();
                 let drained = s.stop().await;
-                let stats = engine.stats();
+                // As `flare serve` does after a drain: stop the engine, then read its stats. They
+                // are published after each step, and the step that sent the last tokens may not
+                // have published yet (seen on a loaded machine: 1 running, 10 blocks).
+                let stats = tokio::task::spawn_blocking(move || {
+                    engine.shutdown();
+                    engine.stats()
+                })
+                .await
+                .unwrap();
                 Stopped {
                     clean: drained,
                     running_after: stats.scheduler.num_running + stats.scheduler.num_waiting,
