@@ -1,6 +1,6 @@
 //! The server over the real SmolLM2-135M-Instruct (the default GGUF) on the CPU, through HTTP:
 //! greedy answers, stream/non-stream agreement, usage, logprobs, seeds, n, token-id prompts with
-//! echo, context length, and a disconnect freeing KV blocks. Small max_tokens throughout (the
+//! echo, context length, a disconnect freeing KV blocks, and a 16-bit KV cache. Small max_tokens throughout (the
 //! model decodes some tens of tokens per second here).
 //!
 //! Needs `python3 models/fetch_smollm2.py` (scripts/test.sh runs it).
@@ -369,4 +369,65 @@ async fn constraints_hold_for_every_choice_with_logprobs() {
             assert!(p <= 0.0 && p.is_finite(), "{lp}");
         }
     }
+}
+
+/// `--kv-cache-dtype fp16` through the real server: the greedy answer is still right, the
+/// metrics report the 16-bit cache (half the bytes per token, twice the tokens), and the
+/// request's blocks are free afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fp16_kv_cache_serves_and_reports_itself() {
+    let state = AppState::new(ServerConfig {
+        served_model_names: vec![MODEL.into()],
+        ..ServerConfig::default()
+    });
+    let args = EngineArgs {
+        kv_cache_dtype: flare::kv::KvCacheDtype::Fp16,
+        ..engine_args()
+    };
+    flare::server::load_into(&state, args).expect("model loads");
+    let engine = state.engine().unwrap().clone();
+    let server = serve(state).await;
+    let (s, v) = post(
+        &client(),
+        &server.url("/v1/chat/completions"),
+        question(json!({"max_tokens": 30, "temperature": 0})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text.contains("Paris"), "{text:?}");
+    let metrics = client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|x| x.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    // SmolLM2: 30 layers, K and V, 3 KV heads of 64, 2 bytes each.
+    assert_eq!(
+        value("flare:kv_cache_bytes_per_token"),
+        30.0 * 2.0 * 3.0 * 64.0 * 2.0
+    );
+    assert_eq!(value("flare:kv_cache_capacity_gain"), 2.0);
+    assert!(server.stop().await);
+    // Stats are published after a step: read them once the engine has stopped.
+    let stats = tokio::task::spawn_blocking(move || {
+        engine.shutdown();
+        engine.stats()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        stats.num_blocks, stats.num_free_blocks,
+        "blocks left in use"
+    );
 }
