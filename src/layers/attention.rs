@@ -13,7 +13,7 @@ use candle_core::{
 use half::{bf16, f16};
 
 use crate::cpu::attention as cpu_attn;
-use crate::kv::Fp8Scales;
+use crate::kv::{Fp8Scales, KvLayout};
 use crate::ops::paged_attention::{cuda_supports, DeviceAttnMeta};
 
 mod tiled;
@@ -108,6 +108,18 @@ impl AttnMetadata {
         v_cache: &Tensor,
         fp8: Option<Fp8Scales>,
     ) -> Result<()> {
+        if k_cache.rank() == 4 {
+            // The CPU's block-major cache (`kv::KvLayout`): each head's row to its own place.
+            let slots: Vec<u32> = (self.slot_runs.iter())
+                .flat_map(|&(_, s, n)| (s..s + n).map(|x| x as u32))
+                .collect();
+            let slots = Tensor::from_vec(slots, self.num_tokens, k.device())?;
+            let (k, v) = match fp8 {
+                Some(_) => (k.clone(), v.clone()),
+                None => (k.to_dtype(k_cache.dtype())?, v.to_dtype(v_cache.dtype())?),
+            };
+            return crate::ops::kv_write::reshape_and_cache(&k, &v, k_cache, v_cache, &slots, fp8);
+        }
         let (k, v) = match fp8 {
             Some(s) => (encode_fp8(k, s.k)?, encode_fp8(v, s.v)?),
             // A cache narrower than the model (`--kv-cache-dtype fp16`) rounds on the way in.
@@ -308,18 +320,27 @@ fn dot<T: Element>(a: &[f32], b: &[T]) -> f32 {
     ((w[0] + w[4]) + (w[2] + w[6])) + ((w[1] + w[5]) + (w[3] + w[7])) + tail
 }
 
-/// Calls `f(j, slot)` for positions `lo..=hi` in order (`j` counts from 0), walking the block
-/// table block by block instead of dividing per position.
+/// Calls `f(j, row)` for positions `lo..=hi` in order (`j` counts from 0), `row` being the
+/// cache row of KV head `kvh` at that position; walks the block table block by block instead
+/// of dividing per position.
 #[inline(always)]
-fn for_slots(table: &[u32], bs: usize, lo: usize, hi: usize, mut f: impl FnMut(usize, usize)) {
+fn for_rows(
+    table: &[u32],
+    layout: KvLayout,
+    bs: usize,
+    kvh: usize,
+    (lo, hi): (usize, usize),
+    mut f: impl FnMut(usize, usize),
+) {
     let mut j = 0;
     let mut p = lo;
     while p <= hi {
         let (blk, off) = (p / bs, p % bs);
         let end = (hi - p).min(bs - 1 - off);
-        let base = table[blk] as usize * bs + off;
+        let (first, step) = layout.block_rows(table[blk] as usize, bs, kvh);
+        let base = first + off * step;
         for i in 0..=end {
-            f(j + i, base + i);
+            f(j + i, base + i * step);
         }
         j += end + 1;
         p += end + 1;
@@ -343,10 +364,11 @@ impl PagedAttention {
         qd: (usize, usize, usize),
         k: &[C],
         v: &[C],
-        kv_heads: usize,
+        layout: KvLayout,
     ) -> Vec<T> {
         use rayon::prelude::*;
         let (num_tokens, heads, d) = qd;
+        let kv_heads = layout.kv_heads();
         let group = heads / kv_heads;
         let bs = self.meta.block_size;
         let (q_scale, v_scale) = match self.fp8 {
@@ -356,7 +378,7 @@ impl PagedAttention {
         // Caches with a head dimension of whole vectors take the SIMD kernels.
         if let (Some(kf), Some(vf)) = (C::as_lanes(k), C::as_lanes(v)) {
             if cpu_attn::available() && cpu_attn::supports(d) {
-                return self.run_tiled(q, qd, (kf, vf), kv_heads, (q_scale, v_scale));
+                return self.run_tiled(q, qd, (kf, vf), layout, (q_scale, v_scale));
             }
         }
         let mut out = vec![T::from_f32(0.0); num_tokens * heads * d];
@@ -382,8 +404,8 @@ impl PagedAttention {
             }
             scores.clear();
             scores.resize(group * n, 0.0);
-            for_slots(&s.block_table, bs, lo, pos, |j, slot| {
-                let ko = (slot * kv_heads + kvh) * d;
+            for_rows(&s.block_table, layout, bs, kvh, (lo, pos), |j, row| {
+                let ko = row * d;
                 let kr = &k[ko..ko + d];
                 for g in 0..group {
                     scores[g * n + j] = dot(&qf[g * d..(g + 1) * d], kr);
@@ -408,8 +430,8 @@ impl PagedAttention {
                     *x *= inv;
                 }
             }
-            for_slots(&s.block_table, bs, lo, pos, |j, slot| {
-                let vo = (slot * kv_heads + kvh) * d;
+            for_rows(&s.block_table, layout, bs, kvh, (lo, pos), |j, row| {
+                let vo = row * d;
                 let vr = &v[vo..vo + d];
                 for g in 0..group {
                     let w = scores[g * n + j];
@@ -463,8 +485,13 @@ impl CustomOp3 for PagedAttention {
         lv: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (t, h, d) = lq.shape().dims3()?;
-        let (_, kvh, kd) = lk.shape().dims3()?;
-        if kd != d || h % kvh != 0 || lk.shape() != lv.shape() {
+        let layout = KvLayout::of(lk.dims())?;
+        let (kvh, kd) = (layout.kv_heads(), lk.dims()[lk.dims().len() - 1]);
+        let block_ok = match layout {
+            KvLayout::BlockMajor { block_size, .. } => block_size == self.meta.block_size,
+            KvLayout::SlotMajor { .. } => true,
+        };
+        if kd != d || h % kvh != 0 || lk.shape() != lv.shape() || !block_ok {
             candle_core::bail!(
                 "paged attention: q {:?} vs cache {:?}",
                 lq.shape(),
@@ -484,16 +511,16 @@ impl CustomOp3 for PagedAttention {
             ($q:expr, $wrap:path) => {
                 match (k, v) {
                     (CpuStorage::F32(k), CpuStorage::F32(v)) => {
-                        $wrap(self.run($q, dims, &k[k0..k1], &v[v0..v1], kvh))
+                        $wrap(self.run($q, dims, &k[k0..k1], &v[v0..v1], layout))
                     }
                     (CpuStorage::F16(k), CpuStorage::F16(v)) => {
-                        $wrap(self.run($q, dims, &k[k0..k1], &v[v0..v1], kvh))
+                        $wrap(self.run($q, dims, &k[k0..k1], &v[v0..v1], layout))
                     }
                     (CpuStorage::BF16(k), CpuStorage::BF16(v)) => {
-                        $wrap(self.run($q, dims, &k[k0..k1], &v[v0..v1], kvh))
+                        $wrap(self.run($q, dims, &k[k0..k1], &v[v0..v1], layout))
                     }
                     (CpuStorage::U8(k), CpuStorage::U8(v)) if self.fp8.is_some() => {
-                        $wrap(self.run($q, dims, &k[k0..k1], &v[v0..v1], kvh))
+                        $wrap(self.run($q, dims, &k[k0..k1], &v[v0..v1], layout))
                     }
                     _ => candle_core::bail!(
                         "paged attention: unsupported cache dtype {:?}",
@@ -553,7 +580,8 @@ pub fn paged_attention_tensor_ops(
     sinks: Option<&[f32]>,
 ) -> Result<Tensor> {
     let (_, heads, d) = q.dims3()?;
-    let kv_heads = k_cache.dim(1)?;
+    let layout = KvLayout::of(k_cache.dims())?;
+    let kv_heads = layout.kv_heads();
     let group = heads / kv_heads;
     // `[kv_heads, group, 1, 1]`, head `kvh * group + g` at `[kvh, g]` as the query heads are.
     let sinks = sinks
@@ -563,21 +591,25 @@ pub fn paged_attention_tensor_ops(
     let mut outs = Vec::with_capacity(meta.seqs.len());
     for s in meta.seqs.iter() {
         let (n, ctx) = (s.query_len, s.context_len);
-        let slots: Vec<u32> = (0..ctx)
-            .map(|p| s.block_table[p / bs] * bs as u32 + (p % bs) as u32)
+        // Cache rows of every (KV head, position), head-major.
+        let rows: Vec<u32> = (0..kv_heads)
+            .flat_map(|h| {
+                (0..ctx).map(move |p| {
+                    let slot = s.block_table[p / bs] as usize * bs + p % bs;
+                    layout.row(slot, h) as u32
+                })
+            })
             .collect();
-        let idx = Tensor::from_vec(slots, ctx, q.device())?;
+        let idx = Tensor::from_vec(rows, kv_heads * ctx, q.device())?;
         // [kv_heads, ctx, d]
-        let k = k_cache
-            .index_select(&idx, 0)?
-            .transpose(0, 1)?
-            .to_dtype(DType::F32)?
-            .contiguous()?;
-        let v = v_cache
-            .index_select(&idx, 0)?
-            .transpose(0, 1)?
-            .to_dtype(DType::F32)?
-            .contiguous()?;
+        let gather = |cache: &Tensor| -> Result<Tensor> {
+            cache
+                .reshape((cache.elem_count() / d, d))?
+                .index_select(&idx, 0)?
+                .reshape((kv_heads, ctx, d))?
+                .to_dtype(DType::F32)
+        };
+        let (k, v) = (gather(k_cache)?, gather(v_cache)?);
         // [kv_heads, group * n, d]: query heads of one kv head are adjacent.
         let qs = q
             .narrow(0, s.query_start, n)?
@@ -682,6 +714,82 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(diff > 1e-3);
+    }
+
+    /// The CPU's block-major cache (`kv::KvLayout`) gives the same bits as a slot-major cache
+    /// holding the same rows, on the SIMD path (f32 and f16, a context of several chunks) and
+    /// the scalar one (a head dimension of 12), and `write_kv` puts every head's row of a
+    /// slot where the kernels read it.
+    #[test]
+    fn block_major_cache_gives_the_bits_of_slot_major() {
+        let dev = Device::Cpu;
+        for (dtype, d) in [(DType::F32, 64), (DType::F16, 64), (DType::F32, 12)] {
+            let (bs, kvh, heads, blocks) = (16, 3, 9, 48);
+            let slot_major = || {
+                Tensor::randn(0f32, 1.0, (blocks * bs, kvh, d), &dev)
+                    .and_then(|t| t.to_dtype(dtype))
+                    .unwrap()
+            };
+            let block_major = |c: &Tensor| {
+                c.reshape((blocks, bs, kvh, d))
+                    .and_then(|t| t.transpose(1, 2))
+                    .and_then(|t| t.contiguous())
+                    .unwrap()
+            };
+            let (k3, v3) = (slot_major(), slot_major());
+            let (k4, v4) = (block_major(&k3), block_major(&v3));
+            // A decode over 600 positions (3 chunks) and a 5-row chunk after 20 cached.
+            let table: Vec<u32> = (0..38).map(|b| (b * 7 % 38) as u32 + 2).collect();
+            let seqs = vec![
+                SeqAttn {
+                    query_start: 0,
+                    query_len: 1,
+                    context_len: 600,
+                    block_table: table,
+                    prompt_len: 0,
+                },
+                SeqAttn {
+                    query_start: 1,
+                    query_len: 5,
+                    context_len: 25,
+                    block_table: vec![1, 45],
+                    prompt_len: 0,
+                },
+            ];
+            let meta = AttnMetadata::new(seqs, bs, &dev).unwrap();
+            let q = Tensor::randn(0f32, 1.0, (6, heads, d), &dev).unwrap();
+            let rows = |k: &Tensor, v: &Tensor| {
+                paged_attention(&q, k, v, &meta, 0.2, None)
+                    .and_then(|o| o.flatten_all())
+                    .and_then(|o| o.to_vec1::<f32>())
+                    .unwrap()
+            };
+            let (a, b) = (rows(&k3, &v3), rows(&k4, &v4));
+            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{dtype:?} d {d}");
+            let ops = paged_attention_tensor_ops(&q, &k4, &v4, &meta, 0.2, None, None)
+                .and_then(|o| o.flatten_all())
+                .and_then(|o| o.to_vec1::<f32>())
+                .unwrap();
+            let diff = ops.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(diff < 1e-3, "{dtype:?} d {d}: tensor ops differ by {diff}");
+            // Writing the new rows into both layouts keeps them the same cache.
+            let (nk, nv) = (slot_major(), slot_major());
+            let (nk, nv) = (nk.narrow(0, 0, 6).unwrap(), nv.narrow(0, 0, 6).unwrap());
+            meta.write_kv(&nk, &nv, &k3, &v3, None).unwrap();
+            meta.write_kv(&nk, &nv, &k4, &v4, None).unwrap();
+            let same = |x: &Tensor, y: &Tensor| {
+                let (x, y) = (block_major(x), y.clone());
+                let diff = (x.to_dtype(DType::F32).unwrap() - y.to_dtype(DType::F32).unwrap())
+                    .and_then(|t| t.abs())
+                    .and_then(|t| t.max_all())
+                    .and_then(|t| t.to_scalar::<f32>())
+                    .unwrap();
+                assert_eq!(diff, 0.0, "{dtype:?} d {d}: caches differ after write_kv");
+            };
+            same(&k3, &k4);
+            same(&v3, &v4);
+            assert_ne!(a, rows(&k4, &v4), "the new rows must change the result");
+        }
     }
 
     /// The parallel CPU kernel: each sequence's rows are bit-identical alone and inside

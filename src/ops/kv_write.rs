@@ -5,7 +5,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Tensor};
 
-use crate::kv::Fp8Scales;
+use crate::kv::{Fp8Scales, KvLayout};
 
 /// Slot that marks a token whose K/V are not stored (padding in a captured batch).
 pub const PAD_SLOT: u32 = u32::MAX;
@@ -36,7 +36,8 @@ pub struct ReshapeAndCache {
 }
 
 impl ReshapeAndCache {
-    /// `(cache start, new start, tokens, elements per row, cache rows)`.
+    /// `(cache start, new start, tokens, elements per row, cache rows)`; a slot-major cache
+    /// (`[slots, ..]` as the new rows); see [`ReshapeAndCache::block_major`] for the other.
     fn dims(&self, lc: &Layout, ln: &Layout) -> Result<(usize, usize, usize, usize, usize)> {
         let (Some((c0, c1)), Some((n0, n1))) = (lc.contiguous_offsets(), ln.contiguous_offsets())
         else {
@@ -44,7 +45,7 @@ impl ReshapeAndCache {
         };
         let cd = lc.dims();
         let nd = ln.dims();
-        if cd.len() < 2 || cd[1..] != nd[1..] {
+        if cd.len() < 2 || (cd[1..] != nd[1..] && self.block_major(lc, ln).is_none()) {
             candle_core::bail!("reshape-and-cache: cache {cd:?} vs new rows {nd:?}");
         }
         let t = nd[0];
@@ -57,6 +58,41 @@ impl ReshapeAndCache {
         let row = (n1 - n0) / t.max(1);
         Ok((c0, n0, t, row, (c1 - c0) / row.max(1)))
     }
+
+    /// The layout of a CPU cache `[blocks, kv_heads, block_size, head_dim]` for new rows
+    /// `[tokens, kv_heads, head_dim]` (see `kv::KvLayout`); None for any other pair.
+    fn block_major(&self, lc: &Layout, ln: &Layout) -> Option<KvLayout> {
+        match (lc.dims(), ln.dims()) {
+            (&[_, h, _, d], &[_, nh, nd]) if (h, d) == (nh, nd) => KvLayout::of(lc.dims()).ok(),
+            _ => None,
+        }
+    }
+}
+
+/// [`reference`] into a block-major cache: each head's row of a slot to its own place.
+fn reference_block_major<T: Copy>(
+    cache: &mut [T],
+    new: &[T],
+    slots: &[u32],
+    layout: KvLayout,
+    d: usize,
+) -> Result<()> {
+    let heads = layout.kv_heads();
+    let rows = cache.len() / d;
+    for (t, &slot) in slots.iter().enumerate() {
+        if slot == PAD_SLOT {
+            continue;
+        }
+        for h in 0..heads {
+            let r = layout.row(slot as usize, h);
+            if r >= rows {
+                candle_core::bail!("reshape-and-cache: slot {slot} outside a cache of {rows} rows");
+            }
+            let src = (t * heads + h) * d;
+            cache[r * d..(r + 1) * d].copy_from_slice(&new[src..src + d]);
+        }
+    }
+    Ok(())
 }
 
 fn reference<T: Copy>(cache: &mut [T], new: &[T], slots: &[u32], row: usize) -> Result<()> {
@@ -93,6 +129,14 @@ impl InplaceOp2 for ReshapeAndCache {
             .flatten_all()?
             .to_vec1::<u32>()?;
         let (cr, nr) = (c0..c0 + rows * row, n0..n0 + t * row);
+        let layout = self.block_major(lc, ln);
+        let d = ln.dims()[ln.dims().len() - 1];
+        fn write<T: Copy>(c: &mut [T], n: &[T], s: &[u32], l: Option<KvLayout>, row: usize, d: usize) -> Result<()> {
+            match l {
+                Some(l) => reference_block_major(c, n, s, l, d),
+                None => reference(c, n, s, row),
+            }
+        }
         if let (Some(scale), CpuStorage::U8(c)) = (self.fp8_scale, &mut *cache) {
             let rows_f32: Vec<f32> = match new {
                 CpuStorage::F32(n) => n[nr].to_vec(),
@@ -102,14 +146,12 @@ impl InplaceOp2 for ReshapeAndCache {
             };
             let mut bytes = Vec::with_capacity(rows_f32.len());
             crate::quant::fp8::encode_e4m3_scaled(&rows_f32, scale, &mut bytes);
-            return reference(&mut c[cr], &bytes, &slots, row);
+            return write(&mut c[cr], &bytes, &slots, layout, row, d);
         }
         match (cache, new) {
-            (CpuStorage::F32(c), CpuStorage::F32(n)) => reference(&mut c[cr], &n[nr], &slots, row),
-            (CpuStorage::BF16(c), CpuStorage::BF16(n)) => {
-                reference(&mut c[cr], &n[nr], &slots, row)
-            }
-            (CpuStorage::F16(c), CpuStorage::F16(n)) => reference(&mut c[cr], &n[nr], &slots, row),
+            (CpuStorage::F32(c), CpuStorage::F32(n)) => write(&mut c[cr], &n[nr], &slots, layout, row, d),
+            (CpuStorage::BF16(c), CpuStorage::BF16(n)) => write(&mut c[cr], &n[nr], &slots, layout, row, d),
+            (CpuStorage::F16(c), CpuStorage::F16(n)) => write(&mut c[cr], &n[nr], &slots, layout, row, d),
             (c, _) => candle_core::bail!("reshape-and-cache: unsupported dtype {:?}", c.dtype()),
         }
     }
@@ -129,6 +171,9 @@ impl InplaceOp2 for ReshapeAndCache {
         use super::cuda::{function, grid, ptx, unsupported, with_u32};
 
         let (c0, n0, t, row, rows) = self.dims(lc, ln)?;
+        if self.block_major(lc, ln).is_some() {
+            candle_core::bail!("reshape-and-cache: a block-major cache is the CPU's layout");
+        }
         if t == 0 {
             return Ok(());
         }

@@ -9,7 +9,8 @@
 //! depend on the rows tiled with it (see `cpu::attention::chunk_partials`), so every output is
 //! the same bits alone or in any batch, at any thread count.
 
-use super::{for_slots, Element, PagedAttention};
+use super::{for_rows, Element, PagedAttention};
+use crate::kv::KvLayout;
 use crate::cpu::attention::{self as cpu_attn, CacheLane, Partials, CHUNK};
 
 /// Query rows that share one pass over each K/V chunk.
@@ -45,6 +46,7 @@ struct Scratch {
 struct Dims {
     heads: usize,
     kv_heads: usize,
+    layout: KvLayout,
     d: usize,
     q_scale: f32,
 }
@@ -113,13 +115,15 @@ impl PagedAttention {
         q: &[T],
         (num_tokens, heads, d): (usize, usize, usize),
         (k, v): (&[C], &[C]),
-        kv_heads: usize,
+        layout: KvLayout,
         (q_scale, v_scale): (f32, f32),
     ) -> Vec<T> {
         use rayon::prelude::*;
+        let kv_heads = layout.kv_heads();
         let dims = Dims {
             heads,
             kv_heads,
+            layout,
             d,
             q_scale,
         };
@@ -213,8 +217,9 @@ impl PagedAttention {
             // Cache offsets of positions span0.., padding with a valid row.
             sc.offs.clear();
             sc.offs.resize(p0 - span0, 0);
-            for_slots(&s.block_table, self.meta.block_size, p0, p1, |_, slot| {
-                sc.offs.push((slot * dims.kv_heads + it.kvh) * d)
+            let bs = self.meta.block_size;
+            for_rows(&s.block_table, dims.layout, bs, it.kvh, (p0, p1), |_, row| {
+                sc.offs.push(row * d)
             });
             let pad = sc.offs[p0 - span0];
             sc.offs[..p0 - span0].fill(pad);

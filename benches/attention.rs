@@ -1,0 +1,165 @@
+//! Decode attention over a long context on the CPU, the kernel alone: one query row per
+//! sequence against a paged f16/f32/fp8 cache laid out as the engine's (`[slots, kv_heads,
+//! head_dim]` per layer, blocks of 16 slots), every layer in turn, context chunks spread over
+//! the rayon pool as `layers/attention/tiled.rs` spreads them. Prints the time per step, per
+//! position and KV head, and the cache bytes read per second.
+//!
+//! `RAYON_NUM_THREADS=2 cargo bench --bench attention -- [CTX] [f16|f32|fp8]` (SmolLM2-135M's
+//! shape: 30 layers, 9 query heads over 3 KV heads of 64; defaults 4000 f16).
+
+use std::time::Instant;
+
+use flare::cpu::attention::{self as attn, CacheLane, E4m3, Partials, CHUNK};
+use rayon::prelude::*;
+
+fn layers() -> usize {
+    std::env::var("LAYERS").ok().and_then(|s| s.parse().ok()).unwrap_or(30)
+}
+const HEADS: usize = 9;
+const KV_HEADS: usize = 3;
+const D: usize = 64;
+const BLOCK: usize = 16;
+
+/// Element offset of position `p`, KV head `h` (LAYOUT=slot: the engine's `[slots, kv_heads,
+/// d]`; block: `[blocks, kv_heads, 16, d]`).
+fn offset(p: usize, h: usize) -> usize {
+    static BLOCK_MAJOR: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *BLOCK_MAJOR.get_or_init(|| std::env::var("LAYOUT").is_ok_and(|v| v == "block")) {
+        (((p / BLOCK) * KV_HEADS + h) * BLOCK + p % BLOCK) * D
+    } else {
+        (p * KV_HEADS + h) * D
+    }
+}
+
+fn noise(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
+        })
+        .collect()
+}
+
+/// One decode step over every layer; returns a checksum of the outputs.
+fn step<C: CacheLane>(k: &[Vec<C>], v: &[Vec<C>], q: &[f32], ctx: usize) -> f32 {
+    let group = HEADS / KV_HEADS;
+    let pos = ctx - 1;
+    let chunks = pos / CHUNK + 1;
+    let mut sum = 0.0;
+    for l in 0..layers() {
+        let items: Vec<(usize, usize)> = (0..KV_HEADS)
+            .flat_map(|h| (0..chunks).map(move |c| (h, c)))
+            .collect();
+        let work = |(offs, scores): &mut (Vec<usize>, Vec<f32>), &(h, c): &(usize, usize)| {
+            let (p0, p1) = (c * CHUNK, pos.min((c + 1) * CHUNK - 1));
+            let np = ((p1 + 8) & !7) - p0;
+            offs.clear();
+            offs.extend((p0..=p1).map(|p| offset(p, h)));
+            offs.resize(np, offs[0]);
+            scores.resize(group * np, 0.0);
+            let ranges = vec![(p0, p1); group];
+            let mut r = vec![0f32; group * (D + 2)];
+            let (m, rest) = r.split_at_mut(group);
+            let (lsum, o) = rest.split_at_mut(group);
+            let qh = &q[(l * HEADS + h * group) * D..][..group * D];
+            let out = Partials { m, l: lsum, o };
+            attn::chunk_partials(qh, &k[l], &v[l], offs, p0, &ranges, D, scores, out);
+            r
+        };
+        // One thread: no pool at all, so the figure is the kernel's own.
+        let parts: Vec<Vec<f32>> = if rayon::current_num_threads() == 1 {
+            let mut sc = Default::default();
+            items.iter().map(|it| work(&mut sc, it)).collect()
+        } else {
+            items.par_iter().map_init(Default::default, work).collect()
+        };
+        for h in 0..KV_HEADS {
+            for i in 0..group {
+                let (mut sm, mut sl, mut acc) = (f32::NEG_INFINITY, 0.0, vec![0f32; D]);
+                for c in 0..chunks {
+                    let r = &parts[h * chunks + c];
+                    let (m, lsum, o) = (r[i], r[group + i], &r[2 * group + i * D..][..D]);
+                    if sl == 0.0 {
+                        (sm, sl) = (m, lsum);
+                        acc.copy_from_slice(o);
+                    } else {
+                        attn::fold(&mut sm, &mut sl, &mut acc, m, lsum, o);
+                    }
+                }
+                let mut out = vec![0f32; D];
+                attn::finish(sm, sl, &acc, None, &mut out);
+                sum += out[0];
+            }
+        }
+    }
+    sum
+}
+
+fn run<C: CacheLane>(name: &str, ctx: usize, conv: impl Fn(f32) -> C) {
+    let slots = ctx.div_ceil(BLOCK) * BLOCK;
+    let cache = |seed: u64| -> Vec<Vec<C>> {
+        (0..layers())
+            .map(|l| {
+                let n = slots * KV_HEADS * D;
+                let mut buf = Vec::<C>::with_capacity(n + (4 << 20));
+                if std::env::var("HUGE").is_ok() {
+                    extern "C" {
+                        fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
+                    }
+                    let p = buf.as_mut_ptr() as usize;
+                    let a = (p + (2 << 20) - 1) & !((2 << 20) - 1);
+                    let len = (n * std::mem::size_of::<C>() + p + (4 << 20) - a) & !((2 << 20) - 1);
+                    // SAFETY: a range inside the allocation; MADV_HUGEPAGE = 14.
+                    assert_eq!(unsafe { madvise(a as *mut _, len, 14) }, 0);
+                }
+                buf.extend(noise(n, seed + l as u64).into_iter().map(&conv));
+                buf
+            })
+            .collect()
+    };
+    let (k, v) = (cache(1), cache(1000));
+    let q = noise(layers() * HEADS * D, 7);
+    let q: Vec<f32> = q.iter().map(|x| x * 0.125).collect();
+    let timed = || match rayon::current_num_threads() {
+        1 => step(&k, &v, &q, ctx),
+        _ => flare::cpu::pool::run(|| step(&k, &v, &q, ctx), true),
+    };
+    let mut check = timed();
+    let iters: usize = std::env::var("ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let mut times = Vec::new();
+    for _ in 0..iters {
+        let t = Instant::now();
+        check += timed();
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let med = times[iters / 2];
+    let bytes = 2 * layers() * ctx * KV_HEADS * D * std::mem::size_of::<C>();
+    println!(
+        "{name} ctx {ctx} threads {}: step {:.2} ms (min {:.2}), {:.1} ns per position and KV head, {:.1} GB/s of cache (check {check:.3})",
+        rayon::current_num_threads(),
+        med * 1e3,
+        times[0] * 1e3,
+        med * 1e9 / (layers() * ctx * KV_HEADS) as f64,
+        bytes as f64 / med / 1e9,
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let ctx = args.first().and_then(|a| a.parse().ok()).unwrap_or(4000);
+    match args.get(1).map(String::as_str).unwrap_or("f16") {
+        "f32" => run::<f32>("f32", ctx, |x| x),
+        "fp8" => run::<E4m3>("fp8", ctx, |x| E4m3(fp8(x))),
+        _ => run::<half::f16>("f16", ctx, half::f16::from_f32),
+    }
+}
+
+/// An e4m3 byte near `x` (|x| < 1 here; the kernel's speed does not depend on rounding).
+fn fp8(x: f32) -> u8 {
+    let b = half::f16::from_f32(x).to_bits();
+    let sign = ((b >> 8) & 0x80) as u8;
+    let mag = ((b & 0x7fff) >> 7) as u8;
+    sign | mag.min(0x7e)
+}
