@@ -1,11 +1,12 @@
-//! Decode attention over a long context on the CPU, the kernel alone: one query row per
-//! sequence against a paged f16/f32/fp8 cache laid out as the engine's (`[slots, kv_heads,
-//! head_dim]` per layer, blocks of 16 slots), every layer in turn, context chunks spread over
-//! the rayon pool as `layers/attention/tiled.rs` spreads them. Prints the time per step, per
-//! position and KV head, and the cache bytes read per second.
+//! Decode attention over a long context on the CPU, the kernel alone: one query row against a
+//! paged f16/f32/fp8 cache laid out as the engine's (`kv::KvLayout`, blocks of 16 slots),
+//! every layer in turn, context chunks spread over the rayon pool as
+//! `layers/attention/tiled.rs` spreads them. Prints the time per step, per position and KV
+//! head, and the cache bytes read per second.
 //!
 //! `RAYON_NUM_THREADS=2 cargo bench --bench attention -- [CTX] [f16|f32|fp8]` (SmolLM2-135M's
-//! shape: 30 layers, 9 query heads over 3 KV heads of 64; defaults 4000 f16).
+//! shape: 30 layers, 9 query heads over 3 KV heads of 64; defaults 4000 f16). Env: LAYERS=n,
+//! ITERS=n, LAYOUT=slot (the GPU's layout, for comparison).
 
 use std::time::Instant;
 
@@ -13,18 +14,21 @@ use flare::cpu::attention::{self as attn, CacheLane, E4m3, Partials, CHUNK};
 use rayon::prelude::*;
 
 fn layers() -> usize {
-    std::env::var("LAYERS").ok().and_then(|s| s.parse().ok()).unwrap_or(30)
+    std::env::var("LAYERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30)
 }
 const HEADS: usize = 9;
 const KV_HEADS: usize = 3;
 const D: usize = 64;
 const BLOCK: usize = 16;
 
-/// Element offset of position `p`, KV head `h` (LAYOUT=slot: the engine's `[slots, kv_heads,
-/// d]`; block: `[blocks, kv_heads, 16, d]`).
+/// Element offset of position `p`, KV head `h`: the engine's CPU layout `[blocks, kv_heads,
+/// 16, d]`, or with LAYOUT=slot the GPU's `[slots, kv_heads, d]` (blocks in order here).
 fn offset(p: usize, h: usize) -> usize {
     static BLOCK_MAJOR: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if *BLOCK_MAJOR.get_or_init(|| std::env::var("LAYOUT").is_ok_and(|v| v == "block")) {
+    if *BLOCK_MAJOR.get_or_init(|| std::env::var("LAYOUT").map_or(true, |v| v != "slot")) {
         (((p / BLOCK) * KV_HEADS + h) * BLOCK + p % BLOCK) * D
     } else {
         (p * KV_HEADS + h) * D
@@ -32,10 +36,14 @@ fn offset(p: usize, h: usize) -> usize {
 }
 
 fn noise(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
         })
         .collect()
@@ -102,17 +110,7 @@ fn run<C: CacheLane>(name: &str, ctx: usize, conv: impl Fn(f32) -> C) {
         (0..layers())
             .map(|l| {
                 let n = slots * KV_HEADS * D;
-                let mut buf = Vec::<C>::with_capacity(n + (4 << 20));
-                if std::env::var("HUGE").is_ok() {
-                    extern "C" {
-                        fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
-                    }
-                    let p = buf.as_mut_ptr() as usize;
-                    let a = (p + (2 << 20) - 1) & !((2 << 20) - 1);
-                    let len = (n * std::mem::size_of::<C>() + p + (4 << 20) - a) & !((2 << 20) - 1);
-                    // SAFETY: a range inside the allocation; MADV_HUGEPAGE = 14.
-                    assert_eq!(unsafe { madvise(a as *mut _, len, 14) }, 0);
-                }
+                let mut buf = Vec::<C>::with_capacity(n);
                 buf.extend(noise(n, seed + l as u64).into_iter().map(&conv));
                 buf
             })
@@ -126,7 +124,10 @@ fn run<C: CacheLane>(name: &str, ctx: usize, conv: impl Fn(f32) -> C) {
         _ => flare::cpu::pool::run(|| step(&k, &v, &q, ctx), true),
     };
     let mut check = timed();
-    let iters: usize = std::env::var("ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let iters: usize = std::env::var("ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
     let mut times = Vec::new();
     for _ in 0..iters {
         let t = Instant::now();
@@ -147,7 +148,10 @@ fn run<C: CacheLane>(name: &str, ctx: usize, conv: impl Fn(f32) -> C) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let ctx = args.first().and_then(|a| a.parse().ok()).unwrap_or(4000);
     match args.get(1).map(String::as_str).unwrap_or("f16") {
         "f32" => run::<f32>("f32", ctx, |x| x),

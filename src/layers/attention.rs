@@ -765,12 +765,19 @@ mod tests {
                     .unwrap()
             };
             let (a, b) = (rows(&k3, &v3), rows(&k4, &v4));
-            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{dtype:?} d {d}");
+            assert!(
+                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{dtype:?} d {d}"
+            );
             let ops = paged_attention_tensor_ops(&q, &k4, &v4, &meta, 0.2, None, None)
                 .and_then(|o| o.flatten_all())
                 .and_then(|o| o.to_vec1::<f32>())
                 .unwrap();
-            let diff = ops.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            let diff = ops
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
             assert!(diff < 1e-3, "{dtype:?} d {d}: tensor ops differ by {diff}");
             // Writing the new rows into both layouts keeps them the same cache.
             let (nk, nv) = (slot_major(), slot_major());

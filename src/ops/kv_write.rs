@@ -131,7 +131,14 @@ impl InplaceOp2 for ReshapeAndCache {
         let (cr, nr) = (c0..c0 + rows * row, n0..n0 + t * row);
         let layout = self.block_major(lc, ln);
         let d = ln.dims()[ln.dims().len() - 1];
-        fn write<T: Copy>(c: &mut [T], n: &[T], s: &[u32], l: Option<KvLayout>, row: usize, d: usize) -> Result<()> {
+        fn write<T: Copy>(
+            c: &mut [T],
+            n: &[T],
+            s: &[u32],
+            l: Option<KvLayout>,
+            row: usize,
+            d: usize,
+        ) -> Result<()> {
             match l {
                 Some(l) => reference_block_major(c, n, s, l, d),
                 None => reference(c, n, s, row),
@@ -149,9 +156,15 @@ impl InplaceOp2 for ReshapeAndCache {
             return write(&mut c[cr], &bytes, &slots, layout, row, d);
         }
         match (cache, new) {
-            (CpuStorage::F32(c), CpuStorage::F32(n)) => write(&mut c[cr], &n[nr], &slots, layout, row, d),
-            (CpuStorage::BF16(c), CpuStorage::BF16(n)) => write(&mut c[cr], &n[nr], &slots, layout, row, d),
-            (CpuStorage::F16(c), CpuStorage::F16(n)) => write(&mut c[cr], &n[nr], &slots, layout, row, d),
+            (CpuStorage::F32(c), CpuStorage::F32(n)) => {
+                write(&mut c[cr], &n[nr], &slots, layout, row, d)
+            }
+            (CpuStorage::BF16(c), CpuStorage::BF16(n)) => {
+                write(&mut c[cr], &n[nr], &slots, layout, row, d)
+            }
+            (CpuStorage::F16(c), CpuStorage::F16(n)) => {
+                write(&mut c[cr], &n[nr], &slots, layout, row, d)
+            }
             (c, _) => candle_core::bail!("reshape-and-cache: unsupported dtype {:?}", c.dtype()),
         }
     }

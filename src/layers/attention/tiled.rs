@@ -10,8 +10,8 @@
 //! the same bits alone or in any batch, at any thread count.
 
 use super::{for_rows, Element, PagedAttention};
-use crate::kv::KvLayout;
 use crate::cpu::attention::{self as cpu_attn, CacheLane, Partials, CHUNK};
+use crate::kv::KvLayout;
 
 /// Query rows that share one pass over each K/V chunk.
 const ROW_TILE: usize = 8;
@@ -218,9 +218,14 @@ impl PagedAttention {
             sc.offs.clear();
             sc.offs.resize(p0 - span0, 0);
             let bs = self.meta.block_size;
-            for_rows(&s.block_table, dims.layout, bs, it.kvh, (p0, p1), |_, row| {
-                sc.offs.push(row * d)
-            });
+            for_rows(
+                &s.block_table,
+                dims.layout,
+                bs,
+                it.kvh,
+                (p0, p1),
+                |_, row| sc.offs.push(row * d),
+            );
             let pad = sc.offs[p0 - span0];
             sc.offs[..p0 - span0].fill(pad);
             sc.offs.resize(np, pad);
