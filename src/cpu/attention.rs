@@ -519,20 +519,27 @@ mod x86 {
             out.m[i] = max;
             out.l[i] = hsum(sum);
         }
-        // Weighted sum of values: strips of up to 32 elements for up to 4 vectors at once, so
-        // each value row is read once per strip and the accumulators stay in registers.
+        // Weighted sum of values: strips of up to 64 elements for up to 6 vectors at once, as
+        // wide as the registers allow (G·W accumulators, G weights and one value vector), so
+        // each value row is read in as few passes as possible and the accumulators stay in
+        // registers.
         let mut g0 = 0;
         while g0 < nq {
             let gs = (nq - g0).min(if WIDE { 6 } else { 4 });
+            let most = match gs {
+                1 => 8,
+                2 | 3 if WIDE => 8,
+                2 => 4,
+                _ if WIDE => 4,
+                _ => 2,
+            };
             let mut c = 0;
             while c < d {
-                let left = (d - c) / 8;
-                // With 32 registers every group takes 32-element strips (fewer passes over
-                // the value rows; an f16 strip is one cache line of a row).
-                let w = match gs {
-                    1 | 2 => left.min(4),
-                    _ if WIDE && left >= 4 => 4,
-                    _ => left.min(2),
+                let w = match ((d - c) / 8).min(most) {
+                    8.. => 8,
+                    4..=7 => 4,
+                    2 | 3 => 2,
+                    _ => 1,
                 };
                 let args = Strip {
                     scores: sp,
@@ -545,26 +552,29 @@ mod x86 {
                     d,
                 };
                 match (gs, w) {
-                    (6, 4) => pv_strip::<6, 4, C>(g0, c, &args),
-                    (6, 2) | (6, 3) => pv_strip::<6, 2, C>(g0, c, &args),
-                    (6, _) => pv_strip::<6, 1, C>(g0, c, &args),
-                    (5, 4) => pv_strip::<5, 4, C>(g0, c, &args),
-                    (5, 2) | (5, 3) => pv_strip::<5, 2, C>(g0, c, &args),
-                    (5, _) => pv_strip::<5, 1, C>(g0, c, &args),
+                    (1, 8) => pv_strip::<1, 8, C>(g0, c, &args),
                     (1, 4) => pv_strip::<1, 4, C>(g0, c, &args),
-                    (1, 2) | (1, 3) => pv_strip::<1, 2, C>(g0, c, &args),
+                    (1, 2) => pv_strip::<1, 2, C>(g0, c, &args),
                     (1, _) => pv_strip::<1, 1, C>(g0, c, &args),
+                    (2, 8) => pv_strip::<2, 8, C>(g0, c, &args),
                     (2, 4) => pv_strip::<2, 4, C>(g0, c, &args),
-                    (2, 2) | (2, 3) => pv_strip::<2, 2, C>(g0, c, &args),
+                    (2, 2) => pv_strip::<2, 2, C>(g0, c, &args),
                     (2, _) => pv_strip::<2, 1, C>(g0, c, &args),
+                    (3, 8) => pv_strip::<3, 8, C>(g0, c, &args),
                     (3, 4) => pv_strip::<3, 4, C>(g0, c, &args),
                     (3, 2) => pv_strip::<3, 2, C>(g0, c, &args),
                     (3, _) => pv_strip::<3, 1, C>(g0, c, &args),
-                    (_, 4) => pv_strip::<4, 4, C>(g0, c, &args),
-                    (_, 2) => pv_strip::<4, 2, C>(g0, c, &args),
-                    (_, _) => pv_strip::<4, 1, C>(g0, c, &args),
+                    (4, 4) => pv_strip::<4, 4, C>(g0, c, &args),
+                    (4, 2) => pv_strip::<4, 2, C>(g0, c, &args),
+                    (4, _) => pv_strip::<4, 1, C>(g0, c, &args),
+                    (5, 4) => pv_strip::<5, 4, C>(g0, c, &args),
+                    (5, 2) => pv_strip::<5, 2, C>(g0, c, &args),
+                    (5, _) => pv_strip::<5, 1, C>(g0, c, &args),
+                    (_, 4) => pv_strip::<6, 4, C>(g0, c, &args),
+                    (_, 2) => pv_strip::<6, 2, C>(g0, c, &args),
+                    (_, _) => pv_strip::<6, 1, C>(g0, c, &args),
                 }
-                c += 8 * if w == 3 { 2 } else { w };
+                c += 8 * w;
             }
             g0 += gs;
         }
@@ -634,18 +644,25 @@ mod x86 {
             for j in lo..=hi {
                 let idx = j - a.span0;
                 let row = a.vp.add(*a.offs.get_unchecked(idx) + c);
-                let mut v = [_mm256_setzero_ps(); W];
-                for (x, vx) in v.iter_mut().enumerate() {
-                    *vx = load8(row.add(8 * x));
+                let mut p = [_mm256_setzero_ps(); G];
+                for (gi, p) in p.iter_mut().enumerate() {
+                    *p = _mm256_broadcast_ss(&*a.scores.add((g0 + gi) * a.np + idx));
                 }
-                let every = j >= all_lo && j <= all_hi;
-                for (gi, acc) in acc.iter_mut().enumerate() {
-                    if !every && (j < rs[gi].0 || j > rs[gi].1) {
-                        continue;
-                    }
-                    let p = _mm256_broadcast_ss(&*a.scores.add((g0 + gi) * a.np + idx));
+                if j >= all_lo && j <= all_hi {
                     for x in 0..W {
-                        acc[x] = _mm256_fmadd_ps(p, v[x], acc[x]);
+                        let v = load8(row.add(8 * x));
+                        for gi in 0..G {
+                            acc[gi][x] = _mm256_fmadd_ps(p[gi], v, acc[gi][x]);
+                        }
+                    }
+                } else {
+                    for x in 0..W {
+                        let v = load8(row.add(8 * x));
+                        for gi in 0..G {
+                            if j >= rs[gi].0 && j <= rs[gi].1 {
+                                acc[gi][x] = _mm256_fmadd_ps(p[gi], v, acc[gi][x]);
+                            }
+                        }
                     }
                 }
             }
