@@ -624,6 +624,7 @@ mod x86 {
     /// over the vector's own positions in order (positions every vector attends to take the
     /// branch-free loop; at the edges of causal or windowed rows each vector checks its range).
     #[inline(always)]
+    #[allow(clippy::needless_range_loop)] // `x` and `gi` index two register arrays at once
     unsafe fn pv_strip<const G: usize, const W: usize, C: CacheLane>(
         g0: usize,
         c: usize,
