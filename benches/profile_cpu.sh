@@ -5,7 +5,8 @@
 # shares of the rest.
 # Usage: benches/profile_cpu.sh [MODEL] [OUTFILE]   (env: THREADS=1, FLARE=path to the binary,
 #   KINDS="decode prefill"; long-context kinds: prefill2k, prefill8k, decode4k (a 4,000-token
-#   prompt then 256 decode steps: the samples mix both, compare it against prefill4k))
+#   prompt then 256 decode steps: the samples mix both, compare it against prefill4k)),
+#   FLARE_ARGS="..." (extra flare flags, e.g. "--kv-cache-dtype fp16")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:-${FLARE_CACHE:-$HOME/.cache/flare}/models/SmolLM2-135M-Instruct.Q4_1.gguf}
@@ -15,7 +16,7 @@ t=${THREADS:-1}
 tmp=$(mktemp -d)
 {
   echo "# $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty') binary $flare"
-  echo "# $(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2); RAYON_NUM_THREADS=$t; FLARE_CPU_QGEMM=${FLARE_CPU_QGEMM:-unset}"
+  echo "# $(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2); RAYON_NUM_THREADS=$t; FLARE_CPU_QGEMM=${FLARE_CPU_QGEMM:-unset}; flags: ${FLARE_ARGS:-none}"
   for kind in ${KINDS:-decode prefill}; do
     case $kind in
       decode) args=(--input-len 16 --output-len 128) ;;
@@ -27,9 +28,11 @@ tmp=$(mktemp -d)
       *) echo "unknown kind $kind" >&2; exit 2 ;;
     esac
     echo "## $kind: flare bench latency ${args[*]} --batch-size 1; load: $(uptime)"
+    # shellcheck disable=SC2086 # FLARE_ARGS is a list of flags
     RAYON_NUM_THREADS=$t RUST_LOG=warn perf record -q -F 499 -o "$tmp/$kind.data" "$flare" bench latency \
       "$model" "${args[@]}" --batch-size 1 --num-iters-warmup 0 --num-iters 1 \
-      --kv-cache-memory 1000000000 --max-model-len 8300 --no-progress 2>&1 | grep -E 'Median (prefill|decode)'
+      --kv-cache-memory 1000000000 --max-model-len 8300 --no-progress ${FLARE_ARGS:-} 2>&1 |
+      grep -E 'Median (prefill|decode)'
     perf report -i "$tmp/$kind.data" --no-children --sort symbol --stdio 2>/dev/null |
       python3 benches/perf_classes.py
   done
