@@ -141,7 +141,8 @@ fn encode_fp8(x: &Tensor, scale: f32) -> Result<Tensor> {
     Tensor::from_vec(bytes, x.shape(), x.device())
 }
 
-/// `q: [num_tokens, heads, head_dim]` against the caches `[slots, kv_heads, head_dim]`;
+/// `q: [num_tokens, heads, head_dim]` against the caches `[slots, kv_heads, head_dim]` (on the
+/// CPU also block-major `[blocks, kv_heads, block_size, head_dim]`, see `kv::KvLayout`);
 /// returns `[num_tokens, heads, head_dim]` in q's dtype.
 pub fn paged_attention(
     q: &Tensor,

@@ -10,7 +10,8 @@ use crate::kv::{Fp8Scales, KvLayout};
 /// Slot that marks a token whose K/V are not stored (padding in a captured batch).
 pub const PAD_SLOT: u32 = u32::MAX;
 
-/// `k`, `v`: `[tokens, kv_heads, head_dim]`; caches `[slots, kv_heads, head_dim]`;
+/// `k`, `v`: `[tokens, kv_heads, head_dim]`; caches `[slots, kv_heads, head_dim]` (or, on the
+/// CPU, block-major `[blocks, kv_heads, block_size, head_dim]`, see `kv::KvLayout`);
 /// `slot_mapping`: `[tokens]` u32 on the same device; `fp8`: the scales of an FP8 cache.
 pub fn reshape_and_cache(
     k: &Tensor,
