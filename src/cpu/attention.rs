@@ -447,7 +447,7 @@ mod x86 {
         // Scores of the whole span: several query vectors share each K row load. The first
         // pass over the span also prefetches the K rows two blocks ahead into L1.
         let prefetch = |t: usize, n: usize| {
-            prefetch_rows(
+            prefetch_rows::<_MM_HINT_T0, C>(
                 kp,
                 &offs[(t + K_AHEAD).min(np)..(t + K_AHEAD + n).min(np)],
                 d,
@@ -457,8 +457,8 @@ mod x86 {
         // contiguous run in the CPU's block-major cache (`kv::KvLayout`), and asking for all of
         // them at once keeps the memory system busy where the hardware streams restart at each
         // block (`cargo bench --bench attention`, Zen 4: about a fifth less time per position).
-        prefetch_rows_l2(kp, offs, d);
-        prefetch_rows_l2(v.as_ptr(), offs, d);
+        prefetch_rows::<_MM_HINT_T1, C>(kp, offs, d);
+        prefetch_rows::<_MM_HINT_T1, C>(v.as_ptr(), offs, d);
         let mut qi = 0;
         while WIDE && qi + 3 <= nq {
             for t in (0..np).step_by(8) {
@@ -583,27 +583,15 @@ mod x86 {
     /// Positions ahead of the current score block whose K rows are prefetched.
     const K_AHEAD: usize = 16;
 
-    /// Prefetches the cache rows at `offs` (`d` elements each) into L2.
+    /// Prefetches the cache rows at `offs` (`d` elements each) with hint `HINT` (`_MM_HINT_T0`:
+    /// into L1, `_MM_HINT_T1`: into L2). Only memory traffic changes, never a value.
     #[inline(always)]
-    unsafe fn prefetch_rows_l2<C>(base: *const C, offs: &[usize], d: usize) {
+    unsafe fn prefetch_rows<const HINT: i32, C>(base: *const C, offs: &[usize], d: usize) {
         let bytes = d * std::mem::size_of::<C>();
         for &o in offs {
             let row = base.add(o).cast::<i8>();
             for b in (0..bytes).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T1>(row.add(b));
-            }
-        }
-    }
-
-    /// Prefetches the cache rows at `offs` (`d` elements each) into L1. Only memory traffic
-    /// changes, never a value.
-    #[inline(always)]
-    unsafe fn prefetch_rows<C>(base: *const C, offs: &[usize], d: usize) {
-        let bytes = d * std::mem::size_of::<C>();
-        for &o in offs {
-            let row = base.add(o).cast::<i8>();
-            for b in (0..bytes).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(row.add(b));
+                _mm_prefetch::<HINT>(row.add(b));
             }
         }
     }
