@@ -434,6 +434,20 @@ async fn hostile_inputs_get_openai_errors_and_leave_nothing_behind() {
     let mut buf = [0u8; 12];
     half.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"HTTP/1.1 200");
+    // The status line can come before the engine has taken the request in; the first event
+    // cannot. Hanging up before it would let the idle check below pass before the request
+    // starts (seen under load: "leaked blocks 3, running after 1").
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !seen.windows(5).any(|w| w == b"data:") {
+            let mut chunk = [0u8; 256];
+            let n = half.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the stream ended before its first event");
+            seen.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("the stream's first event arrives");
     report.requests_sent += 1;
     report.bad_inputs += 1;
     drop(half);
