@@ -396,28 +396,14 @@ async fn fp16_kv_cache_serves_and_reports_itself() {
     assert_eq!(s, 200, "{v}");
     let text = v["choices"][0]["message"]["content"].as_str().unwrap();
     assert!(text.contains("Paris"), "{text:?}");
-    let metrics = client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|x| x.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
-    };
+    let m = metrics(&client(), &server).await;
     // SmolLM2: 30 layers, K and V, 3 KV heads of 64, 2 bytes each.
     assert_eq!(
-        value("flare:kv_cache_bytes_per_token"),
-        30.0 * 2.0 * 3.0 * 64.0 * 2.0
+        metric(&m, "flare:kv_cache_bytes_per_token"),
+        Some(30.0 * 2.0 * 3.0 * 64.0 * 2.0),
+        "{m}"
     );
-    assert_eq!(value("flare:kv_cache_capacity_gain"), 2.0);
+    assert_eq!(metric(&m, "flare:kv_cache_capacity_gain"), Some(2.0), "{m}");
     assert!(server.stop().await);
     // Stats are published after a step: read them once the engine has stopped.
     let stats = tokio::task::spawn_blocking(move || {

@@ -44,6 +44,9 @@ pub struct AttnMetadata {
     pub num_tokens: usize,
     /// Slot mapping, block tables and work items on the GPU (None on the CPU).
     device_meta: Option<Arc<DeviceAttnMeta>>,
+    /// `[num_tokens]` u32 slots of the new tokens on the CPU (None elsewhere): built once per
+    /// step for every layer's write into a block-major cache.
+    cpu_slots: Option<Tensor>,
 }
 
 impl AttnMetadata {
@@ -79,9 +82,12 @@ impl AttnMetadata {
             }
         }
         let seqs = Arc::new(seqs);
-        let device_meta = match device {
-            Device::Cpu => None,
-            _ => Some(Arc::new(DeviceAttnMeta::new(&seqs, slots, device)?)),
+        let (device_meta, cpu_slots) = match device {
+            Device::Cpu => (None, Some(Tensor::from_vec(slots, num_tokens, device)?)),
+            _ => (
+                Some(Arc::new(DeviceAttnMeta::new(&seqs, slots, device)?)),
+                None,
+            ),
         };
         Ok(Self {
             positions: Tensor::from_vec(positions, num_tokens, device)?,
@@ -90,6 +96,7 @@ impl AttnMetadata {
             slot_runs,
             num_tokens,
             device_meta,
+            cpu_slots,
         })
     }
 
@@ -108,17 +115,14 @@ impl AttnMetadata {
         v_cache: &Tensor,
         fp8: Option<Fp8Scales>,
     ) -> Result<()> {
-        if k_cache.rank() == 4 {
-            // The CPU's block-major cache (`kv::KvLayout`): each head's row to its own place.
-            let slots: Vec<u32> = (self.slot_runs.iter())
-                .flat_map(|&(_, s, n)| (s..s + n).map(|x| x as u32))
-                .collect();
-            let slots = Tensor::from_vec(slots, self.num_tokens, k.device())?;
+        if let (4, Some(slots)) = (k_cache.rank(), &self.cpu_slots) {
+            // The CPU's block-major cache (`kv::KvLayout`): each head's row of a slot goes to
+            // its own place, which runs of whole slots (below) cannot express.
             let (k, v) = match fp8 {
                 Some(_) => (k.clone(), v.clone()),
                 None => (k.to_dtype(k_cache.dtype())?, v.to_dtype(v_cache.dtype())?),
             };
-            return crate::ops::kv_write::reshape_and_cache(&k, &v, k_cache, v_cache, &slots, fp8);
+            return crate::ops::kv_write::reshape_and_cache(&k, &v, k_cache, v_cache, slots, fp8);
         }
         let (k, v) = match fp8 {
             Some(s) => (encode_fp8(k, s.k)?, encode_fp8(v, s.v)?),
@@ -770,6 +774,13 @@ mod tests {
                 a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
                 "{dtype:?} d {d}"
             );
+            // A block-major cache whose blocks are not the metadata's is refused, not misread.
+            let halves = |c: &Tensor| c.reshape((blocks * 2, kvh, bs / 2, d)).unwrap();
+            let err = paged_attention(&q, &halves(&k4), &halves(&v4), &meta, 0.2, None);
+            assert!(
+                err.is_err(),
+                "{dtype:?} d {d}: a cache of 8-slot blocks was read"
+            );
             let ops = paged_attention_tensor_ops(&q, &k4, &v4, &meta, 0.2, None, None)
                 .and_then(|o| o.flatten_all())
                 .and_then(|o| o.to_vec1::<f32>())
@@ -807,16 +818,24 @@ mod tests {
     #[test]
     fn cpu_kernel_rows_are_batch_and_thread_invariant() {
         for dtype in [DType::F32, DType::F16, DType::BF16] {
-            rows_are_batch_and_thread_invariant(dtype);
+            rows_are_batch_and_thread_invariant(dtype, false);
+        }
+        // The CPU engine's own layout (`kv::KvLayout::BlockMajor`).
+        for dtype in [DType::F32, DType::F16] {
+            rows_are_batch_and_thread_invariant(dtype, true);
         }
     }
 
-    fn rows_are_batch_and_thread_invariant(cache_dtype: DType) {
+    fn rows_are_batch_and_thread_invariant(cache_dtype: DType, block_major: bool) {
         let dev = Device::Cpu;
         let (bs, kvh, heads, d) = (16, 3, 9, 64);
         let blocks = 64 * 4;
+        let shape: &[usize] = match block_major {
+            true => &[blocks, kvh, bs, d],
+            false => &[blocks * bs, kvh, d],
+        };
         let cache = || {
-            Tensor::randn(0f32, 1.0, (blocks * bs, kvh, d), &dev)
+            Tensor::randn(0f32, 1.0, shape, &dev)
                 .and_then(|t| t.to_dtype(cache_dtype))
                 .unwrap()
         };

@@ -45,7 +45,6 @@ struct Scratch {
 #[derive(Clone, Copy)]
 struct Dims {
     heads: usize,
-    kv_heads: usize,
     layout: KvLayout,
     d: usize,
     q_scale: f32,
@@ -53,7 +52,7 @@ struct Dims {
 
 impl Dims {
     fn group(&self) -> usize {
-        self.heads / self.kv_heads
+        self.heads / self.layout.kv_heads()
     }
 }
 
@@ -122,7 +121,6 @@ impl PagedAttention {
         let kv_heads = layout.kv_heads();
         let dims = Dims {
             heads,
-            kv_heads,
             layout,
             d,
             q_scale,
