@@ -291,28 +291,40 @@ mod x86 {
                 _mm_loadu_si128(p.cast()),
             ))),
             LaneKind::E4m3 => {
-                // e4m3's exponent and mantissa bits moved into f16's are the value / 2^8
-                // (bias 7 against 15; e4m3's subnormals land on f16's), so one exact multiply
-                // by 256 after the f16 conversion; 0x7f/0xff (NaN) stay NaN.
-                let b = _mm_cvtepu8_epi16(_mm_loadl_epi64(p.cast()));
-                let mag = _mm_and_si128(b, _mm_set1_epi16(0x7f));
-                let h = _mm_or_si128(
-                    _mm_slli_epi16::<7>(mag),
-                    _mm_slli_epi16::<8>(_mm_and_si128(b, _mm_set1_epi16(0x80))),
-                );
-                let x = _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_set1_ps(256.0));
-                let nan = _mm256_cvtepi16_epi32(_mm_cmpeq_epi16(mag, _mm_set1_epi16(0x7f)));
-                _mm256_or_ps(x, _mm256_castsi256_ps(nan))
+                // A sign-extended byte shifted left 20 puts e4m3's exponent and mantissa where
+                // f32's are and copies its sign into bit 31; masked, that is exactly the value
+                // / 2^120 (bias 7 against 127; e4m3's subnormals land on f32's). `body` takes
+                // the 2^120 back where it costs least (`E4M3_Q`, `E4M3_P`). NaN bytes (0x7f,
+                // 0xff) would read as +-480 / 2^120: `body` finds them in a pass of its own
+                // (`any_nan_byte`), far cheaper than checking every load.
+                let b = _mm256_cvtepi8_epi32(_mm_loadl_epi64(p.cast()));
+                _mm256_castsi256_ps(_mm256_and_si256(
+                    _mm256_slli_epi32::<20>(b),
+                    _mm256_set1_epi32(0x87f0_0000_u32 as i32),
+                ))
             }
         }
     }
+
+    /// What an e4m3 lane's 2^-120 is taken back with: q is scaled by `E4M3_Q` and each score
+    /// by `E4M3_Q` again (so neither q nor a partial dot product leaves f32's normal range),
+    /// each softmax weight by `E4M3_P` before it meets a value. Powers of two: the products
+    /// are the unscaled ones exactly, so an FP8 cache gives the bits of an f32 cache holding
+    /// the same values (unless a partial dot product is below 2^-66 in magnitude).
+    const E4M3_Q: f32 = f32::from_bits((127 + 60) << 23);
+    const E4M3_P: f32 = f32::from_bits((127 + 120) << 23);
 
     /// [`load8`] for tests.
     #[cfg(test)]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn widen8<C: CacheLane>(x: &[C; 8]) -> [f32; 8] {
         let mut out = [0f32; 8];
-        _mm256_storeu_ps(out.as_mut_ptr(), load8(x.as_ptr()));
+        let x = load8(x.as_ptr());
+        let x = match C::KIND {
+            LaneKind::E4m3 => _mm256_mul_ps(x, _mm256_set1_ps(E4M3_P)),
+            _ => x,
+        };
+        _mm256_storeu_ps(out.as_mut_ptr(), x);
         out
     }
 
@@ -384,7 +396,12 @@ mod x86 {
             for (i, g) in group.iter_mut().enumerate() {
                 *g = acc[(i0 + i) / PB][(i0 + i) % PB];
             }
-            _mm256_storeu_ps(lanes.as_mut_ptr(), transpose_sum(&group));
+            let sums = transpose_sum(&group);
+            let sums = match C::KIND {
+                LaneKind::E4m3 => _mm256_mul_ps(sums, _mm256_set1_ps(E4M3_Q)),
+                _ => sums,
+            };
+            _mm256_storeu_ps(lanes.as_mut_ptr(), sums);
             for (i, &x) in lanes.iter().enumerate() {
                 let (b, p) = ((i0 + i) / PB, (i0 + i) % PB);
                 *scores.add((qi + b) * np + t + p) = x;
@@ -443,6 +460,14 @@ mod x86 {
     ) {
         let nq = ranges.len();
         let np = offs.len();
+        let q_e4m3: Vec<f32>;
+        let q = match C::KIND {
+            LaneKind::E4m3 => {
+                q_e4m3 = q.iter().map(|x| x * E4M3_Q).collect();
+                &q_e4m3[..]
+            }
+            _ => q,
+        };
         let (qp, kp, sp) = (q.as_ptr(), k.as_ptr(), scores.as_mut_ptr());
         // Scores of the whole span: several query vectors share each K row load. The first
         // pass over the span also prefetches the K rows two blocks ahead into L1.
@@ -459,6 +484,8 @@ mod x86 {
         // block (`cargo bench --bench attention`, Zen 4: about a fifth less time per position).
         prefetch_rows::<_MM_HINT_T1, C>(kp, offs, d);
         prefetch_rows::<_MM_HINT_T1, C>(v.as_ptr(), offs, d);
+        let has_nan = C::KIND == LaneKind::E4m3
+            && (any_nan_byte(kp.cast(), offs, d) || any_nan_byte(v.as_ptr().cast(), offs, d));
         let mut qi = 0;
         while WIDE && qi + 3 <= nq {
             for t in (0..np).step_by(8) {
@@ -513,7 +540,11 @@ mod x86 {
             let mut sum = _mm256_setzero_ps();
             for c in sg.chunks_exact_mut(8) {
                 let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), mm));
-                _mm256_storeu_ps(c.as_mut_ptr(), e);
+                let w = match C::KIND {
+                    LaneKind::E4m3 => _mm256_mul_ps(e, _mm256_set1_ps(E4M3_P)),
+                    _ => e,
+                };
+                _mm256_storeu_ps(c.as_mut_ptr(), w);
                 sum = _mm256_add_ps(sum, e);
             }
             out.m[i] = max;
@@ -577,6 +608,63 @@ mod x86 {
                 c += 8 * w;
             }
             g0 += gs;
+        }
+        if has_nan {
+            poison_nan_ranges(kp.cast(), v.as_ptr().cast(), offs, span0, ranges, d, out);
+        }
+    }
+
+    /// Whether any of the e4m3 rows at `offs` (`d` bytes each, `d` a multiple of 8) holds a
+    /// NaN byte (0x7f or 0xff).
+    #[inline(always)]
+    unsafe fn any_nan_byte(base: *const u8, offs: &[usize], d: usize) -> bool {
+        let m7f = _mm256_set1_epi8(0x7f);
+        let mut hit = _mm256_setzero_si256();
+        for &o in offs {
+            let row = base.add(o);
+            let mut c = 0;
+            while c + 32 <= d {
+                let x = _mm256_loadu_si256(row.add(c).cast());
+                hit = _mm256_or_si256(hit, _mm256_cmpeq_epi8(_mm256_and_si256(x, m7f), m7f));
+                c += 32;
+            }
+            while c < d {
+                let x = _mm256_castsi128_si256(_mm_loadl_epi64(row.add(c).cast()));
+                let x = _mm256_and_si256(x, _mm256_set_epi64x(0, 0, 0, -1));
+                hit = _mm256_or_si256(hit, _mm256_cmpeq_epi8(_mm256_and_si256(x, m7f), m7f));
+                c += 8;
+            }
+        }
+        _mm256_testz_si256(hit, hit) == 0
+    }
+
+    /// Reads an FP8 cache's NaN bytes as NaN after the fact, as the f32 cache would have: a
+    /// vector whose range holds a position with a NaN in its K or V row gets NaN partials.
+    #[cold]
+    unsafe fn poison_nan_ranges(
+        kp: *const u8,
+        vp: *const u8,
+        offs: &[usize],
+        span0: usize,
+        ranges: &[(usize, usize)],
+        d: usize,
+        out: super::Partials,
+    ) {
+        let nan_row = |base: *const u8, o: usize| {
+            std::slice::from_raw_parts(base.add(o), d)
+                .iter()
+                .any(|&b| b & 0x7f == 0x7f)
+        };
+        let bad: Vec<bool> = offs
+            .iter()
+            .map(|&o| nan_row(kp, o) || nan_row(vp, o))
+            .collect();
+        for (i, &(a, b)) in ranges.iter().enumerate() {
+            if a <= b && bad[a - span0..=b - span0].iter().any(|&x| x) {
+                out.m[i] = f32::NAN;
+                out.l[i] = f32::NAN;
+                out.o[i * d..(i + 1) * d].fill(f32::NAN);
+            }
         }
     }
 
@@ -826,7 +914,8 @@ mod tests {
         }
     }
 
-    /// Every e4m3 byte widens to its value (NaN for 0x7f/0xff).
+    /// Every e4m3 byte but NaN widens to its value; the NaN bytes (0x7f/0xff) are the kernel's
+    /// own pass to find (`e4m3_nan_bytes_give_nan_outputs`).
     #[test]
     fn e4m3_lanes_widen_to_their_values() {
         if !available() {
@@ -838,11 +927,67 @@ mod tests {
             let got = unsafe { x86::widen8(&bytes) };
             for (b, g) in bytes.iter().zip(got) {
                 let want = crate::quant::fp8::e4m3_to_f32(b.0);
-                assert!(
-                    g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
-                    "{:#04x}: {g} vs {want}",
-                    b.0
-                );
+                if want.is_nan() {
+                    continue;
+                }
+                assert_eq!(g.to_bits(), want.to_bits(), "{:#04x}: {g} vs {want}", b.0);
+            }
+        }
+    }
+
+    /// A NaN byte in an FP8 cache reads as NaN, as in an f32 cache: every vector whose range
+    /// holds that position (in its K row or its V row) gets NaN partials, and the others the
+    /// same bits as without it, with both register blockings and a head dimension that is
+    /// not a multiple of 32.
+    #[test]
+    fn e4m3_nan_bytes_give_nan_outputs() {
+        if !available() {
+            return;
+        }
+        for d in [64, 40] {
+            let rows = 64;
+            let offs: Vec<usize> = (0..rows).map(|i| i * d).collect();
+            // Vectors 0..3 attend to position 20, vectors 3..5 do not.
+            let ranges = [(0, 30), (10, 20), (20, 63), (21, 63), (0, 19)];
+            let nq = ranges.len();
+            let q: Vec<f32> = noise(nq * d, 3).iter().map(|x| x * 0.5).collect();
+            let enc = |x: &f32| E4m3(crate::quant::fp8::f32_to_e4m3(x * 8.0));
+            let k: Vec<E4m3> = noise(rows * d, 4).iter().map(enc).collect();
+            let v: Vec<E4m3> = noise(rows * d, 5).iter().map(enc).collect();
+            let run = |wide: bool, k: &[E4m3], v: &[E4m3]| {
+                let (mut m, mut l, mut o) = (vec![0f32; nq], vec![0f32; nq], vec![0f32; nq * d]);
+                let mut scores = vec![0f32; nq * rows];
+                let out = Partials {
+                    m: &mut m,
+                    l: &mut l,
+                    o: &mut o,
+                };
+                chunk_partials_with(wide, &q, k, v, &offs, 0, &ranges, d, &mut scores, out);
+                (m, l, o)
+            };
+            for wide in [false, wide()] {
+                let clean = run(wide, &k, &v);
+                for (in_k, byte) in [(true, 0x7f), (false, 0xff), (true, 0xff)] {
+                    let (mut k2, mut v2) = (k.clone(), v.clone());
+                    let at = 20 * d + d - 3;
+                    if in_k {
+                        k2[at] = E4m3(byte);
+                    } else {
+                        v2[at] = E4m3(byte);
+                    }
+                    let (m, l, o) = run(wide, &k2, &v2);
+                    for i in 0..nq {
+                        let oi = &o[i * d..(i + 1) * d];
+                        if i < 3 {
+                            assert!(l[i].is_nan() && oi.iter().all(|x| x.is_nan()), "{d} {i}");
+                        } else {
+                            assert_eq!(m[i].to_bits(), clean.0[i].to_bits(), "{d} {i}");
+                            assert_eq!(l[i].to_bits(), clean.1[i].to_bits(), "{d} {i}");
+                            let want = &clean.2[i * d..(i + 1) * d];
+                            assert!(oi.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()));
+                        }
+                    }
+                }
             }
         }
     }
