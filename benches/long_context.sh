@@ -10,6 +10,7 @@
 #   FLARE_OLD=path: an A/B, that binary runs right after each run of $FLARE (interleaved)
 #   FLARE_ARGS / FLARE_OLD_ARGS: extra flags for each (e.g. "--kv-cache-dtype fp16", the cache
 #   type llama.cpp uses by default); FLARE_OLD may be $FLARE itself for an A/B of flags
+#   PEER_ARGS: extra llama-bench flags (e.g. "-ctk q8_0 -ctv q8_0 -fa 1" beside flare's fp8 cache)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache=${FLARE_CACHE:-$HOME/.cache/flare}
@@ -25,19 +26,20 @@ old=${FLARE_OLD:-}
 kv=(--kv-cache-memory 1000000000)
 read -r -a new_args <<< "${FLARE_ARGS:-}"
 read -r -a old_args <<< "${FLARE_OLD_ARGS:-}"
+read -r -a peer_args <<< "${PEER_ARGS:-}"
 # Extra flags of the n-th binary of "$flare $old".
 args_of() { if [ "$1" = 0 ]; then echo "${new_args[@]}"; else echo "${old_args[@]}"; fi; }
 {
   echo "# $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty') $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
   echo "# flags: $(grep -m1 flags /proc/cpuinfo | tr ' ' '\n' | grep -E '^avx|vnni|fma' | sort -u | tr '\n' ' ')"
   echo "# model: $gguf; prompts: $prompts; depths: $depths; threads: $threads"
-  echo "# flare flags: [${FLARE_ARGS:-}]${old:+ old: [${FLARE_OLD_ARGS:-}]}"
+  echo "# flare flags: [${FLARE_ARGS:-}]${old:+ old: [${FLARE_OLD_ARGS:-}]}; llama-bench flags: [${PEER_ARGS:-}]"
   for t in $threads; do
     for p in $prompts; do
       echo "## load: $(uptime)"
       if [ "$peer" = 1 ]; then
         echo "## llama.cpp llama-bench, prompt $p, threads $t"
-        "$bin/llama-bench" -m "$gguf" -t "$t" -p "$p" -n 0 -r 1 -o md 2>/dev/null | grep -E 'pp[0-9]'
+        "$bin/llama-bench" -m "$gguf" -t "$t" -p "$p" -n 0 -r 1 -o md "${peer_args[@]}" 2>/dev/null | grep -E 'pp[0-9]'
       fi
       i=0
       for b in $flare $old; do
@@ -53,7 +55,7 @@ args_of() { if [ "$1" = 0 ]; then echo "${new_args[@]}"; else echo "${old_args[@
       echo "## load: $(uptime)"
       if [ "$peer" = 1 ]; then
         echo "## llama.cpp llama-bench, decode 32 after a context of $c, threads $t"
-        "$bin/llama-bench" -m "$gguf" -t "$t" -p 0 -n 32 -d "$c" -r 1 -o md 2>/dev/null | grep -E 'tg[0-9]'
+        "$bin/llama-bench" -m "$gguf" -t "$t" -p 0 -n 32 -d "$c" -r 1 -o md "${peer_args[@]}" 2>/dev/null | grep -E 'tg[0-9]'
       fi
       i=0
       for b in $flare $old; do
