@@ -4,6 +4,7 @@
 pub mod activation;
 pub mod attention;
 pub mod dense;
+pub mod pages;
 pub mod pool;
 pub mod qgemm;
 pub mod vmath;

@@ -175,13 +175,15 @@ impl QWeight {
             Layout::Q4 => Q4_PANEL_BYTES,
             Layout::Q8 => Q8_PANEL_BYTES,
         };
+        let codes = vec![0; blocks * bytes];
+        super::pages::advise_huge(&codes);
         Self {
             layout,
             halves,
             bias: 0,
             n,
             k,
-            codes: vec![0; blocks * bytes],
+            codes,
             scales: vec![0.0; blocks * PANEL_SCALES],
             scales16: Vec::new(),
             source,

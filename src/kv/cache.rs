@@ -250,60 +250,24 @@ fn zeros(shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
     // candle's `vec![f16::ZERO; n]` writes every element (and so every page) first.
     let bits16 = || {
         let v = vec![0u16; n];
-        advise_huge_pages(&v);
+        crate::cpu::pages::advise_huge(&v);
         v
     };
     match dtype {
         DType::U8 => {
             let v = vec![0u8; n];
-            advise_huge_pages(&v);
+            crate::cpu::pages::advise_huge(&v);
             Tensor::from_vec(v, shape, device)
         }
         DType::F32 => {
             let v = vec![0f32; n];
-            advise_huge_pages(&v);
+            crate::cpu::pages::advise_huge(&v);
             Tensor::from_vec(v, shape, device)
         }
         DType::F16 => Tensor::from_vec(bits16().reinterpret_into::<half::f16>(), shape, device),
         DType::BF16 => Tensor::from_vec(bits16().reinterpret_into::<half::bf16>(), shape, device),
         _ => Tensor::zeros(shape, dtype, device),
     }
-}
-
-/// Asks Linux to back a large CPU buffer with transparent huge pages (`MADV_HUGEPAGE`; THP's
-/// default `madvise` mode gives them only to ranges that ask). A decode step reads every
-/// block of a long context once, a few KiB from each 4 KiB page, so with small pages nearly
-/// every block costs a TLB miss (a walk of two page tables under a hypervisor):
-/// `cargo bench --bench attention` over a 4k context ran about a sixth faster on huge pages.
-/// It must come before the first write, while the pages are still unfaulted. Only how they
-/// are backed changes, never a value; a refusal costs nothing but the speed.
-fn advise_huge_pages<T>(buf: &[T]) {
-    #[cfg(target_os = "linux")]
-    {
-        let (start, len) = (buf.as_ptr() as usize, std::mem::size_of_val(buf));
-        if len < 2 << 20 {
-            return;
-        }
-        // SAFETY: sysconf has no preconditions.
-        let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
-            p if p > 0 => p as usize,
-            _ => return,
-        };
-        let aligned = start & !(page - 1);
-        let len = (start + len).next_multiple_of(page) - aligned;
-        // SAFETY: the range is the whole pages that hold this live allocation (an edge page
-        // may hold a neighbour too); MADV_HUGEPAGE changes how pages are backed, never what
-        // they hold.
-        let r = unsafe { libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
-        if r != 0 {
-            tracing::debug!(
-                "madvise(MADV_HUGEPAGE) on the KV cache: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = buf;
 }
 
 #[cfg(test)]
