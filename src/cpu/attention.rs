@@ -1,5 +1,5 @@
-//! SIMD inner loops of CPU paged attention over an f32, f16 or bf16 cache (AVX2 + FMA + F16C,
-//! chosen at run time;
+//! SIMD inner loops of CPU paged attention over an f32, f16, bf16 or FP8 e4m3 cache (AVX2,
+//! FMA and F16C, chosen at run time;
 //! larger register blocks where AVX-512VL is present): one context chunk of a tile of query
 //! vectors (the heads of several query rows that share a KV head), giving each vector's chunk
 //! max, softmax sum and weighted values, and the fold that merges chunks in order.
@@ -36,8 +36,9 @@ pub fn supports(head_dim: usize) -> bool {
 }
 
 /// What a cache element is: the kernels read f32, f16, bf16 and FP8 e4m3 caches, widening 8
-/// elements at a time to f32 exactly (each is a subset of f32), so a narrow cache gives the
-/// same bits as an f32 cache holding the same values, at a half or a quarter of the bytes read.
+/// elements at a time to f32 exactly (each is a subset of f32; e4m3 to its value / 2^120, the
+/// power of two taken back in the arithmetic), so a narrow cache gives the same bits as an f32
+/// cache holding the same values, at a half or a quarter of the bytes read.
 pub trait CacheLane: Copy + Send + Sync + sealed::Sealed + 'static {
     #[doc(hidden)]
     const KIND: LaneKind;
