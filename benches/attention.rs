@@ -6,7 +6,9 @@
 //!
 //! `RAYON_NUM_THREADS=2 cargo bench --bench attention -- [CTX] [f16|f32|fp8]` (SmolLM2-135M's
 //! shape: 30 layers, 9 query heads over 3 KV heads of 64; defaults 4000 f16). Env: LAYERS=n,
-//! ITERS=n, LAYOUT=slot (the GPU's layout, for comparison).
+//! ITERS=n, LAYOUT=slot (the GPU's layout, for comparison), HOT=1 (every chunk reads the first
+//! chunk's rows: with LAYERS=1 they stay in L2, so the figure is the kernel's arithmetic with
+//! no memory misses).
 
 use std::time::Instant;
 
@@ -33,6 +35,11 @@ fn offset(p: usize, h: usize) -> usize {
     } else {
         (p * KV_HEADS + h) * D
     }
+}
+
+fn hot() -> bool {
+    static HOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HOT.get_or_init(|| std::env::var("HOT").is_ok_and(|v| v == "1"))
 }
 
 fn noise(n: usize, seed: u64) -> Vec<f32> {
@@ -63,7 +70,7 @@ fn step<C: CacheLane>(k: &[Vec<C>], v: &[Vec<C>], q: &[f32], ctx: usize) -> f32 
             let (p0, p1) = (c * CHUNK, pos.min((c + 1) * CHUNK - 1));
             let np = ((p1 + 8) & !7) - p0;
             offs.clear();
-            offs.extend((p0..=p1).map(|p| offset(p, h)));
+            offs.extend((p0..=p1).map(|p| offset(if hot() { p % CHUNK } else { p }, h)));
             offs.resize(np, offs[0]);
             scores.resize(group * np, 0.0);
             let ranges = vec![(p0, p1); group];
