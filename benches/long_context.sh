@@ -12,6 +12,9 @@
 #   type llama.cpp uses by default); FLARE_OLD may be $FLARE itself for an A/B of flags
 #   PEER_ARGS: extra llama-bench flags (e.g. "-ctk q8_0 -ctv q8_0 -fa 1" beside flare's fp8 cache)
 set -euo pipefail
+# An 8,192-token prompt plus its outputs runs past SmolLM2's 8,192 positions, as llama.cpp's
+# runs do (it only warns); flare refuses that unless told.
+export FLARE_ALLOW_LONG_MAX_MODEL_LEN=1
 cd "$(dirname "$0")/.."
 cache=${FLARE_CACHE:-$HOME/.cache/flare}
 gguf=${1:-$cache/models/SmolLM2-135M-Instruct.Q4_1.gguf}

@@ -8,6 +8,9 @@
 #   prompt then 256 decode steps: the samples mix both, compare it against prefill4k)),
 #   FLARE_ARGS="..." (extra flare flags, e.g. "--kv-cache-dtype fp16")
 set -euo pipefail
+# An 8,192-token prompt plus its outputs runs past SmolLM2's 8,192 positions, as llama.cpp's
+# runs do (it only warns); flare refuses that unless told.
+export FLARE_ALLOW_LONG_MAX_MODEL_LEN=1
 cd "$(dirname "$0")/.."
 model=${1:-${FLARE_CACHE:-$HOME/.cache/flare}/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 out=${2:-benches/results/profile-cpu-$(basename "$model" .gguf)-$(date +%Y-%m-%d).txt}

@@ -16,6 +16,9 @@
 #   FLARE=PATH           measure this flare binary instead of building the checkout's
 #   FLARE_ARGS="..."     extra flare flags (e.g. "--kv-cache-dtype fp16", llama.cpp's own cache type)
 set -euo pipefail
+# An 8,192-token prompt plus its outputs runs past SmolLM2's 8,192 positions, as llama.cpp's
+# runs do (it only warns); flare refuses that unless told.
+export FLARE_ALLOW_LONG_MAX_MODEL_LEN=1
 cd "$(dirname "$0")/.."
 model=${1:-smollm2}
 cache=${FLARE_CACHE:-$HOME/.cache/flare}

@@ -99,3 +99,35 @@ fn unimplemented_checkpoint_features_are_load_errors_naming_them() {
         "Qwen3ForSequenceClassification",
     );
 }
+
+/// A `--max-model-len` past the positions a checkpoint was made for is a load error naming the
+/// flag (vLLM's rule); up to them it loads. The tiny gpt-oss config: 512 positions but YaRN
+/// from 64 by 4, so 256.
+#[test]
+fn a_max_model_len_past_the_checkpoints_positions_is_refused() {
+    use flare::engine::{build_engine, EngineArgs};
+    let build = |name: &str, len: usize| {
+        build_engine(&EngineArgs {
+            model: Some(format!(
+                "{}/tests/fixtures/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            )),
+            kv_cache_memory: Some(8 << 20),
+            max_model_len: Some(len),
+            ..EngineArgs::default()
+        })
+    };
+    for (name, most) in [("tiny-llama", 512), ("tiny-gpt-oss", 256)] {
+        let loaded = build(name, most).unwrap_or_else(|e| panic!("{name} at {most}: {e:#}"));
+        assert_eq!(loaded.max_model_len, most);
+        let err = build(name, most + 1)
+            .err()
+            .expect("loaded past its positions");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains(&format!("--max-model-len {}", most + 1))
+                && msg.contains("FLARE_ALLOW_LONG_MAX_MODEL_LEN"),
+            "{name}: {msg}"
+        );
+    }
+}

@@ -134,10 +134,7 @@ async fn every_family_serves_reference_greedy_tokens_alone_and_in_a_batch_of_16(
             serde_json::from_str(&std::fs::read_to_string(dir(name).join("config.json")).unwrap())
                 .unwrap();
         assert_eq!(models["data"][0]["architecture"], cfg["model_type"]);
-        assert_eq!(
-            models["data"][0]["max_model_len"],
-            cfg["max_position_embeddings"]
-        );
+        assert_eq!(models["data"][0]["max_model_len"], derived_max_len(&cfg));
 
         for i in 0..g.prompts.len() {
             let (tokens, lp) = complete(&base, &g, i).await;
@@ -230,4 +227,19 @@ fn deepseek_kv_cache_holds_only_the_latent_and_rope_key() {
         log.contains(&format!("{} bytes per token", (24 + 8) * 3 * 4)),
         "{log}"
     );
+}
+
+/// vLLM's derived context length of a config.json: `max_position_embeddings`, for YaRN its
+/// `original_max_position_embeddings` times the factor (the tiny gpt-oss: 64 x 4).
+fn derived_max_len(cfg: &Value) -> u64 {
+    let base = cfg["max_position_embeddings"].as_u64().unwrap();
+    let rope = &cfg["rope_scaling"];
+    match rope["rope_type"].as_str().or(rope["type"].as_str()) {
+        Some("yarn") => {
+            let original = rope["original_max_position_embeddings"].as_u64().unwrap();
+            (original as f64 * rope["factor"].as_f64().unwrap()) as u64
+        }
+        Some("linear") => (base as f64 * rope["factor"].as_f64().unwrap()) as u64,
+        _ => base,
+    }
 }

@@ -31,6 +31,8 @@ pub struct ModelArgs {
     /// cache gets what the weights, a profiling forward and an activation reserve leave.
     #[arg(long, default_value_t = 0.9)]
     pub gpu_memory_utilization: f64,
+    /// Prompt + output tokens per request; default: the model's context as far as the KV cache
+    /// holds. Past the checkpoint's positions only with FLARE_ALLOW_LONG_MAX_MODEL_LEN=1.
     #[arg(long)]
     pub max_model_len: Option<usize>,
     #[arg(long, default_value_t = 256)]

@@ -108,7 +108,8 @@ pub fn build_engine(args: &EngineArgs) -> Result<LoadedEngine> {
     let kv_dtype = args.kv_cache_dtype.cache_dtype(model_dtype);
     let bytes_per_token = cfg.kv_bytes_per_token(kv_dtype.size_in_bytes());
     let block_size = args.scheduler.block_size;
-    let wanted_len = args.max_model_len.unwrap_or(cfg.max_position_embeddings);
+    let allow_long = std::env::var("FLARE_ALLOW_LONG_MAX_MODEL_LEN").is_ok_and(|v| v == "1");
+    let wanted_len = context_len(args.max_model_len, &cfg, allow_long)?;
     // Slots a draft model writes past a sequence's tokens.
     let lookahead = args
         .speculative
@@ -259,6 +260,33 @@ fn build_spec(
 }
 
 /// A draft proposes token ids, so they must mean the same text in both vocabularies.
+/// What the set `--max-model-len` (or, unset, the checkpoint's derived length) leaves: a length
+/// past the positions the checkpoint was made for is refused, as vLLM refuses it, because rotary
+/// positions past them give unreliable outputs with no error; `FLARE_ALLOW_LONG_MAX_MODEL_LEN=1`
+/// allows it anyway (vLLM's `VLLM_ALLOW_LONG_MAX_MODEL_LEN`).
+fn context_len(requested: Option<usize>, cfg: &ModelConfig, allow_long: bool) -> Result<usize> {
+    let derived = cfg.derived_max_len();
+    match requested {
+        None => Ok(derived),
+        Some(n) if n <= derived => Ok(n),
+        Some(n) => {
+            anyhow::ensure!(
+                allow_long,
+                "--max-model-len {n} is greater than the {derived} positions the model was made for \
+                 (max_position_embeddings {} and its rope scaling in the checkpoint's config); \
+                 positions past them may give wrong outputs. To allow it anyway, set \
+                 FLARE_ALLOW_LONG_MAX_MODEL_LEN=1",
+                cfg.max_position_embeddings
+            );
+            tracing::warn!(
+                "--max-model-len {n} is greater than the model's {derived} positions \
+                 (FLARE_ALLOW_LONG_MAX_MODEL_LEN=1): outputs past them may be wrong"
+            );
+            Ok(n)
+        }
+    }
+}
+
 fn check_same_vocab(target: &Tokenizer, draft: &Tokenizer) -> Result<()> {
     anyhow::ensure!(
         target.vocab_size() == draft.vocab_size(),
@@ -346,4 +374,26 @@ fn gpu_kv_budget(
     device: &Device,
 ) -> Result<usize> {
     anyhow::bail!("device {device:?} needs flare built with the cuda feature")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_context_past_the_models_positions_is_refused_unless_allowed() {
+        let cfg = ModelConfig {
+            max_position_embeddings: 512,
+            ..ModelConfig::default()
+        };
+        assert_eq!(context_len(None, &cfg, false).unwrap(), 512);
+        assert_eq!(context_len(Some(512), &cfg, false).unwrap(), 512);
+        assert_eq!(context_len(Some(100), &cfg, false).unwrap(), 100);
+        let e = context_len(Some(513), &cfg, false).unwrap_err().to_string();
+        assert!(
+            e.contains("--max-model-len 513") && e.contains("FLARE_ALLOW_LONG_MAX_MODEL_LEN=1"),
+            "{e}"
+        );
+        assert_eq!(context_len(Some(513), &cfg, true).unwrap(), 513);
+    }
 }

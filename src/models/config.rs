@@ -596,6 +596,27 @@ impl ModelConfig {
     }
 
     /// Dims of each head the rotary turns (the first ones).
+    /// The longest context the checkpoint is made for, derived as vLLM derives it:
+    /// `max_position_embeddings`, times the factor of a linear rope scaling, or YaRN's
+    /// `original_max_position_embeddings` times its factor (Llama 3 and LongRoPE configs already
+    /// give the extended length; Gemma 3's is already scaled).
+    pub fn derived_max_len(&self) -> usize {
+        if self.model_type.starts_with("gemma3") {
+            return self.max_position_embeddings;
+        }
+        match self.rope_scaling {
+            RopeScaling::Linear { factor } => {
+                (self.max_position_embeddings as f64 * factor) as usize
+            }
+            RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings,
+                ..
+            } => (original_max_position_embeddings as f64 * factor) as usize,
+            _ => self.max_position_embeddings,
+        }
+    }
+
     pub fn rotary_dim(&self) -> usize {
         self.rotary_dim.unwrap_or(self.head_dim)
     }
@@ -635,6 +656,46 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn derived_max_len_follows_vllm() {
+        let base = ModelConfig {
+            model_type: "llama".into(),
+            max_position_embeddings: 512,
+            ..ModelConfig::default()
+        };
+        assert_eq!(base.derived_max_len(), 512);
+        let yarn = |model_type: &str| ModelConfig {
+            model_type: model_type.into(),
+            rope_scaling: RopeScaling::Yarn {
+                factor: 4.0,
+                original_max_position_embeddings: 64,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                attention_factor: 1.0,
+                truncate: true,
+            },
+            ..base.clone()
+        };
+        assert_eq!(yarn("gpt_oss").derived_max_len(), 256);
+        let linear = |model_type: &str| ModelConfig {
+            model_type: model_type.into(),
+            rope_scaling: RopeScaling::Linear { factor: 8.0 },
+            ..base.clone()
+        };
+        assert_eq!(linear("llama").derived_max_len(), 4096);
+        assert_eq!(linear("gemma3_text").derived_max_len(), 512);
+        let llama3 = ModelConfig {
+            rope_scaling: RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 64,
+            },
+            ..base.clone()
+        };
+        assert_eq!(llama3.derived_max_len(), 512);
     }
 
     #[test]
