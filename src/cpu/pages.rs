@@ -1,8 +1,8 @@
 //! Huge pages for the large buffers every step streams through: the KV cache (a long-context
 //! decode reads every block once, a few KiB from each 4 KiB page, so with small pages nearly
 //! every block costs a TLB miss, a walk of two page tables under a hypervisor) and the packed
-//! quantized weights. `cargo bench --bench attention` over a 4k FP8 cache ran 10-25% faster
-//! on huge pages (Zen 4 VM, 2 threads).
+//! quantized weights (f32 caches excepted: see `kv::cache::zeros`). `cargo bench --bench
+//! attention` over a 4k FP8 cache ran 10-25% faster on huge pages (Zen 4 VM, 2 threads).
 
 /// Asks Linux to back a large buffer with transparent huge pages (`MADV_HUGEPAGE`; THP's
 /// default `madvise` mode gives them only to ranges that ask). It must come before the first
