@@ -243,3 +243,73 @@ fn derived_max_len(cfg: &Value) -> u64 {
         _ => base,
     }
 }
+
+/// Through `flare serve`: a `--max-model-len` past the checkpoint's 512 positions ends the
+/// process with an error naming the flag and the way to allow it; allowed, the server reports
+/// that length and completes a prompt that runs past position 512.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_a_max_model_len_past_the_positions_unless_allowed() {
+    use common::process::{free_port, FlareProcess};
+    let scratch = std::env::temp_dir().join(format!("flare-long-len-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let log = scratch.join("refused.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flare"))
+        .arg("serve")
+        .arg(dir("tiny-llama"))
+        .args([
+            "--port",
+            &free_port().to_string(),
+            "--max-model-len",
+            "1000",
+        ])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("RUST_LOG", "flare=warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(60) {
+            child.kill().ok();
+            panic!("flare serve kept running with --max-model-len 1000 on 512 positions");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("--max-model-len 1000 is greater than the 512 positions")
+            && err.contains("FLARE_ALLOW_LONG_MAX_MODEL_LEN=1"),
+        "{err}"
+    );
+
+    let server = FlareProcess::start(
+        &dir("tiny-llama"),
+        &["--max-model-len", "1000", "--kv-cache-memory", "8000000"],
+        &[("FLARE_ALLOW_LONG_MAX_MODEL_LEN", "1")],
+    )
+    .await;
+    let (s, models) = get(&client(), &format!("{}/v1/models", server.base)).await;
+    assert_eq!(s, 200);
+    let models: Value = serde_json::from_str(&models).unwrap();
+    assert_eq!(models["data"][0]["max_model_len"], 1000);
+    let prompt: Vec<u32> = (0..600).map(|i| 3 + i % 50).collect();
+    let r = client()
+        .post(format!("{}/v1/completions", server.base))
+        .json(
+            &json!({"model": dir("tiny-llama"), "prompt": prompt, "max_tokens": 4,
+                      "temperature": 0}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["usage"]["prompt_tokens"], 600, "{body}");
+    std::fs::remove_dir_all(&scratch).ok();
+}

@@ -259,7 +259,6 @@ fn build_spec(
     ))
 }
 
-/// A draft proposes token ids, so they must mean the same text in both vocabularies.
 /// What the set `--max-model-len` (or, unset, the checkpoint's derived length) leaves: a length
 /// past the positions the checkpoint was made for is refused, as vLLM refuses it, because rotary
 /// positions past them give unreliable outputs with no error; `FLARE_ALLOW_LONG_MAX_MODEL_LEN=1`
@@ -287,6 +286,7 @@ fn context_len(requested: Option<usize>, cfg: &ModelConfig, allow_long: bool) ->
     }
 }
 
+/// A draft proposes token ids, so they must mean the same text in both vocabularies.
 fn check_same_vocab(target: &Tokenizer, draft: &Tokenizer) -> Result<()> {
     anyhow::ensure!(
         target.vocab_size() == draft.vocab_size(),

@@ -260,12 +260,12 @@ fn zeros(shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
             crate::cpu::pages::advise_huge(&v);
             Tensor::from_vec(v, shape, device)
         }
-        // f32 stays on small pages: its 4k decode gained nothing from huge ones, and a fresh
-        // engine's 128-token prefill lost 2-8% to faulting them in (8-round A/Bs,
-        // `benches/results/ab-safetensors-rounds-s27-vs-s29-zen4-2026-12-04.txt`).
-        DType::F32 => Tensor::from_vec(vec![0f32; n], shape, device),
         DType::F16 => Tensor::from_vec(bits16().reinterpret_into::<half::f16>(), shape, device),
         DType::BF16 => Tensor::from_vec(bits16().reinterpret_into::<half::bf16>(), shape, device),
+        // f32 (candle's zeros: a zeroed allocation too) stays on small pages: its 4k decode
+        // gained nothing from huge ones, and a fresh engine's 128-token prefill lost 2-8% to
+        // faulting them in
+        // (`benches/results/ab-safetensors-rounds-s27-vs-s29-zen4-2026-12-04.txt`).
         _ => Tensor::zeros(shape, dtype, device),
     }
 }

@@ -595,7 +595,6 @@ impl ModelConfig {
         Ok(cfg)
     }
 
-    /// Dims of each head the rotary turns (the first ones).
     /// The longest context the checkpoint is made for, derived as vLLM derives it:
     /// `max_position_embeddings`, times the factor of a linear rope scaling, or YaRN's
     /// `original_max_position_embeddings` times its factor (Llama 3 and LongRoPE configs already
@@ -617,6 +616,7 @@ impl ModelConfig {
         }
     }
 
+    /// Dims of each head the rotary turns (the first ones).
     pub fn rotary_dim(&self) -> usize {
         self.rotary_dim.unwrap_or(self.head_dim)
     }
