@@ -1,5 +1,5 @@
 //! Decode attention over a long context on the CPU, the kernel alone: one query row against a
-//! paged f16/f32/fp8 cache laid out as the engine's (`kv::KvLayout`, blocks of 16 slots),
+//! paged f16/f32/fp8 cache laid out as the engine's (`kv::KvLayout`, blocks of 16 slots or BLOCK=n),
 //! every layer in turn, context chunks spread over the rayon pool as
 //! `layers/attention/tiled.rs` spreads them. Prints the time per step, per position and KV
 //! head, and the cache bytes read per second.
@@ -24,14 +24,24 @@ fn layers() -> usize {
 const HEADS: usize = 9;
 const KV_HEADS: usize = 3;
 const D: usize = 64;
-const BLOCK: usize = 16;
+/// Slots per block (`BLOCK=n`, the engine's `--block-size`; default 16).
+fn block() -> usize {
+    static BLOCK: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BLOCK.get_or_init(|| {
+        std::env::var("BLOCK")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(16)
+    })
+}
 
 /// Element offset of position `p`, KV head `h`: the engine's CPU layout `[blocks, kv_heads,
 /// 16, d]`, or with LAYOUT=slot the GPU's `[slots, kv_heads, d]` (blocks in order here).
 fn offset(p: usize, h: usize) -> usize {
     static BLOCK_MAJOR: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     if *BLOCK_MAJOR.get_or_init(|| std::env::var("LAYOUT").map_or(true, |v| v != "slot")) {
-        (((p / BLOCK) * KV_HEADS + h) * BLOCK + p % BLOCK) * D
+        let bs = block();
+        (((p / bs) * KV_HEADS + h) * bs + p % bs) * D
     } else {
         (p * KV_HEADS + h) * D
     }
@@ -112,7 +122,7 @@ fn step<C: CacheLane>(k: &[Vec<C>], v: &[Vec<C>], q: &[f32], ctx: usize) -> f32 
 }
 
 fn run<C: CacheLane>(name: &str, ctx: usize, conv: impl Fn(f32) -> C) {
-    let slots = ctx.div_ceil(BLOCK) * BLOCK;
+    let slots = ctx.div_ceil(block()) * block();
     let cache = |seed: u64| -> Vec<Vec<C>> {
         (0..layers())
             .map(|l| {

@@ -67,7 +67,31 @@ pub static E4M3_TABLE: std::sync::LazyLock<[f32; 256]> =
 /// row (the CUDA kernel multiplies by the same f32 reciprocal, so both give the same bytes).
 pub fn encode_e4m3_scaled(xs: &[f32], scale: f32, out: &mut Vec<u8>) {
     let inv = 1.0 / scale;
+    let start = out.len();
     out.extend(xs.iter().map(|&x| f32_to_e4m3(x * inv)));
+    if out[start..].iter().any(|&b| b & 0x7f == 0x7f) {
+        note_nan_bytes_written();
+    }
+}
+
+/// Set once this process has written a NaN byte into a CPU FP8 cache (see
+/// [`nan_bytes_written`]).
+static NAN_BYTES_WRITTEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether a NaN byte may be in some CPU FP8 cache: false until [`encode_e4m3_scaled`] first
+/// writes one (a NaN activation), then true for good. The CPU attention kernel reads NaN
+/// bytes as finite values and finds them in a pass of its own, about a fifth of its time;
+/// while this is false no cache can hold one, so it skips that pass. A latch for the whole
+/// process, because a cache is a plain candle buffer with no room for a flag of its own: a
+/// NaN anywhere only brings the pass back everywhere.
+pub fn nan_bytes_written() -> bool {
+    NAN_BYTES_WRITTEN.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// Records that a NaN byte went into a CPU FP8 cache (tests that write cache bytes directly
+/// call it too).
+pub fn note_nan_bytes_written() {
+    NAN_BYTES_WRITTEN.store(true, std::sync::atomic::Ordering::Release);
 }
 
 /// Symmetric int8 rounding of `v / scale` (ties to even, like `torch.round`), clamped.
