@@ -1,14 +1,15 @@
 //! Decode attention over a long context on the CPU, the kernel alone: one query row against a
-//! paged f16/f32/fp8 cache laid out as the engine's (`kv::KvLayout`, blocks of 16 slots or BLOCK=n),
-//! every layer in turn, context chunks spread over the rayon pool as
+//! paged f16/f32/fp8 cache laid out as the engine's (`kv::KvLayout`, blocks of 16 slots or
+//! BLOCK=n), every layer in turn, context chunks spread over the rayon pool as
 //! `layers/attention/tiled.rs` spreads them. Prints the time per step, per position and KV
 //! head, and the cache bytes read per second.
 //!
 //! `RAYON_NUM_THREADS=2 cargo bench --bench attention -- [CTX] [f16|f32|fp8]` (SmolLM2-135M's
 //! shape: 30 layers, 9 query heads over 3 KV heads of 64; defaults 4000 f16). Env: LAYERS=n,
-//! ITERS=n, LAYOUT=slot (the GPU's layout, for comparison), HOT=1 (every chunk reads the first
-//! chunk's rows: with LAYERS=1 they stay in L2, so the figure is the kernel's arithmetic with
-//! no memory misses).
+//! ITERS=n, LAYOUT=block|slot (other layouts, for comparison: see `offset`), HOT=1 (every
+//! chunk reads the first chunk's rows: with LAYERS=1 they stay in L2, so the figure is the
+//! kernel's arithmetic with no memory misses), READ_ONLY=1 (the same rows read in the same
+//! order with no arithmetic: the memory floor of the layout).
 
 use std::time::Instant;
 
@@ -35,17 +36,29 @@ fn block() -> usize {
     })
 }
 
-/// Element offset of position `p`, KV head `h`: the engine's CPU layout `[blocks, kv_heads,
-/// 16, d]`, or with LAYOUT=slot the GPU's `[slots, kv_heads, d]` (blocks in order here).
+/// Element offset of position `p`, KV head `h`: the engine's CPU layout `[kv_heads, blocks,
+/// 16, d]` with the blocks in order (each head's positions one contiguous run, as a sequence
+/// whose blocks were handed out consecutively), or with LAYOUT=block the layout before it,
+/// `[blocks, kv_heads, 16, d]` (runs of one block, as head-major gives for scattered blocks),
+/// or with LAYOUT=slot the GPU's `[slots, kv_heads, d]`.
 fn offset(p: usize, h: usize) -> usize {
-    static BLOCK_MAJOR: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if *BLOCK_MAJOR.get_or_init(|| std::env::var("LAYOUT").map_or(true, |v| v != "slot")) {
-        let bs = block();
-        (((p / bs) * KV_HEADS + h) * bs + p % bs) * D
-    } else {
-        (p * KV_HEADS + h) * D
+    static LAYOUT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let slots = *SLOTS.get().expect("slots");
+    match LAYOUT
+        .get_or_init(|| std::env::var("LAYOUT").unwrap_or_default())
+        .as_str()
+    {
+        "slot" => (p * KV_HEADS + h) * D,
+        "block" => {
+            let bs = block();
+            (((p / bs) * KV_HEADS + h) * bs + p % bs) * D
+        }
+        _ => (h * slots + p) * D,
     }
 }
+
+/// Slots of each layer's cache (set once by `run`).
+static SLOTS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
 
 fn hot() -> bool {
     static HOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -64,6 +77,26 @@ fn noise(n: usize, seed: u64) -> Vec<f32> {
             ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
         })
         .collect()
+}
+
+fn read_only() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("READ_ONLY").is_ok_and(|v| v == "1"))
+}
+
+/// The xor of the rows at `offs` (`D` elements each) as 8-byte words.
+fn xor_rows<C: CacheLane>(cache: &[C], offs: &[usize]) -> u64 {
+    let bytes = D * std::mem::size_of::<C>();
+    let mut x = 0u64;
+    for &o in offs {
+        let row = &cache[o..o + D];
+        // SAFETY: the row's `bytes` bytes are in bounds (sliced above).
+        let b = unsafe { std::slice::from_raw_parts(row.as_ptr().cast::<u8>(), bytes) };
+        for w in b.chunks_exact(8) {
+            x ^= u64::from_le_bytes(w.try_into().unwrap());
+        }
+    }
+    x
 }
 
 /// One decode step over every layer; returns a checksum of the outputs.
@@ -87,6 +120,14 @@ fn step<C: CacheLane>(k: &[Vec<C>], v: &[Vec<C>], q: &[f32], ctx: usize) -> f32 
             let mut r = vec![0f32; group * (D + 2)];
             let (m, rest) = r.split_at_mut(group);
             let (lsum, o) = rest.split_at_mut(group);
+            if read_only() {
+                // The memory floor: the same rows read in the same order, no arithmetic.
+                let x = xor_rows(&k[l], offs) ^ xor_rows(&v[l], offs);
+                lsum.fill(1.0);
+                m.fill(0.0);
+                o[0] = (x & 0xff) as f32;
+                return r;
+            }
             let qh = &q[(l * HEADS + h * group) * D..][..group * D];
             let out = Partials { m, l: lsum, o };
             attn::chunk_partials(qh, &k[l], &v[l], offs, p0, &ranges, D, scores, out);
@@ -122,7 +163,7 @@ fn step<C: CacheLane>(k: &[Vec<C>], v: &[Vec<C>], q: &[f32], ctx: usize) -> f32 
 }
 
 fn run<C: CacheLane>(name: &str, ctx: usize, conv: impl Fn(f32) -> C) {
-    let slots = ctx.div_ceil(block()) * block();
+    let slots = *SLOTS.get_or_init(|| ctx.div_ceil(block()) * block());
     let cache = |seed: u64| -> Vec<Vec<C>> {
         (0..layers())
             .map(|l| {

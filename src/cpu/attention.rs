@@ -480,8 +480,8 @@ mod x86 {
                 d,
             );
         };
-        // Every row this chunk reads, into L2 up front: one KV head's part of a block is a
-        // contiguous run in the CPU's block-major cache (`kv::KvLayout`), and asking for all of
+        // Every row this chunk reads, into L2 up front: a KV head's rows of a block are one
+        // contiguous run in the CPU's head-major cache (`kv::KvLayout`), and asking for all of
         // them at once keeps the memory system busy where the hardware streams restart at each
         // block (`cargo bench --bench attention`, Zen 4: about a fifth less time per position).
         prefetch_rows::<_MM_HINT_T1, C>(kp, offs, d);

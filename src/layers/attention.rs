@@ -45,7 +45,7 @@ pub struct AttnMetadata {
     /// Slot mapping, block tables and work items on the GPU (None on the CPU).
     device_meta: Option<Arc<DeviceAttnMeta>>,
     /// `[num_tokens]` u32 slots of the new tokens on the CPU (None elsewhere): built once per
-    /// step for every layer's write into a block-major cache.
+    /// step for every layer's write into a head-major cache.
     cpu_slots: Option<Tensor>,
 }
 
@@ -116,7 +116,7 @@ impl AttnMetadata {
         fp8: Option<Fp8Scales>,
     ) -> Result<()> {
         if let (4, Some(slots)) = (k_cache.rank(), &self.cpu_slots) {
-            // The CPU's block-major cache (`kv::KvLayout`): each head's row of a slot goes to
+            // The CPU's head-major cache (`kv::KvLayout`): each head's row of a slot goes to
             // its own place, which runs of whole slots (below) cannot express.
             let (k, v) = match fp8 {
                 Some(_) => (k.clone(), v.clone()),
@@ -146,7 +146,7 @@ fn encode_fp8(x: &Tensor, scale: f32) -> Result<Tensor> {
 }
 
 /// `q: [num_tokens, heads, head_dim]` against the caches `[slots, kv_heads, head_dim]` (on the
-/// CPU also block-major `[blocks, kv_heads, block_size, head_dim]`, see `kv::KvLayout`);
+/// CPU head-major `[kv_heads, blocks, block_size, head_dim]`, see `kv::KvLayout`);
 /// returns `[num_tokens, heads, head_dim]` in q's dtype.
 pub fn paged_attention(
     q: &Tensor,
@@ -493,7 +493,7 @@ impl CustomOp3 for PagedAttention {
         let layout = KvLayout::of(lk.dims())?;
         let (kvh, kd) = (layout.kv_heads(), lk.dims()[lk.dims().len() - 1]);
         let block_ok = match layout {
-            KvLayout::BlockMajor { block_size, .. } => block_size == self.meta.block_size,
+            KvLayout::HeadMajor { block_size, .. } => block_size == self.meta.block_size,
             KvLayout::SlotMajor { .. } => true,
         };
         if kd != d || h % kvh != 0 || lk.shape() != lv.shape() || !block_ok {
@@ -721,12 +721,12 @@ mod tests {
         assert!(diff > 1e-3);
     }
 
-    /// The CPU's block-major cache (`kv::KvLayout`) gives the same bits as a slot-major cache
+    /// The CPU's head-major cache (`kv::KvLayout`) gives the same bits as a slot-major cache
     /// holding the same rows, on the SIMD path (f32 and f16, a context of several chunks) and
     /// the scalar one (a head dimension of 12), and `write_kv` puts every head's row of a
     /// slot where the kernels read it.
     #[test]
-    fn block_major_cache_gives_the_bits_of_slot_major() {
+    fn head_major_cache_gives_the_bits_of_slot_major() {
         let dev = Device::Cpu;
         for (dtype, d) in [(DType::F32, 64), (DType::F16, 64), (DType::F32, 12)] {
             let (bs, kvh, heads, blocks) = (16, 3, 9, 48);
@@ -735,14 +735,14 @@ mod tests {
                     .and_then(|t| t.to_dtype(dtype))
                     .unwrap()
             };
-            let block_major = |c: &Tensor| {
-                c.reshape((blocks, bs, kvh, d))
-                    .and_then(|t| t.transpose(1, 2))
+            let head_major = |c: &Tensor| {
+                c.transpose(0, 1)
                     .and_then(|t| t.contiguous())
+                    .and_then(|t| t.reshape((kvh, blocks, bs, d)))
                     .unwrap()
             };
             let (k3, v3) = (slot_major(), slot_major());
-            let (k4, v4) = (block_major(&k3), block_major(&v3));
+            let (k4, v4) = (head_major(&k3), head_major(&v3));
             // A decode over 600 positions (3 chunks) and a 5-row chunk after 20 cached.
             let table: Vec<u32> = (0..38).map(|b| (b * 7 % 38) as u32 + 2).collect();
             let seqs = vec![
@@ -774,8 +774,8 @@ mod tests {
                 a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
                 "{dtype:?} d {d}"
             );
-            // A block-major cache whose blocks are not the metadata's is refused, not misread.
-            let halves = |c: &Tensor| c.reshape((blocks * 2, kvh, bs / 2, d)).unwrap();
+            // A head-major cache whose blocks are not the metadata's is refused, not misread.
+            let halves = |c: &Tensor| c.reshape((kvh, blocks * 2, bs / 2, d)).unwrap();
             let err = paged_attention(&q, &halves(&k4), &halves(&v4), &meta, 0.2, None);
             assert!(
                 err.is_err(),
@@ -797,7 +797,7 @@ mod tests {
             meta.write_kv(&nk, &nv, &k3, &v3, None).unwrap();
             meta.write_kv(&nk, &nv, &k4, &v4, None).unwrap();
             let same = |x: &Tensor, y: &Tensor| {
-                let (x, y) = (block_major(x), y.clone());
+                let (x, y) = (head_major(x), y.clone());
                 let diff = (x.to_dtype(DType::F32).unwrap() - y.to_dtype(DType::F32).unwrap())
                     .and_then(|t| t.abs())
                     .and_then(|t| t.max_all())
@@ -820,18 +820,18 @@ mod tests {
         for dtype in [DType::F32, DType::F16, DType::BF16] {
             rows_are_batch_and_thread_invariant(dtype, false);
         }
-        // The CPU engine's own layout (`kv::KvLayout::BlockMajor`).
+        // The CPU engine's own layout (`kv::KvLayout::HeadMajor`).
         for dtype in [DType::F32, DType::F16] {
             rows_are_batch_and_thread_invariant(dtype, true);
         }
     }
 
-    fn rows_are_batch_and_thread_invariant(cache_dtype: DType, block_major: bool) {
+    fn rows_are_batch_and_thread_invariant(cache_dtype: DType, head_major: bool) {
         let dev = Device::Cpu;
         let (bs, kvh, heads, d) = (16, 3, 9, 64);
         let blocks = 64 * 4;
-        let shape: &[usize] = match block_major {
-            true => &[blocks, kvh, bs, d],
+        let shape: &[usize] = match head_major {
+            true => &[kvh, blocks, bs, d],
             false => &[blocks * bs, kvh, d],
         };
         let cache = || {

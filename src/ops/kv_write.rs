@@ -11,7 +11,7 @@ use crate::kv::{Fp8Scales, KvLayout};
 pub const PAD_SLOT: u32 = u32::MAX;
 
 /// `k`, `v`: `[tokens, kv_heads, head_dim]`; caches `[slots, kv_heads, head_dim]` (or, on the
-/// CPU, block-major `[blocks, kv_heads, block_size, head_dim]`, see `kv::KvLayout`);
+/// CPU, head-major `[kv_heads, blocks, block_size, head_dim]`, see `kv::KvLayout`);
 /// `slot_mapping`: `[tokens]` u32 on the same device; `fp8`: the scales of an FP8 cache.
 pub fn reshape_and_cache(
     k: &Tensor,
@@ -38,7 +38,7 @@ pub struct ReshapeAndCache {
 
 impl ReshapeAndCache {
     /// `(cache start, new start, tokens, elements per row, cache rows)`; a slot-major cache
-    /// (`[slots, ..]` as the new rows); see [`ReshapeAndCache::block_major`] for the other.
+    /// (`[slots, ..]` as the new rows); see [`ReshapeAndCache::head_major`] for the other.
     fn dims(&self, lc: &Layout, ln: &Layout) -> Result<(usize, usize, usize, usize, usize)> {
         let (Some((c0, c1)), Some((n0, n1))) = (lc.contiguous_offsets(), ln.contiguous_offsets())
         else {
@@ -46,7 +46,7 @@ impl ReshapeAndCache {
         };
         let cd = lc.dims();
         let nd = ln.dims();
-        if cd.len() < 2 || (cd[1..] != nd[1..] && self.block_major(lc, ln).is_none()) {
+        if cd.len() < 2 || (cd[1..] != nd[1..] && self.head_major(lc, ln).is_none()) {
             candle_core::bail!("reshape-and-cache: cache {cd:?} vs new rows {nd:?}");
         }
         let t = nd[0];
@@ -60,18 +60,18 @@ impl ReshapeAndCache {
         Ok((c0, n0, t, row, (c1 - c0) / row.max(1)))
     }
 
-    /// The layout of a CPU cache `[blocks, kv_heads, block_size, head_dim]` for new rows
+    /// The layout of a CPU cache `[kv_heads, blocks, block_size, head_dim]` for new rows
     /// `[tokens, kv_heads, head_dim]` (see `kv::KvLayout`); None for any other pair.
-    fn block_major(&self, lc: &Layout, ln: &Layout) -> Option<KvLayout> {
+    fn head_major(&self, lc: &Layout, ln: &Layout) -> Option<KvLayout> {
         match (lc.dims(), ln.dims()) {
-            (&[_, h, _, d], &[_, nh, nd]) if (h, d) == (nh, nd) => KvLayout::of(lc.dims()).ok(),
+            (&[h, _, _, d], &[_, nh, nd]) if (h, d) == (nh, nd) => KvLayout::of(lc.dims()).ok(),
             _ => None,
         }
     }
 }
 
-/// [`reference`] into a block-major cache: each head's row of a slot to its own place.
-fn reference_block_major<T: Copy>(
+/// [`reference`] into a head-major cache: each head's row of a slot to its own place.
+fn reference_head_major<T: Copy>(
     cache: &mut [T],
     new: &[T],
     slots: &[u32],
@@ -130,7 +130,7 @@ impl InplaceOp2 for ReshapeAndCache {
             .flatten_all()?
             .to_vec1::<u32>()?;
         let (cr, nr) = (c0..c0 + rows * row, n0..n0 + t * row);
-        let layout = self.block_major(lc, ln);
+        let layout = self.head_major(lc, ln);
         let d = ln.dims()[ln.dims().len() - 1];
         fn write<T: Copy>(
             c: &mut [T],
@@ -141,7 +141,7 @@ impl InplaceOp2 for ReshapeAndCache {
             d: usize,
         ) -> Result<()> {
             match l {
-                Some(l) => reference_block_major(c, n, s, l, d),
+                Some(l) => reference_head_major(c, n, s, l, d),
                 None => reference(c, n, s, row),
             }
         }
@@ -185,8 +185,8 @@ impl InplaceOp2 for ReshapeAndCache {
         use super::cuda::{function, grid, ptx, unsupported, with_u32};
 
         let (c0, n0, t, row, rows) = self.dims(lc, ln)?;
-        if self.block_major(lc, ln).is_some() {
-            candle_core::bail!("reshape-and-cache: a block-major cache is the CPU's layout");
+        if self.head_major(lc, ln).is_some() {
+            candle_core::bail!("reshape-and-cache: a head-major cache is the CPU's layout");
         }
         if t == 0 {
             return Ok(());
