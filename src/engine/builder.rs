@@ -166,7 +166,13 @@ pub fn build_engine(args: &EngineArgs) -> Result<LoadedEngine> {
     }
     let spec = match &args.speculative {
         None => None,
-        Some(c) => Some(build_spec(c, args, &tokenizer, cfg.vocab_size, num_blocks)?),
+        Some(c) => Some(build_spec(
+            c,
+            args,
+            &tokenizer,
+            (cfg.vocab_size, max_model_len),
+            num_blocks,
+        )?),
     };
     let mut sched_config = args.scheduler.clone();
     if let Some(spec) = &spec {
@@ -225,7 +231,7 @@ fn build_spec(
     config: &SpecConfig,
     args: &EngineArgs,
     target_tok: &Tokenizer,
-    target_vocab: usize,
+    (target_vocab, max_model_len): (usize, usize),
     num_blocks: usize,
 ) -> Result<SpecDecoder> {
     config.validate()?;
@@ -249,7 +255,15 @@ fn build_spec(
                 .with_context(|| format!("draft model {spec}"))?;
             let dtype = model.dtype();
             let forward = CandleForward::new(model, num_blocks, args.scheduler.block_size, dtype)?;
-            Box::new(DraftModelProposer::new(forward, target_vocab, k)?)
+            let draft = DraftModelProposer::new(forward, target_vocab, k)?;
+            if draft.max_len() < max_model_len {
+                tracing::warn!(
+                    "the draft model {spec} was made for {} positions, fewer than max_model_len \
+                     {max_model_len}: sequences past them decode without speculation",
+                    draft.max_len()
+                );
+            }
+            Box::new(draft)
         }
     };
     Ok(SpecDecoder::new(

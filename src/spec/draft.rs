@@ -29,6 +29,10 @@ pub struct DraftModelProposer {
     forward: CandleForward,
     seqs: HashMap<SeqId, DraftKv>,
     num_spec_tokens: usize,
+    /// Positions the draft was made for (its checkpoint's derived length): it proposes
+    /// nothing that would need a position past them, as vLLM caps speculation at the draft's
+    /// length; the target then decodes on alone, exactly as without a draft.
+    max_len: usize,
 }
 
 impl DraftModelProposer {
@@ -45,20 +49,33 @@ impl DraftModelProposer {
             "the draft model's vocabulary has {draft_vocab} tokens, the target's {target_vocab_size}: \
              a draft must share the target's vocabulary"
         );
+        let max_len = forward.model().config().derived_max_len();
         Ok(Self {
             forward,
             seqs: HashMap::new(),
             num_spec_tokens,
+            max_len,
         })
+    }
+
+    /// Positions the draft proposes within (see the field).
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Drafts worth proposing for `s`: its `max_drafts`, and none whose input position would
+    /// pass the draft's length (draft `j` is read at position `tokens.len() - 1 + j`).
+    fn drafts_for(&self, s: &ProposeInput) -> usize {
+        s.max_drafts
+            .min((self.max_len + 1).saturating_sub(s.tokens.len()))
     }
 }
 
 impl Proposer for DraftModelProposer {
     fn propose(&mut self, seqs: &[ProposeInput]) -> Result<Vec<Vec<u32>>> {
         let mut drafts: Vec<Vec<u32>> = vec![Vec::new(); seqs.len()];
-        let active: Vec<usize> = (0..seqs.len())
-            .filter(|&i| seqs[i].max_drafts > 0)
-            .collect();
+        let wanted: Vec<usize> = seqs.iter().map(|s| self.drafts_for(s)).collect();
+        let active: Vec<usize> = (0..seqs.len()).filter(|&i| wanted[i] > 0).collect();
         if active.is_empty() {
             return Ok(drafts);
         }
@@ -96,7 +113,7 @@ impl Proposer for DraftModelProposer {
         // Then one batched forward per further position, over the sequences still drafting.
         for j in 1..self.num_spec_tokens {
             let going: Vec<usize> = (0..active.len())
-                .filter(|&a| seqs[active[a]].max_drafts > j)
+                .filter(|&a| wanted[active[a]] > j)
                 .collect();
             if going.is_empty() {
                 break;
@@ -154,5 +171,39 @@ impl DraftModelProposer {
             .step_logits(steps)?
             .expect("every step wants a row");
         Ok(crate::ops::sampling::argmax(&logits)?.to_vec1::<u32>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{load_model, source::ModelFiles};
+    use candle_core::{DType, Device};
+
+    /// A draft proposes only within its positions: tiny-llama has 512, so a sequence of 100
+    /// tokens gets its 3 drafts, one of 511 gets 2 (read at positions 510 and 511), and one of
+    /// 513 none.
+    #[test]
+    fn a_draft_proposes_only_within_its_positions() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama");
+        let model = load_model(&ModelFiles::HfDir(dir), DType::F32, &Device::Cpu).unwrap();
+        let (bs, blocks) = (16, 3 * 34);
+        let forward = CandleForward::new(model, blocks, bs, DType::F32).unwrap();
+        let mut p = DraftModelProposer::new(forward, 256, 3).unwrap();
+        assert_eq!(p.max_len(), 512);
+        let tokens: Vec<u32> = (0..513u32).map(|i| (i * 37 + 11) % 256).collect();
+        let tables: Vec<Vec<u32>> = (0..3u32).map(|s| (s * 34..s * 34 + 34).collect()).collect();
+        let input = |i: usize, n: usize| ProposeInput {
+            id: i as SeqId,
+            tokens: &tokens[..n],
+            num_prompt_tokens: n,
+            block_table: &tables[i],
+            max_drafts: 3,
+        };
+        let got = p
+            .propose(&[input(0, 100), input(1, 511), input(2, 513)])
+            .unwrap();
+        assert_eq!(got.iter().map(Vec::len).collect::<Vec<_>>(), [3, 2, 0]);
     }
 }
