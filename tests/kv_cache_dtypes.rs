@@ -512,11 +512,12 @@ fn fp8_cache_reads_decoded_values_and_rows_are_batch_invariant() {
 /// A NaN written into an FP8 cache through `write_kv` (the real encoder, which is what tells
 /// the CPU kernel that NaN bytes may exist: `fp8::nan_bytes_written`) reads back as NaN, as an
 /// f32 cache's would: the rows attending to that position get NaN outputs, the earlier rows
-/// of its sequence and the other sequence the same bits as without it.
+/// of its sequence and the other sequence the same bits as without it. Both CPU layouts: one
+/// KV head (slot-major) and two (the engine's head-major `[kv_heads, blocks, block, d]`).
 #[test]
 fn a_nan_written_into_an_fp8_cache_reads_back_as_nan() {
     let dev = Device::Cpu;
-    let (bs, kvh, heads, d) = (4, 1, 2, 32);
+    let (bs, heads, d) = (4, 2, 32);
     let scales = Fp8Scales { k: 1.0, v: 1.0 };
     let seq = |start, len, table: Vec<u32>| SeqAttn {
         query_start: start,
@@ -527,29 +528,48 @@ fn a_nan_written_into_an_fp8_cache_reads_back_as_nan() {
     };
     let seqs = vec![seq(0, 6, vec![3, 1]), seq(6, 5, vec![0, 2])];
     let q = Tensor::randn(0f32, 1.0, (11, heads, d), &dev).unwrap();
-    let k = Tensor::randn(0f32, 1.0, (11, kvh, d), &dev).unwrap();
-    let v = Tensor::randn(0f32, 1.0, (11, kvh, d), &dev).unwrap();
-    let run = |v: &Tensor| {
-        let kc = Tensor::zeros((4 * bs, kvh, d), DType::U8, &dev).unwrap();
-        let vc = kc.zeros_like().unwrap();
-        let meta = AttnMetadata::new(seqs.clone(), bs, &dev).unwrap();
-        meta.write_kv(&k, v, &kc, &vc, Some(scales)).unwrap();
-        let out = paged_attention_kv(&q, &kc, &vc, &meta, 0.2, None, None, Some(scales)).unwrap();
-        out.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-    };
-    let clean = run(&v);
-    assert!(clean.iter().all(|x| x.is_finite()));
-    // One element of token 3's V (position 3 of the first sequence: rows 3..6 attend to it).
-    let mut x = v.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    x[3 * kvh * d + 5] = f32::NAN;
-    let got = run(&Tensor::from_vec(x, (11, kvh, d), &dev).unwrap());
-    let row = heads * d;
-    for (t, (r, c)) in got.chunks(row).zip(clean.chunks(row)).enumerate() {
-        if (3..6).contains(&t) {
-            assert!(r.iter().all(|x| x.is_nan()), "token {t}");
-        } else {
+    for kvh in [1, 2] {
+        let cache_shape: &[usize] = match kvh {
+            1 => &[4 * bs, 1, d],
+            _ => &[kvh, 4, bs, d],
+        };
+        let k = Tensor::randn(0f32, 1.0, (11, kvh, d), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (11, kvh, d), &dev).unwrap();
+        let run = |v: &Tensor| {
+            let kc = Tensor::zeros(cache_shape, DType::U8, &dev).unwrap();
+            let vc = kc.zeros_like().unwrap();
+            let meta = AttnMetadata::new(seqs.clone(), bs, &dev).unwrap();
+            meta.write_kv(&k, v, &kc, &vc, Some(scales)).unwrap();
+            let out =
+                paged_attention_kv(&q, &kc, &vc, &meta, 0.2, None, None, Some(scales)).unwrap();
+            out.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        let clean = run(&v);
+        assert!(clean.iter().all(|x| x.is_finite()));
+        // One element of token 3's V (position 3 of the first sequence: rows 3..6 attend to
+        // it), in its last KV head.
+        let mut x = v.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        x[(3 * kvh + kvh - 1) * d + 5] = f32::NAN;
+        let got = run(&Tensor::from_vec(x, (11, kvh, d), &dev).unwrap());
+        // Token t's row: its query heads, those of the poisoned KV head last.
+        let group = heads / kvh;
+        for (t, (r, c)) in got
+            .chunks(heads * d)
+            .zip(clean.chunks(heads * d))
+            .enumerate()
+        {
+            let (other, hit) = r.split_at((heads - group) * d);
             let bits = |y: &[f32]| y.iter().map(|z| z.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(r), bits(c), "token {t}");
+            assert_eq!(
+                bits(other),
+                bits(&c[..other.len()]),
+                "{kvh} heads: token {t}"
+            );
+            if (3..6).contains(&t) {
+                assert!(hit.iter().all(|x| x.is_nan()), "{kvh} heads: token {t}");
+            } else {
+                assert_eq!(bits(hit), bits(&c[other.len()..]), "{kvh} heads: token {t}");
+            }
         }
     }
     assert!(flare::quant::fp8::nan_bytes_written());

@@ -1,7 +1,8 @@
 //! `flare serve --speculative-config` end to end: the real binary with SmolLM2-135M (f32) as
 //! target and its Q4_1 GGUF as draft answers greedy chat requests (plain and streamed, one of
 //! them grammar-constrained) with exactly the text and token counts of a server without
-//! speculation, and /metrics shows the drafts it proposed and accepted.
+//! speculation, and /metrics shows the drafts it proposed and accepted. A draft made for fewer
+//! positions than the target's `max_model_len` proposes nothing past them (tiny-llama).
 //!
 //! Needs `python3 models/fetch_smollm2.py --hf` (scripts/test.sh runs it).
 
@@ -125,4 +126,85 @@ async fn serve_with_a_draft_model_answers_as_without_and_counts_drafts() {
         "{m}"
     );
     assert_eq!(per_pos, accepted);
+}
+
+/// Through `flare serve`: a draft made for fewer positions than the target's `max_model_len`
+/// (a copy of tiny-llama whose config says 64) proposes nothing for a sequence past its 64
+/// positions, which still gets the answer of a server without speculation, and proposes for a
+/// short one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draft_proposes_nothing_past_its_own_positions() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let target = fixtures.join("tiny-llama");
+    let draft = std::env::temp_dir().join(format!("flare-short-draft-{}", std::process::id()));
+    std::fs::create_dir_all(&draft).unwrap();
+    for f in [
+        "model.safetensors",
+        "tokenizer.json",
+        "generation_config.json",
+    ] {
+        std::fs::copy(target.join(f), draft.join(f)).unwrap();
+    }
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(target.join("config.json")).unwrap())
+            .unwrap();
+    cfg["max_position_embeddings"] = json!(64);
+    std::fs::write(draft.join("config.json"), cfg.to_string()).unwrap();
+
+    let args = ["--served-model-name", "m", "--kv-cache-memory", "8000000"];
+    let spec = format!(
+        r#"{{"method": "draft", "model": "{}", "num_speculative_tokens": 3}}"#,
+        draft.display()
+    );
+    let mut with_spec = args.to_vec();
+    with_spec.extend(["--speculative-config", &spec]);
+    let complete = |server: &FlareProcess, len: u32| {
+        let url = format!("{}/v1/completions", server.base);
+        let prompt: Vec<u32> = (0..len).map(|i| 3 + (i * 7) % 200).collect();
+        async move {
+            let r: Value = common::client()
+                .post(url)
+                .json(&json!({"model": "m", "prompt": prompt, "max_tokens": 8, "temperature": 0}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            r["choices"][0]["text"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{r}"))
+                .to_string()
+        }
+    };
+    let drafts = |server: &FlareProcess| {
+        let url = format!("{}/metrics", server.base);
+        async move {
+            let m = common::client()
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            metric(&m, "flare:spec_decode_num_draft_tokens_total").unwrap_or(0.0)
+        }
+    };
+    let base = FlareProcess::start(&target, &args, &[]).await;
+    let want = complete(&base, 100).await;
+    drop(base);
+    let server = FlareProcess::start(&target, &with_spec, &[]).await;
+    assert_eq!(complete(&server, 100).await, want);
+    assert_eq!(
+        drafts(&server).await,
+        0.0,
+        "drafted past the draft's 64 positions"
+    );
+    complete(&server, 10).await;
+    assert!(
+        drafts(&server).await > 0.0,
+        "no drafts within the draft's positions"
+    );
+    std::fs::remove_dir_all(&draft).ok();
 }

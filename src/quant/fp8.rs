@@ -67,9 +67,13 @@ pub static E4M3_TABLE: std::sync::LazyLock<[f32; 256]> =
 /// row (the CUDA kernel multiplies by the same f32 reciprocal, so both give the same bytes).
 pub fn encode_e4m3_scaled(xs: &[f32], scale: f32, out: &mut Vec<u8>) {
     let inv = 1.0 / scale;
-    let start = out.len();
-    out.extend(xs.iter().map(|&x| f32_to_e4m3(x * inv)));
-    if out[start..].iter().any(|&b| b & 0x7f == 0x7f) {
+    let mut nan = false;
+    out.extend(xs.iter().map(|&x| {
+        let b = f32_to_e4m3(x * inv);
+        nan |= b & 0x7f == 0x7f;
+        b
+    }));
+    if nan {
         note_nan_bytes_written();
     }
 }
