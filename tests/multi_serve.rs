@@ -4,22 +4,15 @@
 //!
 //! Needs the SmolLM2 files in ~/.cache/flare/models (models/fetch_smollm2.py --hf).
 
-use std::net::TcpListener;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::client;
+use common::process::FlareProcess;
 use serde_json::{json, Value};
-
-/// Kills the process when the test ends, however it ends.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn models_dir() -> PathBuf {
     PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/flare/models")
@@ -39,53 +32,23 @@ fn hf() -> String {
         .to_string()
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `flare serve --config CONFIG ARGS...` on one thread, once /health says 200.
+async fn serve_config(config: &Path, args: &[&str]) -> FlareProcess {
+    let mut all = vec!["--config", config.to_str().unwrap()];
+    all.extend_from_slice(args);
+    FlareProcess::start_default(&all, &[("RAYON_NUM_THREADS", "1")]).await
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(120))
-        .build()
+/// The /health body.
+async fn health(base: &str) -> Value {
+    client()
+        .get(format!("{base}/health"))
+        .send()
+        .await
         .unwrap()
-}
-
-fn flare(args: &[&str]) -> Proc {
-    let child = Command::new(env!("CARGO_BIN_EXE_flare"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("RUST_LOG", "flare=warn")
-        .env("RAYON_NUM_THREADS", "1")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("flare binary");
-    Proc(child)
-}
-
-/// Waits for /health to answer 200 (or, with `allow_503`, to answer at all with a body saying
-/// no model is loading).
-async fn wait_ready(base: &str, p: &mut Proc) -> Value {
-    let start = Instant::now();
-    loop {
-        if let Ok(r) = client().get(format!("{base}/health")).send().await {
-            if r.status().is_success() {
-                return r.json().await.unwrap_or(Value::Null);
-            }
-        }
-        if let Some(status) = p.0.try_wait().unwrap() {
-            panic!("flare exited early: {status}");
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(240),
-            "not healthy after 4 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        .json()
+        .await
+        .unwrap()
 }
 
 async fn post(base: &str, path: &str, body: Value) -> (u16, reqwest::header::HeaderMap, Value) {
@@ -177,18 +140,9 @@ async fn two_models_one_process_and_a_bad_entry_fails_alone() {
             dir.join("missing.gguf").display()
         ),
     );
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut p = flare(&[
-        "serve",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--port",
-        &port.to_string(),
-        "--api-key",
-        KEY,
-    ]);
-    let health = wait_ready(&base, &mut p).await;
+    let mut p = serve_config(&cfg, &["--api-key", KEY]).await;
+    let base = p.base.clone();
+    let health = health(&base).await;
     assert_eq!(health["status"], "degraded", "{health}");
     assert_eq!(health["models"]["smol-q4"]["status"], "ready");
     assert_eq!(health["models"]["smol-f32"]["status"], "ready");
@@ -320,23 +274,8 @@ async fn two_models_one_process_and_a_bad_entry_fails_alone() {
     assert_eq!(v["error"]["code"], "model_not_found");
 
     // SIGTERM: the process drains and exits 0.
-    let pid = p.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = p.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    p.signal("TERM");
+    let status = p.wait_exit(Duration::from_secs(60)).await;
     assert!(status.success(), "{status}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -365,20 +304,20 @@ fn mean_logprob(v: &Value) -> f64 {
 async fn cascade_escalates_to_an_upstream_and_survives_its_loss() {
     let dir = tmpdir("cascade");
     // The "remote provider": a plain single-model flare serve of the f32 model.
-    let up_port = free_port();
-    let up_base = format!("http://127.0.0.1:{up_port}");
-    let mut upstream = flare(&[
-        "serve",
-        &hf(),
-        "--port",
-        &up_port.to_string(),
-        "--served-model-name",
-        "big",
-        "--kv-cache-memory",
-        "134217728",
-        "--max-model-len",
-        "1024",
-    ]);
+    let upstream = FlareProcess::start(
+        Path::new(&hf()),
+        &[
+            "--served-model-name",
+            "big",
+            "--kv-cache-memory",
+            "134217728",
+            "--max-model-len",
+            "1024",
+        ],
+        &[("RAYON_NUM_THREADS", "1")],
+    )
+    .await;
+    let (up_base, up_port) = (upstream.base.clone(), upstream.port);
     // First the local model alone, to learn each prompt's mean logprob and put the threshold
     // between them (the greedy answer and its logprobs are deterministic).
     let probe_cfg = write(
@@ -389,17 +328,9 @@ async fn cascade_escalates_to_an_upstream_and_survives_its_loss() {
             gguf()
         ),
     );
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
     let means = {
-        let mut probe = flare(&[
-            "serve",
-            "--config",
-            probe_cfg.to_str().unwrap(),
-            "--port",
-            &port.to_string(),
-        ]);
-        wait_ready(&base, &mut probe).await;
+        let probe = serve_config(&probe_cfg, &[]).await;
+        let base = probe.base.clone();
         let mut means = Vec::new();
         for p in PROMPTS {
             let mut body = chat("small", p, MAX_TOKENS);
@@ -438,17 +369,8 @@ async fn cascade_escalates_to_an_upstream_and_survives_its_loss() {
             telemetry.display()
         ),
     );
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut front = flare(&[
-        "serve",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--port",
-        &port.to_string(),
-    ]);
-    wait_ready(&base, &mut front).await;
-    wait_ready(&up_base, &mut upstream).await;
+    let front = serve_config(&cfg, &[]).await;
+    let base = front.base.clone();
 
     let mut seen = Vec::new();
     for (p, &esc) in PROMPTS.iter().zip(&escalates) {

@@ -16,10 +16,15 @@
 //! test accepts exactly those two refusals, recognised by their error, and fails on any other
 //! finding.
 
-use std::net::TcpListener;
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use common::process::FlareProcess;
+use common::{client, get, metric, metrics, post};
+use serde_json::json;
 
 const MODEL: &str = "tiny";
 /// ChatML, as SmolLM2 uses.
@@ -31,49 +36,6 @@ const CROSS_FIELD: [&str; 2] = [
     "This model's maximum context length is",
     "must not exceed `max_tokens`",
 ];
-
-/// Kills the server if the test fails before it stopped it.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A plain HTTP/1.1 GET on loopback: (status, body).
-fn get(base: &str, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let addr = base.strip_prefix("http://").unwrap();
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let status = raw.split(' ').nth(1)?.parse().ok()?;
-    let body = raw.split_once("\r\n\r\n")?.1.to_string();
-    Some((status, body))
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
-}
 
 /// The tiny llama fixture plus a chat template, in a temporary directory.
 fn model_dir(tag: &str) -> std::path::PathBuf {
@@ -107,33 +69,20 @@ fn failures(out: &str) -> Vec<(String, String)> {
     found
 }
 
-#[test]
-fn schemathesis_finds_the_document_true() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_the_document_true() {
     let dir = model_dir("schemathesis");
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
     let log = dir.join("server.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_flare"))
-        .arg("serve")
-        .arg(&dir)
-        .args(["--port", &port.to_string(), "--served-model-name", MODEL])
-        .args(["--max-model-len", "512"])
-        .env("HF_HUB_OFFLINE", "1")
-        .env("RUST_LOG", "flare=warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("flare binary");
-    let mut server = Server(child);
-    let start = Instant::now();
-    while get(&base, "/health").map(|r| r.0) != Some(200) {
-        if let Some(status) = server.0.try_wait().unwrap() {
-            panic!("flare serve exited early: {status}");
-        }
-        assert!(start.elapsed() < Duration::from_secs(120), "not healthy");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let server = FlareProcess::start_logged(
+        &dir,
+        &["--served-model-name", MODEL, "--max-model-len", "512"],
+        &[],
+        &log,
+    )
+    .await;
+    let base = server.base.clone();
 
+    // schemathesis runs in its own process: blocking this worker meanwhile is fine.
     let hooks = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis");
     let out = Command::new("python3")
         .args(["-m", "schemathesis.cli", "run"])
@@ -200,16 +149,16 @@ fn schemathesis_finds_the_document_true() {
     );
 
     // Nothing left running or held, and no panic.
-    let (s, m) = get(&base, "/metrics").unwrap();
-    assert_eq!(s, 200);
+    let c = client();
+    let m = metrics(&c, &server).await;
     for name in [
         "flare:num_requests_running",
         "flare:num_requests_waiting",
         "flare:kv_cache_used_blocks",
     ] {
-        assert_eq!(metric(&m, name), 0.0, "{name}\n{m}");
+        assert_eq!(metric(&m, name), Some(0.0), "{name}\n{m}");
     }
-    assert_eq!(get(&base, "/health").unwrap().0, 200);
+    assert_eq!(get(&c, &format!("{base}/health")).await.0, 200);
     let server_log = std::fs::read_to_string(&log).unwrap();
     assert!(!server_log.contains("panicked"), "{server_log}");
     drop(server);
@@ -218,53 +167,34 @@ fn schemathesis_finds_the_document_true() {
 
 /// `--log-requests`: one `flare::requests` line per request with its counts, and never the
 /// prompt or output text (here or in any other log line).
-#[test]
-fn log_requests_logs_counts_and_never_text() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_requests_logs_counts_and_never_text() {
     let dir = model_dir("log-requests");
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
     let log = dir.join("requests.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_flare"))
-        .arg("serve")
-        .arg(&dir)
-        .args(["--port", &port.to_string(), "--served-model-name", MODEL])
-        .args(["--max-model-len", "128", "--log-requests"])
-        .env("HF_HUB_OFFLINE", "1")
-        .env("RUST_LOG", "flare=debug")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("flare binary");
-    let mut server = Server(child);
-    let start = Instant::now();
-    while get(&base, "/health").map(|r| r.0) != Some(200) {
-        assert!(server.0.try_wait().unwrap().is_none(), "flare serve exited");
-        assert!(start.elapsed() < Duration::from_secs(120), "not healthy");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let secret = "zebra-quartz-secret-prompt";
-    let body = format!(r#"{{"prompt":"{secret}","max_tokens":5,"ignore_eos":true}}"#);
-    let addr = base.strip_prefix("http://").unwrap();
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    use std::io::{Read, Write};
-    write!(
-        s,
-        "POST /v1/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+    let mut server = FlareProcess::start_logged(
+        &dir,
+        &[
+            "--served-model-name",
+            MODEL,
+            "--max-model-len",
+            "128",
+            "--log-requests",
+        ],
+        &[("RUST_LOG", "flare=debug"), ("NO_COLOR", "1")],
+        &log,
     )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    let text: serde_json::Value =
-        serde_json::from_str(resp.split_once("\r\n\r\n").unwrap().1).unwrap();
-    let output = text["choices"][0]["text"].as_str().unwrap().to_string();
-    let _ = Command::new("kill")
-        .args(["-TERM", &server.0.id().to_string()])
-        .status();
-    let _ = server.0.wait();
+    .await;
+    let secret = "zebra-quartz-secret-prompt";
+    let (status, body) = post(
+        &client(),
+        &format!("{}/v1/completions", server.base),
+        json!({"prompt": secret, "max_tokens": 5, "ignore_eos": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let output = body["choices"][0]["text"].as_str().unwrap().to_string();
+    server.signal("TERM");
+    server.wait_exit(Duration::from_secs(30)).await;
     let logged = std::fs::read_to_string(&log).unwrap();
     let line = logged
         .lines()

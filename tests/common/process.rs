@@ -31,7 +31,13 @@ impl Drop for FlareProcess {
 impl FlareProcess {
     /// `flare serve MODEL --port P ARGS...` (offline, quiet), once /health says 200.
     pub async fn start(model: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
-        Self::start_with_stderr(model, args, envs, Stdio::inherit()).await
+        Self::start_with_stderr(Some(model), args, envs, Stdio::inherit()).await
+    }
+
+    /// As [`Self::start`] with no model argument: the default model, as a user's first
+    /// `flare serve` runs.
+    pub async fn start_default(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        Self::start_with_stderr(None, args, envs, Stdio::inherit()).await
     }
 
     /// As [`Self::start`], with the server's log (stderr) written to `log`. `envs` come last,
@@ -43,11 +49,11 @@ impl FlareProcess {
         log: &Path,
     ) -> Self {
         let file = std::fs::File::create(log).expect("server log file");
-        Self::start_with_stderr(model, args, envs, Stdio::from(file)).await
+        Self::start_with_stderr(Some(model), args, envs, Stdio::from(file)).await
     }
 
     async fn start_with_stderr(
-        model: &Path,
+        model: Option<&Path>,
         args: &[&str],
         envs: &[(&str, &str)],
         stderr: Stdio,
@@ -55,7 +61,7 @@ impl FlareProcess {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_flare"))
             .arg("serve")
-            .arg(model)
+            .args(model)
             .args(["--port", &port.to_string()])
             .args(args)
             .env("HF_HUB_OFFLINE", "1")
