@@ -36,14 +36,14 @@ fn block() -> usize {
     })
 }
 
-/// Element offset of position `p`, KV head `h`: the engine's CPU layout `[kv_heads, blocks,
-/// 16, d]` with the blocks in order (each head's positions one contiguous run, as a sequence
-/// whose blocks were handed out consecutively), or with LAYOUT=block the layout before it,
+/// Element offset of position `p`, KV head `h`: the engine's CPU layout, head-major in groups
+/// of blocks (`kv::KvLayout`), with the blocks in order (each head's positions of a group one
+/// contiguous run, as a sequence whose blocks were handed out consecutively), or with
+/// LAYOUT=block the layout before it,
 /// `[blocks, kv_heads, 16, d]` (runs of one block, as head-major gives for scattered blocks),
 /// or with LAYOUT=slot the GPU's `[slots, kv_heads, d]`.
 fn offset(p: usize, h: usize) -> usize {
     static LAYOUT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let slots = *SLOTS.get().expect("slots");
     match LAYOUT
         .get_or_init(|| std::env::var("LAYOUT").unwrap_or_default())
         .as_str()
@@ -53,12 +53,19 @@ fn offset(p: usize, h: usize) -> usize {
             let bs = block();
             (((p / bs) * KV_HEADS + h) * bs + p % bs) * D
         }
-        _ => (h * slots + p) * D,
+        _ => {
+            let layout = flare::kv::KvLayout::HeadMajor {
+                kv_heads: KV_HEADS,
+                group_blocks: *GROUP.get().expect("group"),
+                block_size: block(),
+            };
+            layout.row(p, h) * D
+        }
     }
 }
 
-/// Slots of each layer's cache (set once by `run`).
-static SLOTS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+/// Blocks per group of the engine's layout (set once by `run`).
+static GROUP: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
 
 fn hot() -> bool {
     static HOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -163,7 +170,12 @@ fn step<C: CacheLane>(k: &[Vec<C>], v: &[Vec<C>], q: &[f32], ctx: usize) -> f32 
 }
 
 fn run<C: CacheLane>(name: &str, ctx: usize, conv: impl Fn(f32) -> C) {
-    let slots = *SLOTS.get_or_init(|| ctx.div_ceil(block()) * block());
+    let slots = ctx.div_ceil(block()) * block();
+    let row_bytes = D * std::mem::size_of::<C>();
+    let group = *GROUP
+        .get_or_init(|| flare::kv::group_blocks(slots / block(), KV_HEADS, block() * row_bytes));
+    // Whole groups, as the engine allocates them.
+    let slots = slots.div_ceil(group * block()) * group * block();
     let cache = |seed: u64| -> Vec<Vec<C>> {
         (0..layers())
             .map(|l| {

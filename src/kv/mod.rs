@@ -7,5 +7,5 @@ mod free_queue;
 pub mod manager;
 
 pub use block_pool::{BlockHash, BlockId, BlockPool, PrefixCacheStats};
-pub use cache::{Fp8Scales, KvCache, KvCacheDtype, KvCacheInfo, KvLayout};
+pub use cache::{group_blocks, Fp8Scales, KvCache, KvCacheDtype, KvCacheInfo, KvLayout};
 pub use manager::{ComputedBlocks, KvCacheManager, SeqId};

@@ -115,7 +115,7 @@ impl AttnMetadata {
         v_cache: &Tensor,
         fp8: Option<Fp8Scales>,
     ) -> Result<()> {
-        if let (4, Some(slots)) = (k_cache.rank(), &self.cpu_slots) {
+        if let (4 | 5, Some(slots)) = (k_cache.rank(), &self.cpu_slots) {
             // The CPU's head-major cache (`kv::KvLayout`): each head's row of a slot goes to
             // its own place, which runs of whole slots (below) cannot express.
             let (k, v) = match fp8 {
@@ -146,7 +146,7 @@ fn encode_fp8(x: &Tensor, scale: f32) -> Result<Tensor> {
 }
 
 /// `q: [num_tokens, heads, head_dim]` against the caches `[slots, kv_heads, head_dim]` (on the
-/// CPU head-major `[kv_heads, blocks, block_size, head_dim]`, see `kv::KvLayout`);
+/// CPU head-major in groups of blocks, see `kv::KvLayout`);
 /// returns `[num_tokens, heads, head_dim]` in q's dtype.
 pub fn paged_attention(
     q: &Tensor,
@@ -721,25 +721,44 @@ mod tests {
         assert!(diff > 1e-3);
     }
 
-    /// The CPU's head-major cache (`kv::KvLayout`) gives the same bits as a slot-major cache
+    /// The CPU's head-major cache (`kv::KvLayout`), as one group of blocks and in groups of
+    /// 16 (a sequence's blocks in several), gives the same bits as a slot-major cache
     /// holding the same rows, on the SIMD path (f32 and f16, a context of several chunks) and
     /// the scalar one (a head dimension of 12), and `write_kv` puts every head's row of a
     /// slot where the kernels read it.
     #[test]
     fn head_major_cache_gives_the_bits_of_slot_major() {
         let dev = Device::Cpu;
-        for (dtype, d) in [(DType::F32, 64), (DType::F16, 64), (DType::F32, 12)] {
+        let cases = [
+            (DType::F32, 64, 48),
+            (DType::F16, 64, 48),
+            (DType::F32, 12, 48),
+        ];
+        let grouped = [
+            (DType::F32, 64, 16),
+            (DType::F16, 64, 16),
+            (DType::F32, 12, 16),
+        ];
+        for (dtype, d, group) in cases.into_iter().chain(grouped) {
             let (bs, kvh, heads, blocks) = (16, 3, 9, 48);
             let slot_major = || {
                 Tensor::randn(0f32, 1.0, (blocks * bs, kvh, d), &dev)
                     .and_then(|t| t.to_dtype(dtype))
                     .unwrap()
             };
+            // `[kv_heads, blocks, bs, d]` (one group) or `[groups, kv_heads, group, bs, d]`.
             let head_major = |c: &Tensor| {
-                c.transpose(0, 1)
+                let groups = blocks / group;
+                let t = c
+                    .reshape((groups, group * bs, kvh, d))
+                    .and_then(|t| t.transpose(1, 2))
                     .and_then(|t| t.contiguous())
-                    .and_then(|t| t.reshape((kvh, blocks, bs, d)))
-                    .unwrap()
+                    .unwrap();
+                match groups {
+                    1 => t.reshape((kvh, blocks, bs, d)),
+                    _ => t.reshape((groups, kvh, group, bs, d)),
+                }
+                .unwrap()
             };
             let (k3, v3) = (slot_major(), slot_major());
             let (k4, v4) = (head_major(&k3), head_major(&v3));
@@ -772,10 +791,15 @@ mod tests {
             let (a, b) = (rows(&k3, &v3), rows(&k4, &v4));
             assert!(
                 a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
-                "{dtype:?} d {d}"
+                "{dtype:?} d {d} group {group}"
             );
             // A head-major cache whose blocks are not the metadata's is refused, not misread.
-            let halves = |c: &Tensor| c.reshape((kvh, blocks * 2, bs / 2, d)).unwrap();
+            let halves = |c: &Tensor| match c.rank() {
+                4 => c.reshape((kvh, blocks * 2, bs / 2, d)).unwrap(),
+                _ => c
+                    .reshape((blocks / group, kvh, group * 2, bs / 2, d))
+                    .unwrap(),
+            };
             let err = paged_attention(&q, &halves(&k4), &halves(&v4), &meta, 0.2, None);
             assert!(
                 err.is_err(),
@@ -830,8 +854,10 @@ mod tests {
         let dev = Device::Cpu;
         let (bs, kvh, heads, d) = (16, 3, 9, 64);
         let blocks = 64 * 4;
+        // Head-major in the engine's groups (of 64 blocks here: sequences 16i..16i+15 share
+        // one).
         let shape: &[usize] = match head_major {
-            true => &[kvh, blocks, bs, d],
+            true => &[blocks / 64, kvh, 64, bs, d],
             false => &[blocks * bs, kvh, d],
         };
         let cache = || {

@@ -11,7 +11,7 @@ use crate::kv::{Fp8Scales, KvLayout};
 pub const PAD_SLOT: u32 = u32::MAX;
 
 /// `k`, `v`: `[tokens, kv_heads, head_dim]`; caches `[slots, kv_heads, head_dim]` (or, on the
-/// CPU, head-major `[kv_heads, blocks, block_size, head_dim]`, see `kv::KvLayout`);
+/// CPU, head-major in groups of blocks, see `kv::KvLayout`);
 /// `slot_mapping`: `[tokens]` u32 on the same device; `fp8`: the scales of an FP8 cache.
 pub fn reshape_and_cache(
     k: &Tensor,
@@ -60,11 +60,13 @@ impl ReshapeAndCache {
         Ok((c0, n0, t, row, (c1 - c0) / row.max(1)))
     }
 
-    /// The layout of a CPU cache `[kv_heads, blocks, block_size, head_dim]` for new rows
-    /// `[tokens, kv_heads, head_dim]` (see `kv::KvLayout`); None for any other pair.
+    /// The layout of a CPU cache (head-major, `kv::KvLayout`) for new rows
+    /// `[tokens, kv_heads, head_dim]`; None for any other pair.
     fn head_major(&self, lc: &Layout, ln: &Layout) -> Option<KvLayout> {
         match (lc.dims(), ln.dims()) {
-            (&[h, _, _, d], &[_, nh, nd]) if (h, d) == (nh, nd) => KvLayout::of(lc.dims()).ok(),
+            (&[h, _, _, d] | &[_, h, _, _, d], &[_, nh, nd]) if (h, d) == (nh, nd) => {
+                KvLayout::of(lc.dims()).ok()
+            }
             _ => None,
         }
     }
