@@ -11,12 +11,10 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use common::metric;
-use common::process::{free_port, pytest, FlareProcess};
+use common::process::{build_tool_model, free_port, pytest, sdk_serve_args, FlareProcess};
 use flare::grpc::pb::{self, flare_client::FlareClient, generate_request::Prompt};
 use serde_json::json;
 
@@ -35,31 +33,12 @@ async fn metrics(c: &reqwest::Client, base: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdks_and_grpc_on_smollm2() {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let dir: PathBuf =
-        std::env::temp_dir().join(format!("flare-apis-model-{}", std::process::id()));
-    let built = Command::new("python3")
-        .arg(format!("{root}/tests/fixtures/make_tool_model.py"))
-        .arg(&dir)
-        .status()
-        .expect("python3");
-    assert!(built.success(), "make_tool_model.py failed");
+    let dir = build_tool_model("apis-model");
     let grpc_port = free_port();
-    let server = FlareProcess::start(
-        &dir,
-        &[
-            "--served-model-name",
-            MODEL,
-            "--max-model-len",
-            "2048",
-            "--kv-cache-memory",
-            "268435456",
-            "--grpc-port",
-            &grpc_port.to_string(),
-        ],
-        &[("FLARE_API_KEY", KEY)],
-    )
-    .await;
+    let grpc_port = grpc_port.to_string();
+    let mut args = sdk_serve_args(MODEL);
+    args.extend(["--grpc-port", &grpc_port]);
+    let server = FlareProcess::start(&dir, &args, &[("FLARE_API_KEY", KEY)]).await;
     let env = [
         ("FLARE_BASE", server.base.clone()),
         ("FLARE_MODEL", MODEL.to_string()),

@@ -10,25 +10,15 @@ mod common;
 use std::time::Duration;
 
 use common::client;
-use common::process::{pytest, FlareProcess};
+use common::process::{pytest, sdk_serve_args, FlareProcess};
 
 const MODEL: &str = "flare-smollm2";
 const KEY: &str = "sk-flare-conformance";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_sdk_and_litellm_against_flare_serve() {
-    let mut server = FlareProcess::start_default(
-        &[
-            "--served-model-name",
-            MODEL,
-            "--max-model-len",
-            "2048",
-            "--kv-cache-memory",
-            "268435456",
-        ],
-        &[("FLARE_API_KEY", KEY)],
-    )
-    .await;
+    let mut server =
+        FlareProcess::start_default(&sdk_serve_args(MODEL), &[("FLARE_API_KEY", KEY)]).await;
     let base = server.base.clone();
     let summary = tokio::task::spawn_blocking(move || {
         pytest(

@@ -9,42 +9,15 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
-
-use common::process::{pytest, FlareProcess};
+use common::process::{build_tool_model, pytest, sdk_serve_args, FlareProcess};
 
 const MODEL: &str = "flare-tools";
 const KEY: &str = "sk-flare-tools";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_sdk_tool_calling_round_trip() {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let dir: PathBuf =
-        std::env::temp_dir().join(format!("flare-tool-model-{}", std::process::id()));
-    let built = Command::new("python3")
-        .arg(format!("{root}/tests/fixtures/make_tool_model.py"))
-        .arg(&dir)
-        .status()
-        .expect("python3");
-    assert!(
-        built.success(),
-        "make_tool_model.py failed (models/fetch_smollm2.py --hf?)"
-    );
-
-    let server = FlareProcess::start(
-        &dir,
-        &[
-            "--served-model-name",
-            MODEL,
-            "--max-model-len",
-            "2048",
-            "--kv-cache-memory",
-            "268435456",
-        ],
-        &[("FLARE_API_KEY", KEY)],
-    )
-    .await;
+    let dir = build_tool_model("tool-model");
+    let server = FlareProcess::start(&dir, &sdk_serve_args(MODEL), &[("FLARE_API_KEY", KEY)]).await;
     // The server is another process: blocking this worker while pytest runs is fine.
     let summary = pytest(
         "tests/python_tools",

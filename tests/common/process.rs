@@ -2,7 +2,7 @@
 //! tests that drive the server with the official Python SDKs.
 
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -124,6 +124,37 @@ impl FlareProcess {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// The `flare serve` flags the SDK tests share: the name clients ask for, and a context and
+/// cache (256 MiB) small enough for CI.
+pub fn sdk_serve_args(served_name: &str) -> Vec<&str> {
+    vec![
+        "--served-model-name",
+        served_name,
+        "--max-model-len",
+        "2048",
+        "--kv-cache-memory",
+        "268435456",
+    ]
+}
+
+/// The tool fixture (SmolLM2's weights with a Qwen2.5/Hermes-style template,
+/// tests/fixtures/make_tool_model.py) built into a fresh temporary directory named by `tag`.
+/// Needs SmolLM2's HF conversion (models/fetch_smollm2.py --hf).
+pub fn build_tool_model(tag: &str) -> PathBuf {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = std::env::temp_dir().join(format!("flare-{tag}-{}", std::process::id()));
+    let built = Command::new("python3")
+        .arg(format!("{root}/tests/fixtures/make_tool_model.py"))
+        .arg(&dir)
+        .status()
+        .expect("python3");
+    assert!(
+        built.success(),
+        "make_tool_model.py failed (models/fetch_smollm2.py --hf?)"
+    );
+    dir
 }
 
 /// Runs `python3 -m pytest DIR -q` from the repository root with `envs` (and the offline
