@@ -512,8 +512,8 @@ fn fp8_cache_reads_decoded_values_and_rows_are_batch_invariant() {
 /// A NaN written into an FP8 cache through `write_kv` (the real encoder, which is what tells
 /// the CPU kernel that NaN bytes may exist: `fp8::nan_bytes_written`) reads back as NaN, as an
 /// f32 cache's would: the rows attending to that position get NaN outputs, the earlier rows
-/// of its sequence and the other sequence the same bits as without it. Both CPU layouts: one
-/// KV head (slot-major) and two (the engine's head-major `[kv_heads, blocks, block, d]`).
+/// of its sequence and the other sequence the same bits as without it. Both CPU layouts, as
+/// `KvCache` allocates them: one KV head (slot-major) and two (head-major in groups).
 #[test]
 fn a_nan_written_into_an_fp8_cache_reads_back_as_nan() {
     let dev = Device::Cpu;
@@ -529,19 +529,15 @@ fn a_nan_written_into_an_fp8_cache_reads_back_as_nan() {
     let seqs = vec![seq(0, 6, vec![3, 1]), seq(6, 5, vec![0, 2])];
     let q = Tensor::randn(0f32, 1.0, (11, heads, d), &dev).unwrap();
     for kvh in [1, 2] {
-        let cache_shape: &[usize] = match kvh {
-            1 => &[4 * bs, 1, d],
-            _ => &[kvh, 4, bs, d],
-        };
         let k = Tensor::randn(0f32, 1.0, (11, kvh, d), &dev).unwrap();
         let v = Tensor::randn(0f32, 1.0, (11, kvh, d), &dev).unwrap();
         let run = |v: &Tensor| {
-            let kc = Tensor::zeros(cache_shape, DType::U8, &dev).unwrap();
-            let vc = kc.zeros_like().unwrap();
+            let cache = KvCache::new(1, 4, bs, kvh, d, DType::F8E4M3, &dev).unwrap();
+            let (kc, vc) = cache.layer(0);
+            assert_eq!(kc.rank(), if kvh == 1 { 3 } else { 5 });
             let meta = AttnMetadata::new(seqs.clone(), bs, &dev).unwrap();
-            meta.write_kv(&k, v, &kc, &vc, Some(scales)).unwrap();
-            let out =
-                paged_attention_kv(&q, &kc, &vc, &meta, 0.2, None, None, Some(scales)).unwrap();
+            meta.write_kv(&k, v, kc, vc, Some(scales)).unwrap();
+            let out = paged_attention_kv(&q, kc, vc, &meta, 0.2, None, None, Some(scales)).unwrap();
             out.flatten_all().unwrap().to_vec1::<f32>().unwrap()
         };
         let clean = run(&v);

@@ -107,15 +107,7 @@ async fn serve_with_a_draft_model_answers_as_without_and_counts_drafts() {
     assert_eq!(got, want);
     assert!(want[0].0.contains("quick brown fox"), "{want:?}");
 
-    let c = common::client();
-    let m = c
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = common::metrics(&common::client(), &server).await;
     let drafts = metric(&m, "flare:spec_decode_num_drafts_total").unwrap();
     let draft_tokens = metric(&m, "flare:spec_decode_num_draft_tokens_total").unwrap();
     let accepted = metric(&m, "flare:spec_decode_num_accepted_tokens_total").unwrap();
@@ -158,52 +150,32 @@ async fn a_draft_proposes_nothing_past_its_own_positions() {
     );
     let mut with_spec = args.to_vec();
     with_spec.extend(["--speculative-config", &spec]);
+    let c = common::client();
     let complete = |server: &FlareProcess, len: u32| {
         let url = format!("{}/v1/completions", server.base);
         let prompt: Vec<u32> = (0..len).map(|i| 3 + (i * 7) % 200).collect();
+        let body = json!({"model": "m", "prompt": prompt, "max_tokens": 8, "temperature": 0});
+        let c = c.clone();
         async move {
-            let r: Value = common::client()
-                .post(url)
-                .json(&json!({"model": "m", "prompt": prompt, "max_tokens": 8, "temperature": 0}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            r["choices"][0]["text"]
-                .as_str()
-                .unwrap_or_else(|| panic!("{r}"))
-                .to_string()
+            let (status, r) = common::post(&c, &url, body).await;
+            assert_eq!(status, 200, "{r}");
+            r["choices"][0]["text"].as_str().unwrap().to_string()
         }
     };
-    let drafts = |server: &FlareProcess| {
-        let url = format!("{}/metrics", server.base);
-        async move {
-            let m = common::client()
-                .get(url)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            metric(&m, "flare:spec_decode_num_draft_tokens_total").unwrap_or(0.0)
-        }
-    };
+    let drafts = |m: String| metric(&m, "flare:spec_decode_num_draft_tokens_total").unwrap_or(0.0);
     let base = FlareProcess::start(&target, &args, &[]).await;
     let want = complete(&base, 100).await;
     drop(base);
     let server = FlareProcess::start(&target, &with_spec, &[]).await;
     assert_eq!(complete(&server, 100).await, want);
     assert_eq!(
-        drafts(&server).await,
+        drafts(common::metrics(&c, &server).await),
         0.0,
         "drafted past the draft's 64 positions"
     );
     complete(&server, 10).await;
     assert!(
-        drafts(&server).await > 0.0,
+        drafts(common::metrics(&c, &server).await) > 0.0,
         "no drafts within the draft's positions"
     );
     std::fs::remove_dir_all(&draft).ok();

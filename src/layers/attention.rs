@@ -115,7 +115,8 @@ impl AttnMetadata {
         v_cache: &Tensor,
         fp8: Option<Fp8Scales>,
     ) -> Result<()> {
-        if let (4 | 5, Some(slots)) = (k_cache.rank(), &self.cpu_slots) {
+        let head_major = matches!(KvLayout::of(k_cache.dims()), Ok(KvLayout::HeadMajor { .. }));
+        if let (true, Some(slots)) = (head_major, &self.cpu_slots) {
             // The CPU's head-major cache (`kv::KvLayout`): each head's row of a slot goes to
             // its own place, which runs of whole slots (below) cannot express.
             let (k, v) = match fp8 {
